@@ -1,0 +1,262 @@
+"""A concrete network of the GPUNet family, and the per-layer description the latency table keys on.
+
+An :class:`Architecture` is independent of any search space: it is what a 41-integer vector decodes to
+(:meth:`gpunet.space.SearchSpace.decode`), what NVIDIA's published layer lists describe
+(:mod:`gpunet.nvidia`), and what :func:`gpunet.model.build_model` turns into an ``nn.Module``.
+This module imports no torch, so latency estimates and the controller can use it cheaply.
+
+Layout (GPUNet paper, Table 1): stage 0 is the stem convolution, stage 1 more convolutions, stages 2-3
+fused inverted residual blocks (fused IRB, timm ``EdgeResidual``), stages 4-7 inverted residual blocks
+(IRB, timm ``InvertedResidual``); then the head: 1x1 convolution + BN + activation, global average pool,
+dropout and a linear classifier. Layers of a stage share their configuration; the first layer of a
+stage carries the stage's stride and changes the channel count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from .errors import SpaceError
+
+#: Activation names, in the order the vector's activation digit indexes them (Table 1: [R, S]).
+ACTIVATIONS: tuple[str, ...] = ("relu", "swish")
+#: Block types of a stage.
+BLOCK_TYPES: tuple[str, ...] = ("conv", "fused_irb", "irb")
+#: Layer types of :class:`LayerSpec` (the stem is a ``conv`` layer of stage 0).
+LAYER_TYPES: tuple[str, ...] = BLOCK_TYPES + ("head",)
+#: Number of stages (Table 1, stages 0-7).
+NUM_STAGES = 8
+ARCH_FORMAT = "gpunet-arch/v1"
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """The shared configuration of the layers of one stage.
+
+    Attributes:
+        block: ``"conv"``, ``"fused_irb"`` or ``"irb"``.
+        stride: stride of the stage's first layer (1 or 2).
+        filters: output channels of every layer of the stage.
+        kernel: kernel size (3 or 5; the depthwise kernel in an IRB, the expansion kernel in a fused IRB).
+        layers: number of layers (0 for a skipped stage).
+        expansion: expansion ratio of (fused) IRBs; 1 for convolutions.
+        se: squeeze-excitation on or off.
+        act: ``"relu"`` or ``"swish"``.
+    """
+
+    block: str
+    stride: int
+    filters: int
+    kernel: int
+    layers: int
+    expansion: int = 1
+    se: bool = False
+    act: str = "relu"
+
+    def __post_init__(self) -> None:
+        if self.block not in BLOCK_TYPES:
+            raise SpaceError("block", self.block, BLOCK_TYPES)
+        if self.act not in ACTIVATIONS:
+            raise SpaceError("act", self.act, ACTIVATIONS)
+        if self.stride not in (1, 2):
+            raise SpaceError("stride", self.stride, (1, 2))
+        for name in ("filters", "kernel", "expansion"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SpaceError(name, value, "a positive integer")
+        if self.kernel % 2 == 0:
+            raise SpaceError("kernel", self.kernel, "an odd kernel size")
+        if not isinstance(self.layers, int) or self.layers < 0:
+            raise SpaceError("layers", self.layers, "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer of a network, with every attribute that determines its latency (paper 3.2).
+
+    Attributes:
+        type: ``"conv"``, ``"fused_irb"``, ``"irb"`` or ``"head"``.
+        input_shape: the input tensor shape ``N x C x H x W``.
+        out_chs: output channels (for ``head``: the width of the 1x1 head convolution).
+        kernel, stride, expansion, se, act: as in :class:`StageConfig` (head: kernel 1, stride 1).
+        num_classes: classifier outputs (``head`` only; 0 otherwise).
+        stage: stage index 0-7, or 8 for the head.
+    """
+
+    type: str
+    input_shape: tuple[int, int, int, int]
+    out_chs: int
+    kernel: int = 1
+    stride: int = 1
+    expansion: int = 1
+    se: bool = False
+    act: str = "relu"
+    num_classes: int = 0
+    stage: int = 0
+
+    @property
+    def in_chs(self) -> int:
+        return self.input_shape[1]
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        """``N x C x H x W`` after the layer (``N x num_classes x 1 x 1`` for the head)."""
+        n, _, h, w = self.input_shape
+        if self.type == "head":
+            return (n, self.num_classes, 1, 1)
+        return (n, self.out_chs, conv_out_size(h, self.stride), conv_out_size(w, self.stride))
+
+    @property
+    def has_residual(self) -> bool:
+        """True for (fused) IRBs whose input and output shapes match (timm adds the skip then)."""
+        return self.type in ("fused_irb", "irb") and self.stride == 1 and self.in_chs == self.out_chs
+
+    def describe(self) -> str:
+        """A stable, human-readable form, e.g. ``irb k5 e4 se1 swish s2 1x48x14x14->64``."""
+        n, c, h, w = self.input_shape
+        text = f"{self.type} k{self.kernel} e{self.expansion} se{int(self.se)} {self.act} s{self.stride} {n}x{c}x{h}x{w}->{self.out_chs}"
+        if self.type == "head":
+            text += f" cls{self.num_classes}"
+        return text
+
+
+def conv_out_size(size: int, stride: int) -> int:
+    """Spatial size after a convolution with 'same'-style symmetric padding ``k // 2`` (odd ``k``)."""
+    return (size - 1) // stride + 1
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A concrete GPUNet-family network.
+
+    Attributes:
+        resolution: input height and width in pixels.
+        stages: eight :class:`StageConfig`, stage 0 (stem) to stage 7.
+        head_channels: width of the head's 1x1 convolution (Table 1: 1792; released GPUNets: 1280).
+        num_classes: classifier outputs.
+        in_chans: input channels (3 for RGB, 1 for grey).
+        head_act: activation after the head convolution.
+        dropout: dropout rate before the classifier.
+        drop_path_rate: stochastic-depth rate of the last block; it grows linearly from 0 over the blocks.
+    """
+
+    resolution: int
+    stages: tuple[StageConfig, ...]
+    head_channels: int = 1792
+    num_classes: int = 1000
+    in_chans: int = 3
+    head_act: str = "relu"
+    dropout: float = 0.2
+    drop_path_rate: float = 0.2
+    name: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", tuple(self.stages))
+        if len(self.stages) != NUM_STAGES:
+            raise SpaceError("stages", len(self.stages), f"exactly {NUM_STAGES} stages (Table 1)")
+        if self.stages[0].layers != 1:
+            raise SpaceError("stage 0 layers", self.stages[0].layers, (1,), reason="stage 0 is the single stem convolution")
+        if not isinstance(self.resolution, int) or self.resolution < 8:
+            raise SpaceError("resolution", self.resolution, "an integer >= 8")
+        for name in ("head_channels", "num_classes", "in_chans"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise SpaceError(name, value, "a positive integer")
+        if self.head_act not in ACTIVATIONS:
+            raise SpaceError("head_act", self.head_act, ACTIVATIONS)
+        if sum(s.layers for s in self.stages[1:]) == 0:
+            raise SpaceError("stages", 0, "at least one layer after the stem")
+
+    # --- layers ----------------------------------------------------------------------------
+    def layer_specs(self, batch_size: int = 1) -> list[LayerSpec]:
+        """The network as a list of layers, in forward order: stem, blocks, head.
+
+        Args:
+            batch_size: the ``N`` of every layer's input shape.
+
+        Returns:
+            One :class:`LayerSpec` per stem/block/head layer; a stage with 0 layers contributes none.
+        """
+        specs: list[LayerSpec] = []
+        chans, size = self.in_chans, self.resolution
+        for index, stage in enumerate(self.stages):
+            for layer in range(stage.layers):
+                stride = stage.stride if layer == 0 else 1
+                spec = LayerSpec(
+                    type=stage.block,
+                    input_shape=(batch_size, chans, size, size),
+                    out_chs=stage.filters,
+                    kernel=stage.kernel,
+                    stride=stride,
+                    expansion=stage.expansion if stage.block != "conv" else 1,
+                    se=stage.se if stage.block != "conv" else False,
+                    act=stage.act,
+                    stage=index,
+                )
+                specs.append(spec)
+                chans, size = stage.filters, conv_out_size(size, stride)
+        specs.append(
+            LayerSpec(
+                type="head",
+                input_shape=(batch_size, chans, size, size),
+                out_chs=self.head_channels,
+                act=self.head_act,
+                num_classes=self.num_classes,
+                stage=NUM_STAGES,
+            )
+        )
+        return specs
+
+    def iter_blocks(self) -> Iterator[LayerSpec]:
+        """The layers after the stem and before the head (the ones that get drop-path)."""
+        specs = self.layer_specs()
+        return iter(specs[1:-1])
+
+    @property
+    def num_layers(self) -> int:
+        """Number of layers, stem and head included."""
+        return sum(s.layers for s in self.stages) + 1
+
+    # --- serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Our JSON format (``format: gpunet-arch/v1``)."""
+        data = dataclasses.asdict(self)
+        data["stages"] = [dataclasses.asdict(s) for s in self.stages]
+        for stage in data["stages"]:
+            stage["se"] = int(stage["se"])
+        if not data["name"]:
+            data.pop("name")
+        return {"format": ARCH_FORMAT, **data}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Architecture":
+        """Read our JSON format; raises :class:`SpaceError` naming a missing or bad field."""
+        if data.get("format", ARCH_FORMAT) != ARCH_FORMAT:
+            raise SpaceError("format", data.get("format"), (ARCH_FORMAT,))
+        known = {f.name for f in dataclasses.fields(cls)}
+        extra = set(data) - known - {"format", "vector"}
+        if extra:
+            raise SpaceError("architecture", sorted(extra), sorted(known), reason="unknown keys")
+        if "resolution" not in data or "stages" not in data:
+            raise SpaceError("architecture", sorted(data), "keys 'resolution' and 'stages'", reason="missing key")
+        stage_fields = {f.name for f in dataclasses.fields(StageConfig)}
+        stages = []
+        for i, raw in enumerate(data["stages"]):
+            if not isinstance(raw, dict) or set(raw) - stage_fields:
+                raise SpaceError(f"stages[{i}]", raw, sorted(stage_fields))
+            raw = dict(raw)
+            raw["se"] = bool(raw.get("se", False))
+            try:
+                stages.append(StageConfig(**raw))
+            except TypeError as exc:
+                raise SpaceError(f"stages[{i}]", raw, sorted(stage_fields), reason=str(exc)) from None
+            except SpaceError as exc:
+                raise SpaceError(f"stages[{i}].{exc.field}", exc.value, exc.allowed) from None
+        fields = {k: v for k, v in data.items() if k in known and k != "stages"}
+        return cls(stages=tuple(stages), **fields)
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)

@@ -1,0 +1,98 @@
+"""``gpunet arch show|sample``: inspect one architecture, or draw random valid vectors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ..arch import Architecture
+from ..errors import NotInSpaceError, SpaceError
+from ..nvidia import load_architecture, to_nvidia
+from ..space import SearchSpace, load_space, preset_names
+from . import UsageError, emit
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    group = sub.add_parser("arch", help="architectures: show, sample").add_subparsers(dest="cmd", required=True)
+    p = group.add_parser("show", help="stage table, parameters and GFLOPs of one architecture")
+    p.add_argument("arch", help="41 comma-separated integers, or a JSON file (our format or NVIDIA's layer list)")
+    p.add_argument("--preset", default=None, choices=preset_names(), help="space to decode/encode with (default: gpunet)")
+    p.add_argument("--head-channels", type=int, default=None, help="override the space's head width (e.g. 1280)")
+    p.add_argument("--write-json", type=Path, default=None, help="write the architecture in our JSON format")
+    p.add_argument("--write-nvidia", type=Path, default=None, help="write the architecture as an NVIDIA layer list")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=show)
+
+    p = group.add_parser("sample", help="N uniformly random valid vectors, one per line")
+    p.add_argument("--preset", default="gpunet", choices=preset_names())
+    p.add_argument("-n", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=sample)
+
+
+def parse_arch(text: str, space: SearchSpace) -> tuple[Architecture, list[int] | None, str | None]:
+    """An architecture from a vector string or a file; returns (arch, vector or None, why-not-encodable)."""
+    path = Path(text)
+    if path.suffix == ".json" or path.exists():
+        arch = load_architecture(path)
+        try:
+            if arch.head_channels != space.head_channels and arch.num_classes == space.num_classes:
+                space = load_space({"preset": space.name.split("+")[0], "headChannels": arch.head_channels})
+            return arch, space.encode(arch), None
+        except NotInSpaceError as exc:
+            return arch, None, str(exc)
+    try:
+        vector = [int(x) for x in text.replace(" ", "").strip("[]").split(",")]
+    except ValueError:
+        raise UsageError(f"ARCH: got {text!r}; expected 41 comma-separated integers or a JSON file path") from None
+    return space.decode(vector), vector, None
+
+
+def show(args: argparse.Namespace) -> int:
+    overrides = {"headChannels": args.head_channels} if args.head_channels else {}
+    space = load_space({"preset": args.preset or "gpunet", **overrides})
+    arch, vector, why = parse_arch(args.arch, space)
+    from ..model import build_model, model_stats  # torch only when needed
+
+    stats = model_stats(arch, build_model(arch))
+    if args.write_json:
+        args.write_json.write_text(json.dumps({**arch.to_dict(), "vector": vector}, indent=2) + "\n")
+    if args.write_nvidia:
+        args.write_nvidia.write_text(json.dumps(to_nvidia(arch), indent=2) + "\n")
+    data = {
+        "params_m": round(stats.params_m, 4),
+        "gflops": round(stats.gflops, 4),
+        "resolution": arch.resolution,
+        "vector": vector,
+        "space": space.name,
+        "not_in_space": why,
+        "layers": arch.num_layers,
+        "architecture": arch.to_dict(),
+    }
+    if args.json:
+        emit(data, True)
+        return 0
+    table = Table(title=f"{arch.name or 'architecture'} @ {arch.resolution}x{arch.resolution}")
+    for col in ("stage", "block", "stride", "filters", "kernel", "layers", "expansion", "SE", "act"):
+        table.add_column(col)
+    for i, s in enumerate(arch.stages):
+        exp, se = (str(s.expansion), str(int(s.se))) if s.block != "conv" else ("-", "-")
+        table.add_row(str(i), s.block, str(s.stride), str(s.filters), str(s.kernel), str(s.layers), exp, se, s.act)
+    table.add_row("8", "head", "1", str(arch.head_channels), "1", "1", "-", "-", arch.head_act)
+    console = Console()
+    console.print(table)
+    console.print(f"parameters: {stats.params_m:.3f} M   FLOPs: {stats.gflops:.3f} G   classes: {arch.num_classes}")
+    console.print(f"vector ({space.name}): {','.join(map(str, vector))}" if vector else f"not in space {space.name}: {why}")
+    return 0
+
+
+def sample(args: argparse.Namespace) -> int:
+    if args.n < 0:
+        raise UsageError(f"-n: got {args.n}; expected an integer >= 0")
+    for row in load_space(args.preset).sample(args.n, seed=args.seed):
+        print(",".join(str(int(v)) for v in row))
+    return 0

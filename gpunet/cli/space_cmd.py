@@ -1,0 +1,41 @@
+"""``gpunet space describe``: the ranges of a search space and its size."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from ..space import load_space, preset_names
+from . import emit
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    group = sub.add_parser("space", help="inspect search spaces").add_subparsers(dest="cmd", required=True)
+    p = group.add_parser("describe", help="ranges of a search space and the number of architectures in it")
+    p.add_argument("--preset", default="gpunet", choices=preset_names())
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=describe)
+
+
+def describe(args: argparse.Namespace) -> int:
+    info = load_space(args.preset).describe()
+    if args.json:
+        emit(info, True)
+        return 0
+    table = Table(title=f"search space {info['name']} ({info['source']})")
+    for col in ("stage", "block", "stride", "filters", "kernel", "layers", "expansion", "SE", "act"):
+        table.add_column(col)
+    for row in info["stages"]:
+        table.add_row(*(str(row.get(k, "-")) for k in ("stage", "block", "stride", "filters", "kernel", "layers", "expansion", "se", "act")))
+    head = info["head"]
+    table.add_row("8", "head", "1", str(head["channels"]), "1", "1", "-", "-", head["act"])
+    console = Console()
+    console.print(table)
+    console.print(f"resolution: {info['resolution']}   input channels: {info['in_chans']}   classes: {info['num_classes']}")
+    console.print(
+        f"{info['num_vectors']:.3e} vectors of {info['vector_length']} integers, "
+        f"{info['num_networks']:.3e} distinct networks (10^{info['log10_num_networks']})"
+    )
+    return 0

@@ -10,7 +10,9 @@ NVIDIA/DeepLearningExamples ships each released GPUNet as a JSON list of layers
      {"layer_type": "tail", "num_in_channels", "num_out_channels": 1280, "num_classes": 1000}]
 
 Note the naming clash: NVIDIA's ``head`` is our stem and its ``tail`` is our head. The stem's activation
-is absent from the files; NVIDIA's builder defaults it to Swish, and so do we. Distilled models
+is absent from the files; NVIDIA's builder defaults it to Swish, and so do we. NVIDIA's stem always has
+stride 2; a stem of ours with another stride (the CPU presets) is written with an extra ``"stride"`` key
+on the ``head`` entry, which we read back (NVIDIA's builder would ignore it). Distilled models
 (``"distill": true``) use other blocks and are not part of this family.
 """
 
@@ -64,7 +66,8 @@ def from_nvidia(layers: list[dict[str, Any]], *, stem_act: str = "swish", name: 
         grouped.setdefault(stage, []).append((i, layer))
 
     stages = [
-        StageConfig(block="conv", stride=2, filters=_int(stem, "num_out_channels", 1), kernel=3, layers=1, act=stem_act)
+        StageConfig(block="conv", stride=_int(stem, "stride", 1) if "stride" in stem else 2,
+                    filters=_int(stem, "num_out_channels", 1), kernel=3, layers=1, act=stem_act)
     ]
     default_blocks = ("conv", "conv", "fused_irb", "fused_irb", "irb", "irb", "irb", "irb")
     default_strides = (2, 1, 2, 2, 2, 1, 2, 1)
@@ -134,6 +137,8 @@ def to_nvidia(arch: Architecture) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [{"layer_type": "data", "img_resolution": arch.resolution, "distill": False}]
     stem = specs[0]
     out.append({"layer_type": "head", "num_in_channels": stem.in_chs, "num_out_channels": stem.out_chs})
+    if stem.stride != 2:
+        out[-1]["stride"] = stem.stride
     for spec in specs[1:-1]:
         entry: dict[str, Any] = {
             "layer_type": spec.type,

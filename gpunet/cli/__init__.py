@@ -11,9 +11,12 @@ import importlib
 import json
 import pkgutil
 import sys
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import SpaceError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def groups() -> list[str]:
@@ -23,6 +26,13 @@ def groups() -> list[str]:
 
 class UsageError(Exception):
     """A user error that is not a :class:`SpaceError` (missing file, bad option value)."""
+
+
+def console() -> "Console":
+    """A rich console; 120 columns when stdout is not a terminal (rich would assume 80)."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 120)
 
 
 def emit(data: Any, as_json: bool, text: str | None = None) -> None:

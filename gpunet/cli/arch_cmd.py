@@ -6,14 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from ..arch import Architecture
 from ..errors import NotInSpaceError, SpaceError
 from ..nvidia import load_architecture, to_nvidia
 from ..space import SearchSpace, load_space, preset_names
-from . import UsageError, emit
+from . import UsageError, console, emit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -66,6 +65,7 @@ def show(args: argparse.Namespace) -> int:
     data = {
         "params_m": round(stats.params_m, 4),
         "gflops": round(stats.gflops, 4),
+        "gmacs": round(stats.gflops / 2, 4),  # the paper's Table 3 "#FLOPS" counts multiply-adds
         "resolution": arch.resolution,
         "vector": vector,
         "space": space.name,
@@ -83,10 +83,13 @@ def show(args: argparse.Namespace) -> int:
         exp, se = (str(s.expansion), str(int(s.se))) if s.block != "conv" else ("-", "-")
         table.add_row(str(i), s.block, str(s.stride), str(s.filters), str(s.kernel), str(s.layers), exp, se, s.act)
     table.add_row("8", "head", "1", str(arch.head_channels), "1", "1", "-", "-", arch.head_act)
-    console = Console()
-    console.print(table)
-    console.print(f"parameters: {stats.params_m:.3f} M   FLOPs: {stats.gflops:.3f} G   classes: {arch.num_classes}")
-    console.print(f"vector ({space.name}): {','.join(map(str, vector))}" if vector else f"not in space {space.name}: {why}")
+    out = console()
+    out.print(table)
+    out.print(
+        f"parameters: {stats.params_m:.3f} M   FLOPs: {stats.gflops:.3f} G ({stats.gflops / 2:.3f} G multiply-adds, "
+        f"Table 3's unit)   classes: {arch.num_classes}"
+    )
+    out.print(f"vector ({space.name}): {','.join(map(str, vector))}" if vector else f"not in space {space.name}: {why}")
     return 0
 
 

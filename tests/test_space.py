@@ -1,0 +1,203 @@
+"""The search space as data: Table 1 presets, the 41-integer encoding (Table 2), validation, overrides."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpunet import NotInSpaceError, SpaceError, load_space, preset_names
+from gpunet.space import VECTOR_LENGTH
+
+PRESETS = ["gpunet", "gpunet-small", "gpunet-tiny"]
+
+
+def test_presets_are_listed():
+    assert set(PRESETS) <= set(preset_names())
+
+
+def test_gpunet_preset_is_table_1():
+    space = load_space("gpunet")
+    assert space.resolution == tuple(range(224, 513, 32))
+    assert space.head_channels == 1792
+    s = space.stages
+    assert [st.block for st in s] == ["conv", "conv", "fused_irb", "fused_irb", "irb", "irb", "irb", "irb"]
+    assert [st.stride for st in s] == [2, 1, 2, 2, 2, 1, 2, 1]
+    assert s[0].filters == (24, 32)
+    assert s[2].filters == tuple(range(32, 81, 16)) and s[3].filters == tuple(range(48, 113, 16))
+    assert s[4].filters == tuple(range(96, 193, 16)) and s[5].filters == tuple(range(112, 225, 16))
+    assert s[6].filters == tuple(range(128, 417, 32)) and s[7].filters == tuple(range(256, 833, 64))
+    assert s[1].layers == (1, 2, 3, 4)
+    assert [st.layers for st in s[2:]] == [
+        tuple(range(1, 9)), tuple(range(1, 9)), tuple(range(1, 11)), tuple(range(0, 16)), tuple(range(1, 16)), tuple(range(0, 16))
+    ]
+    for st in s[2:]:
+        assert st.kernel == (3, 5) and st.expansion == (2, 3, 4, 5, 6) and st.se == (0, 1) and st.act == ("relu", "swish")
+
+
+def test_digits_follow_table_2_order():
+    fields = [d.field for d in load_space("gpunet").digits]
+    assert len(fields) == VECTOR_LENGTH == 41
+    assert fields[:5] == ["resolution", "stage 0 filters", "stage 1 kernel", "stage 1 activation", "stage 1 #layers"]
+    assert fields[5:11] == [f"stage 2 {a}" for a in ("filters", "kernel", "expansion", "SE", "activation", "#layers")]
+    assert fields[-1] == "stage 7 #layers"
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_round_trip_over_thousands_of_random_architectures(preset):
+    space = load_space(preset)
+    vectors = space.sample(3000, seed=7)
+    for v in vectors:
+        v = v.tolist()
+        arch = space.decode(v)
+        assert space.encode(arch) == v
+        assert space.from_indices(space.to_indices(v)) == v
+        assert type(arch).from_dict(arch.to_dict()) == arch
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_samples_are_valid_and_seeded(preset):
+    space = load_space(preset)
+    a, b = space.sample(200, seed=3), space.sample(200, seed=3)
+    assert np.array_equal(a, b) and a.shape == (200, 41)
+    assert not np.array_equal(a, space.sample(200, seed=4))
+    for v in a:
+        space.validate(v.tolist())
+
+
+def test_stage_1_shares_stage_0_filters():
+    space = load_space("gpunet")
+    arch = space.decode(space.sample(1, seed=1)[0].tolist())
+    assert arch.stages[1].filters == arch.stages[0].filters
+
+
+def test_every_digit_rejects_an_out_of_range_value_naming_index_field_and_allowed():
+    space = load_space("gpunet")
+    base = space.sample(1, seed=0)[0].tolist()
+    for digit in space.digits:
+        bad = list(base)
+        bad[digit.index] = max(digit.values) + 1000
+        with pytest.raises(SpaceError) as info:
+            space.decode(bad)
+        err = info.value
+        assert err.index == digit.index and err.field == digit.field and err.value == bad[digit.index]
+        assert err.allowed == digit.values
+        assert f"digit {digit.index} ({digit.field})" in str(err) and str(bad[digit.index]) in str(err)
+
+
+def test_named_error_for_stage_4_expansion():
+    space = load_space("gpunet")
+    v = space.sample(1, seed=0)[0].tolist()
+    v[19] = 7  # stage 4 expansion
+    with pytest.raises(SpaceError, match=r"digit 19 \(stage 4 expansion\): got 7; expected one of \[2, 3, 4, 5, 6\]"):
+        space.decode(v)
+
+
+@pytest.mark.parametrize(
+    "vector, field",
+    [
+        ([224] * 40, "vector length"),
+        ("224,24", "vector"),
+        (None, "vector"),
+    ],
+)
+def test_malformed_vectors(vector, field):
+    with pytest.raises(SpaceError) as info:
+        load_space("gpunet").validate(vector)
+    assert info.value.field == field
+
+
+def test_non_integer_digit_is_rejected():
+    space = load_space("gpunet")
+    v = space.sample(1, seed=0)[0].tolist()
+    v[3] = "swish"
+    with pytest.raises(SpaceError, match="digit 3 .*not an integer"):
+        space.validate(v)
+    v[3] = 1.0  # an integral float is accepted as the integer
+    assert space.validate(v)[3] == 1
+
+
+def test_space_size_counts():
+    tiny = load_space("gpunet-tiny")
+    assert tiny.num_vectors == int(np.prod(tiny.cardinalities))
+    # Stages 5 and 7 may be skipped, so several vectors map to one network.
+    assert tiny.num_networks < tiny.num_vectors
+    gpunet = load_space("gpunet")
+    assert gpunet.num_networks > 10**20
+
+
+# --- overrides -----------------------------------------------------------------------------------
+
+
+def test_overrides_change_ranges_and_fixed_parts():
+    space = load_space(
+        {
+            "preset": "gpunet",
+            "resolution": [224, 256],
+            "headChannels": 1280,
+            "numClasses": 10,
+            "in_chans": 1,
+            "stages": {4: {"filters": {"min": 96, "max": 256, "step": 32}, "layers": [2, 3]}, "7": {"layers": [0]}},
+        }
+    )
+    assert space.resolution == (224, 256)
+    assert (space.head_channels, space.num_classes, space.in_chans) == (1280, 10, 1)
+    assert space.stages[4].filters == (96, 128, 160, 192, 224, 256) and space.stages[4].layers == (2, 3)
+    assert space.stages[7].layers == (0,)
+    assert space.stages[5] == load_space("gpunet").stages[5]  # untouched
+    arch = space.decode(space.sample(1, seed=0)[0].tolist())
+    assert arch.head_channels == 1280 and arch.in_chans == 1 and arch.stages[7].layers == 0
+
+
+def test_keyword_overrides_and_snake_case():
+    space = load_space("gpunet-tiny", head_channels=64, num_classes=3)
+    assert space.head_channels == 64 and space.num_classes == 3
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ({"preset": "nope"}, "preset"),
+        ({"colour": 1}, "searchSpace.colour"),
+        ({"resolution": {"min": 256, "max": 224}}, "searchSpace.resolution.max"),
+        ({"resolution": {"min": 224, "max": 256, "step": 0}}, "searchSpace.resolution.step"),
+        ({"resolution": []}, "searchSpace.resolution"),
+        ({"headChannels": 0}, "searchSpace.headChannels"),
+        ({"numClasses": "ten"}, "searchSpace.numClasses"),
+        ({"stages": {9: {"layers": [1]}}}, "searchSpace.stages"),
+        ({"stages": {4: {"filters": [96, -16]}}}, "searchSpace.stages[4].filters"),
+        ({"stages": {4: {"kernel": [3, 4]}}}, "searchSpace.stages[4].kernel"),
+        ({"stages": {4: {"act": ["gelu"]}}}, "searchSpace.stages[4].act"),
+        ({"stages": {4: {"se": [2]}}}, "searchSpace.stages[4].se"),
+        ({"stages": {4: {"block": "fused_irb"}}}, "searchSpace.stages[4].block"),
+        ({"stages": {4: {"stride": 3}}}, "searchSpace.stages[4].stride"),
+        ({"stages": {4: {"width": [1]}}}, "searchSpace.stages[4].width"),
+        ({"stages": {0: {"layers": [1, 2]}}}, "searchSpace.stages[0].layers"),
+        ({"stages": {1: {"layers": [0, 1]}}}, "searchSpace.stages[1].layers"),
+        ({"stages": [{}] * 3}, "searchSpace.stages"),
+        ({"head": {"dropout": 1.5}}, "searchSpace.head.dropout"),
+        ({"stem": {"kernel": 4}}, "searchSpace.stem.kernel"),
+    ],
+)
+def test_bad_overrides_name_the_field(override, field):
+    with pytest.raises(SpaceError) as info:
+        load_space(override)
+    assert info.value.field == field, str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_encode_refuses_a_network_outside_the_space():
+    gpunet, tiny = load_space("gpunet"), load_space("gpunet-tiny")
+    arch = tiny.decode(tiny.sample(1, seed=0)[0].tolist())
+    with pytest.raises(NotInSpaceError):
+        gpunet.encode(arch)
+
+
+def test_skipped_stage_digits_survive_the_round_trip():
+    space = load_space("gpunet")
+    v = space.sample(1, seed=5)[0].tolist()
+    v[28] = 0  # stage 5 #layers
+    v[23] = 224  # stage 5 filters, irrelevant while skipped, yet kept
+    arch = space.decode(v)
+    assert arch.stages[5].layers == 0
+    assert space.encode(arch) == v
+    assert all(spec.stage != 5 for spec in arch.layer_specs())

@@ -1,0 +1,219 @@
+"""LA-MCTS: Latent Action Monte Carlo Tree Search over learned partitions of the search space.
+
+Wang, Fonseca & Tian, "Learning Search Space Partition for Black-box Optimization using Monte Carlo Tree
+Search", NeurIPS 2020; the searcher the GPUNet paper chose (its section 3.3.1). Every ask:
+
+1. **Rebuild the tree** from all completed observations (:func:`build_tree`): a node holding more than
+   ``leaf_size`` samples is split by k-means (k = 2) on ``(x, f(x))``; an SVM (RBF kernel, ``gamma="auto"``,
+   as in the reference code) learns the boundary on ``x``, and the node's samples go to the "good" child (the
+   cluster with the higher mean f) or the "bad" one by the SVM's prediction, so that a node's samples are exactly
+   the ones inside its region. A node the SVM cannot split stays a leaf.
+2. **Select a leaf** by UCB from the root (:func:`select_path`): each child scores
+   ``mean f + 2 Cp sqrt(2 sqrt(n_parent) / n_child)`` (the reference code's form), with ``Cp = cp * (max f -
+   min f)``, i.e. the exploration constant is scaled to the observed f (the paper advises 1-10 % of f).
+3. **Sample in the region** of the leaf (the intersection of the SVM decisions along the path): BO (a GP and
+   qLogEI over candidates restricted to the region, refined by gradient ascent on continuous spaces when the
+   result stays in the region) for ``lamcts-bo``, or a TuRBO trust region around the
+   leaf's best point, intersected with the region, for ``lamcts-turbo``.
+4. The initial design is a scrambled Sobol sequence (the reference used a Latin hypercube).
+
+scikit-learn provides k-means and the SVM; BoTorch/gpytorch the GP and the acquisition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .base import Option, positive_float, positive_int
+from .bo import (
+    LOCAL_SIGMAS,
+    TurboState,
+    _ModelSearcher,
+    candidates,
+    new_turbo_state,
+    select_training,
+    trust_region,
+    update_turbo_state,
+)
+
+#: Samples a leaf may hold before it is split (LA-MCTS reference default: 20).
+LEAF_SIZE = 20
+#: Exploration constant as a fraction of the observed range of f (paper: 1-10 % of f).
+CP = 0.1
+#: Depth limit of the tree (a guard; with leaf_size 20 it is reached only past ~20 million samples).
+MAX_DEPTH = 20
+
+
+@dataclass
+class Node:
+    """A node of the partition tree: the indices of its samples, their mean f, and for an inner node the SVM
+    that sends a point to ``children[0]`` (good, label 1) or ``children[1]`` (bad, label 0)."""
+
+    idx: np.ndarray
+    mean: float
+    depth: int = 0
+    svm: Any = None
+    children: list["Node"] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.idx)
+
+
+def split_node(X: np.ndarray, y_scaled: np.ndarray, y: np.ndarray, node: Node, seed: int) -> tuple[Any, np.ndarray] | None:
+    """Learn the split of one node: k-means (k = 2) on ``(x, f)``, an SVM on ``x``.
+
+    Args:
+        X: An `n x D` array of all features; y_scaled: an `n` array of f scaled to ``[0, 1]``; y: an `n` array of f.
+
+    Returns:
+        ``(svm, good_mask)`` with ``good_mask`` a boolean array over ``node.idx``, or None if not splittable.
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.svm import SVC
+
+    Xn, yn = X[node.idx], y_scaled[node.idx]
+    data = np.concatenate([Xn, yn[:, None]], axis=1)
+    labels = KMeans(n_clusters=2, n_init=3, random_state=seed).fit_predict(data)
+    if len(set(labels.tolist())) < 2:
+        return None
+    good_cluster = int(np.mean(y[node.idx][labels == 1]) > np.mean(y[node.idx][labels == 0]))
+    target = (labels == good_cluster).astype(int)
+    svm = SVC(kernel="rbf", gamma="auto")
+    svm.fit(Xn, target)
+    good = svm.predict(Xn) == 1
+    if good.all() or not good.any():
+        return None
+    return svm, good
+
+
+def build_tree(X: np.ndarray, y: np.ndarray, leaf_size: int, seed: int) -> Node:
+    """Build the partition tree over all observations (step 1 of the module docstring).
+
+    Args:
+        X: An `n x D` array of features; y: An `n` array of values (maximised).
+    """
+    span = float(np.ptp(y)) if len(y) else 0.0
+    y_scaled = (y - y.min()) / span if span > 0 else np.zeros_like(y)
+    root = Node(np.arange(len(y)), float(np.mean(y)) if len(y) else 0.0)
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.n <= leaf_size or node.depth >= MAX_DEPTH:
+            continue
+        result = split_node(X, y_scaled, y, node, seed)
+        if result is None:
+            continue
+        node.svm, good = result
+        kids = [node.idx[good], node.idx[~good]]
+        node.children = [Node(k, float(np.mean(y[k])), node.depth + 1) for k in kids]
+        stack.extend(node.children)
+    return root
+
+
+def select_path(root: Node, cp: float, rng: np.random.Generator) -> list[tuple[Node, int]]:
+    """UCB descent from the root to a leaf (step 2). Returns ``(node, child index)`` pairs; ties break at random."""
+    path: list[tuple[Node, int]] = []
+    node = root
+    while node.children:
+        ucb = np.array([c.mean + 2.0 * cp * np.sqrt(2.0 * np.sqrt(node.n) / c.n) for c in node.children])
+        best = np.flatnonzero(ucb == ucb.max())
+        choice = int(best[rng.integers(len(best))])
+        path.append((node, choice))
+        node = node.children[choice]
+    return path
+
+
+def in_region(path: list[tuple[Node, int]], Z: np.ndarray) -> np.ndarray:
+    """Whether each row of ``Z`` (an `m x D` array) lies in the region the path leads to: a boolean `m` array."""
+    ok = np.ones(len(Z), dtype=bool)
+    for node, choice in path:
+        if not ok.any():
+            break
+        want = 1 if choice == 0 else 0
+        ok[ok] = node.svm.predict(Z[ok]) == want
+    return ok
+
+
+def leaf_of(root: Node, path: list[tuple[Node, int]]) -> Node:
+    return path[-1][0].children[path[-1][1]] if path else root
+
+
+class LamctsSearcher(_ModelSearcher):
+    """LA-MCTS with BO in the selected region (``lamcts-bo``, the default searcher of the system)."""
+
+    name = "lamcts-bo"
+    OPTIONS = {
+        **_ModelSearcher.OPTIONS,
+        "leaf_size": Option(LEAF_SIZE, positive_int, "samples a leaf may hold before it is split"),
+        "cp": Option(CP, positive_float, "exploration constant as a fraction of the observed range of f"),
+    }
+
+    def _tree(self, X, y, rng):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            root = build_tree(X, y, self.options["leaf_size"], int(rng.integers(2**31)))
+        span = float(np.ptp(y)) or 1.0
+        path = select_path(root, self.options["cp"] * span, rng)
+        return root, path
+
+    def _model_propose(self, n, rng, X, y, Xpend):
+        root, path = self._tree(X, y, rng)
+        leaf = leaf_of(root, path)
+        seed = int(rng.integers(2**31))
+        region = (lambda Z: in_region(path, Z)) if path else None
+        leaf_X, leaf_y = X[leaf.idx], y[leaf.idx]
+        centers = leaf_X[np.argsort(-leaf_y, kind="stable")[: max(5, len(leaf_y) // 2)]]
+        D = self.space.num_features
+        Z, pts = candidates(self, rng, np.zeros(D), np.ones(D), centers, self.options["max_candidates"], region=region, local_sigma=LOCAL_SIGMAS)
+        if len(Z) == 0:
+            return []
+        idx = select_training(X, y, self.options["max_gp_points"], center=X[leaf.idx[np.argmax(leaf_y)]] if len(y) > self.options["max_gp_points"] else None)
+        model = self._fit(X[idx], y[idx], seed)
+        return self._choose(X[idx], y[idx], Xpend, Z, pts, n, seed, model, np.zeros(D), np.ones(D), region)
+
+
+class LamctsTurboSearcher(LamctsSearcher):
+    """LA-MCTS with a TuRBO-1 trust region in the selected region (``lamcts-turbo``).
+
+    One trust-region state (length, counters; :class:`~gpunet.search.bo.TurboState`) is kept across asks; the
+    region is centred on the best sample of the selected leaf and intersected with the leaf's region.
+    """
+
+    name = "lamcts-turbo"
+
+    def _post_init(self) -> None:
+        super()._post_init()
+        self.turbo = new_turbo_state(self.space.num_features)
+
+    def _extra_state(self):
+        return {**super()._extra_state(), "turbo": dataclasses.asdict(self.turbo)}
+
+    def _load_extra_state(self, extra):
+        super()._load_extra_state(extra)
+        if "turbo" in extra:
+            self.turbo = TurboState(**extra["turbo"])
+
+    def _on_tell(self, trial):
+        state = update_turbo_state(self.turbo, float(trial.value), len(self._tell_order))
+        # a restart here only resets the trust region; the tree keeps every observation
+        self.turbo = dataclasses.replace(state, epoch_start=0) if state.restarts != self.turbo.restarts else state
+
+    def _model_propose(self, n, rng, X, y, Xpend):
+        root, path = self._tree(X, y, rng)
+        leaf = leaf_of(root, path)
+        seed = int(rng.integers(2**31))
+        center = X[leaf.idx[int(np.argmax(y[leaf.idx]))]]
+        idx = select_training(X, y, self.options["max_gp_points"], center=center)
+        model = self._fit(X[idx], y[idx], seed)
+        lb, ub = trust_region(center, model, self.turbo.length)
+        region = (lambda Z: in_region(path, Z)) if path else None
+        Z, pts = candidates(self, rng, lb, ub, center[None, :], self.options["max_candidates"], region=region)
+        if len(Z) == 0:
+            return []
+        return self._choose(X[idx], y[idx], Xpend, Z, pts, n, seed, model, lb, ub, region)

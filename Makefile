@@ -27,9 +27,7 @@ test: $(STAMP) data
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP) data
-	$(BIN)/gpunet space describe --preset gpunet-tiny
-	$(BIN)/gpunet arch sample --preset gpunet-tiny -n 3 --seed 0
-	$(BIN)/gpunet arch show tests/data/gpunet-2.json
+	$(BIN)/gpunet run examples/fashion-mnist.yaml --out runs/fashion-mnist --profiler-runs 20
 
 bench: $(STAMP)
 	@echo "see benchmarks/README.md"

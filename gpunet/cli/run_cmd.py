@@ -1,0 +1,90 @@
+"""``gpunet run SEARCH.yaml``: run a whole NASSearch on this machine (controller in-process, local workers)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import UsageError, emit
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "run", help="run a NASSearch locally: controller in-process, workers as subprocesses on 127.0.0.1",
+        description="Run the NASSearch of SEARCH.yaml (the same file `kubectl apply` takes; Kubernetes-only fields are "
+                    "ignored) on this machine. Rerunning with the same --out resumes the search.")
+    p.add_argument("search", type=Path, metavar="SEARCH.yaml")
+    p.add_argument("--workers", type=int, default=2, help="trainer processes (default 2)")
+    p.add_argument("--profilers", type=int, default=2, help="profiler processes while the latency table fills (default 2)")
+    p.add_argument("--out", type=Path, help="output and state directory (default: runs/<metadata.name>)")
+    p.add_argument("--lease-seconds", type=float, default=30.0, help="lease duration of the controller (default 30)")
+    p.add_argument("--threads", type=int, help="CPU threads per trainer (default: cores / workers)")
+    p.add_argument("--profiler-runs", type=int, help="timed runs per layer measurement (default: the backend's)")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0: any free port)")
+    p.add_argument("--timeout", type=float, help="stop (resumably) after this many seconds")
+    p.add_argument("--no-display", action="store_true", help="plain status lines instead of the live display")
+    p.add_argument("--json", action="store_true", help="print the model hub as one JSON object at the end")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..controller.local import LocalRun, render_status, status_line
+    from ..controller.outputs import write_outputs
+    from ..spec import load_spec
+
+    if args.workers < 1 or args.profilers < 1:
+        raise UsageError(f"--workers and --profilers: got {args.workers} and {args.profilers}; expected at least 1 each")
+    spec = load_spec(args.search)
+    out = args.out or Path("runs") / spec.name
+    run_ = LocalRun(spec, out, workers=args.workers, profilers=args.profilers, lease_s=args.lease_seconds,
+                    threads=args.threads, profiler_runs=args.profiler_runs, metrics_port=args.metrics_port)
+    say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    say(f"gpunet run: search {spec.name!r}, state in {run_.out}, controller on {run_.server.address}"
+        + (f", metrics on :{run_.server.metrics_port}/metrics" if run_.server.metrics_port else ""))
+    interrupted = False
+    status = None
+    try:
+        run_.start()
+        from rich.console import Console
+
+        console = Console(stderr=args.json)
+        if console.is_terminal and not args.no_display:
+            from rich.live import Live
+
+            with Live(render_status(run_.controller.status(), run_.started), console=console, refresh_per_second=2) as live:
+                status = run_.wait(lambda s: live.update(render_status(s, run_.started)), timeout_s=args.timeout)
+        else:
+            last = [0.0]
+
+            def tick(s: Any) -> None:
+                if time.time() - last[0] >= 10:
+                    last[0] = time.time()
+                    say(status_line(s, run_.started))
+
+            status = run_.wait(tick, timeout_s=args.timeout)
+    except KeyboardInterrupt:
+        interrupted = True
+        say("gpunet run: interrupted; stopping workers (their leases are released as preempted) and saving state")
+    except RuntimeError as exc:  # every trainer crashed repeatedly
+        run_.close()
+        raise UsageError(str(exc)) from None
+    finally:
+        run_.close()
+    status = run_.controller.status()
+    say(status_line(status, run_.started))
+    if interrupted or status.phase not in ("Succeeded", "Failed"):
+        say(f"gpunet run: stopped in phase {status.phase}; rerun with --out {run_.out} to resume")
+        return 130 if interrupted else 1
+    if status.phase == "Failed":
+        print(f"gpunet: error: search failed: {status.message}", file=sys.stderr)
+        return 1
+    hub = write_outputs(spec, run_.out, threads=run_.threads)
+    if args.json:
+        emit(hub, True)
+    else:
+        print((run_.out / "hub.md").read_text())
+        print(f"wrote {', '.join(Path(p).name for p in hub['files'].values())} and the ONNX files in {run_.out}")
+    return 0

@@ -1,0 +1,209 @@
+"""``gpunet run``: the whole search on one machine, with the same controller and workers as on Kubernetes.
+
+The controller runs in this process (gRPC on 127.0.0.1, a random port, a fresh token per run); profilers and
+trainers run as ``python -m gpunet_worker`` subprocesses. Everything lives in the output directory, so rerunning
+with the same directory resumes the search. Ctrl-C sends SIGTERM to the workers (they release their leases as
+``preempted``), saves the controller's state and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Callable
+
+from ..rpc import TOKEN_ENV, pb
+from ..spec import SearchSpec
+from .core import PHASE_PROFILING, TERMINAL_PHASES, SearchController
+from .service import ControllerServer
+
+log = logging.getLogger(__name__)
+#: Restarts of a crashed worker process before the run gives up on that slot.
+MAX_WORKER_RESTARTS = 3
+
+
+@dataclass
+class WorkerProcess:
+    role: str
+    worker_id: str
+    proc: subprocess.Popen
+    log: IO[str]
+    restarts: int = 0
+    exit_codes: list[int] = field(default_factory=list)
+
+
+class LocalRun:
+    """A controller plus local worker processes for one search in ``out_dir``.
+
+    Args:
+        spec: the parsed ``NASSearch``.
+        out_dir: state and results.
+        workers: trainer processes.
+        profilers: profiler processes (started only while the latency table is being filled).
+        lease_s: lease duration of the controller, in seconds.
+        threads: CPU threads per trainer (default: the machine's cores divided among the trainers).
+        profiler_runs: timed runs per layer measurement (None: the backend's default).
+    """
+
+    def __init__(self, spec: SearchSpec, out_dir: str | Path, *, workers: int = 2, profilers: int = 2,
+                 lease_s: float = 30.0, threads: int | None = None, profiler_runs: int | None = None,
+                 metrics_port: int | None = None) -> None:
+        from ..data import available_cpus
+
+        self.spec, self.out = spec, Path(out_dir).resolve()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.n_workers, self.n_profilers = workers, profilers
+        self.threads = threads or max(1, available_cpus() // max(1, workers))
+        self.profiler_runs = profiler_runs
+        self.token = secrets.token_urlsafe(24)
+        self.controller = SearchController(spec, self.out, lease_s=lease_s, searcher_processes=True)
+        self.server = ControllerServer(self.controller, self.token, "127.0.0.1:0", metrics_port=metrics_port)
+        self.procs: list[WorkerProcess] = []
+        self.started = time.time()
+
+    # --- processes -----------------------------------------------------------------------------------------
+    def _spawn(self, role: str, index: int) -> WorkerProcess:
+        worker_id = f"local-{role}-{index}"
+        cmd = [sys.executable, "-m", "gpunet_worker", role, "--controller", self.server.address, "--worker-id", worker_id,
+               "--give-up-after", "60"]
+        if role == "trainer":
+            cmd += ["--threads", str(self.threads)]
+        else:
+            cmd += ["--threads", "1", "--backend", self.spec.latency.backend, "--latency-device", self.spec.latency.device,
+                    "--precision", self.spec.latency.precision, "--batch-size", str(self.spec.latency.batch_size)]
+            if self.profiler_runs:
+                cmd += ["--runs", str(self.profiler_runs), "--warmup", str(max(1, self.profiler_runs // 5))]
+        env = dict(os.environ, **{TOKEN_ENV: self.token, "PYTHONUNBUFFERED": "1"})
+        worker_dir = Path(__file__).resolve().parents[2] / "worker"
+        if worker_dir.is_dir():  # a source checkout: make gpunet_worker importable without installation
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(worker_dir), env.get("PYTHONPATH", "")) if p)
+        logs = self.out / "logs"
+        logs.mkdir(exist_ok=True)
+        handle = open(logs / f"{worker_id}.log", "a")
+        proc = subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        return WorkerProcess(role, worker_id, proc, handle)
+
+    def start(self) -> "LocalRun":
+        self.server.start()
+        if self.controller.state.phase in TERMINAL_PHASES:
+            return self
+        if self.controller.state.phase == PHASE_PROFILING:
+            self.procs += [self._spawn("profiler", i) for i in range(self.n_profilers)]
+        self.procs += [self._spawn("trainer", i) for i in range(self.n_workers)]
+        return self
+
+    def supervise(self) -> None:
+        """Restart worker processes that crashed (a nonzero exit other than SIGTERM's) while work remains."""
+        phase = self.controller.state.phase
+        for i, w in enumerate(self.procs):
+            rc = w.proc.poll()
+            if rc is None or rc == 0 or phase in TERMINAL_PHASES:
+                continue
+            if w.role == "profiler" and phase != PHASE_PROFILING:
+                continue
+            w.exit_codes.append(rc)
+            if w.restarts >= MAX_WORKER_RESTARTS:
+                continue
+            log.warning("worker %s exited with %s; restarting it", w.worker_id, rc)
+            w.log.close()
+            fresh = self._spawn(w.role, int(w.worker_id.rsplit("-", 1)[1]))
+            fresh.restarts, fresh.exit_codes = w.restarts + 1, w.exit_codes
+            self.procs[i] = fresh
+
+    def alive(self) -> int:
+        return sum(w.proc.poll() is None for w in self.procs)
+
+    def stop_workers(self, timeout: float = 30.0) -> None:
+        """SIGTERM every worker (they release their leases as preempted) and wait; SIGKILL what remains."""
+        for w in self.procs:
+            if w.proc.poll() is None:
+                w.proc.send_signal(signal.SIGTERM)
+        deadline = time.time() + timeout
+        for w in self.procs:
+            try:
+                w.proc.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.wait()
+            w.log.close()
+
+    def close(self) -> None:
+        """Stop the workers and the controller (idempotent)."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
+        self.stop_workers()
+        self.server.stop()
+
+    # --- the whole run ---------------------------------------------------------------------------------------
+    def wait(self, on_tick: Callable[[pb.SearchStatus], None] | None = None, period_s: float = 0.5,
+             timeout_s: float | None = None) -> pb.SearchStatus:
+        """Block until the search reaches a terminal phase (or ``timeout_s``); returns the last status."""
+        start = time.time()
+        while True:
+            status = self.controller.status(pb.StatusRequest(max_candidates=50))
+            if on_tick is not None:
+                on_tick(status)
+            if status.phase in TERMINAL_PHASES:
+                return status
+            if timeout_s is not None and time.time() - start > timeout_s:
+                return status
+            self.supervise()
+            if self.procs and not self.alive() and all(len(w.exit_codes) > MAX_WORKER_RESTARTS for w in self.procs if w.role == "trainer"):
+                raise RuntimeError(f"every trainer crashed repeatedly; see the logs in {self.out / 'logs'}")
+            time.sleep(period_s)
+
+
+def eta_seconds(status: pb.SearchStatus, started: float, now: float) -> float | None:
+    """A rough ETA of the search (seconds), from the pace of finished candidates so far; None when unknown."""
+    c = status.candidates
+    finished = c.completed + c.stopped + c.failed
+    if status.phase != "Searching" or finished == 0:
+        return None
+    remaining = max(c.budget - finished, 0)
+    return (now - started) / finished * remaining
+
+
+def render_status(status: pb.SearchStatus, started: float) -> Any:
+    """A rich renderable of the status: phase, table fill, candidates per state, best per tier, ETA."""
+    from rich.table import Table
+
+    now = time.time()
+    t = Table(title=f"gpunet search [bold]{status.search_name}[/]", show_header=False, expand=False)
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("phase", f"{status.phase} {status.message}".strip())
+    lt = status.latency_table
+    if lt.layers_needed:
+        frac = lt.layers_measured / lt.layers_needed
+        bar = "█" * int(30 * frac) + "░" * (30 - int(30 * frac))
+        t.add_row("latency table", f"{bar} {lt.layers_measured}/{lt.layers_needed} layers")
+    c = status.candidates
+    t.add_row("candidates", f"{c.queued} queued · {c.running} running · {c.completed} completed · {c.stopped} stopped "
+                            f"· {c.failed} failed  ({c.total}/{c.budget})")
+    t.add_row("faults", f"{status.preemptions} preemptions · {status.lease_expiries} lease expiries · "
+                        f"{status.active_workers} workers active")
+    for tier in status.tiers:
+        best = f"{tier.best_candidate_id}: top-1 {100 * tier.best_top1:.2f}% at {tier.best_latency_ms:.3f} ms" \
+            if tier.best_candidate_id else "–"
+        t.add_row(f"tier {tier.target_ms:g} ms", f"pool {tier.pool_size} · {tier.evaluated} evaluated · best {best}")
+    eta = eta_seconds(status, started, now)
+    t.add_row("elapsed / ETA", f"{now - started:.0f} s / {'%.0f s' % eta if eta is not None else '–'}")
+    return t
+
+
+def status_line(status: pb.SearchStatus, started: float) -> str:
+    """One plain line of the status, for logs and non-terminal output."""
+    c, lt = status.candidates, status.latency_table
+    best = ", ".join(f"{t.target_ms:g}ms:{100 * t.best_top1:.1f}%" for t in status.tiers if t.best_candidate_id) or "-"
+    return (f"[{time.time() - started:5.0f}s] {status.phase}: table {lt.layers_measured}/{lt.layers_needed}, "
+            f"candidates {c.completed + c.stopped}/{c.budget} done ({c.running} running, {c.queued} queued, {c.failed} failed), "
+            f"preemptions {status.preemptions}, best {best}")

@@ -1,0 +1,119 @@
+"""A tier's searcher behind one call, ``round(tells, want, snapshot)``: in this thread or in its own process.
+
+A round tells the searcher the new results, asks it for ``want`` proposals and writes its state to ``snapshot``
+(atomically). Model-based searchers (LA-MCTS-BO) spend up to seconds in a round, mostly holding Python's GIL;
+in the controller process that would stall every RPC thread. :class:`ProcessSearcher` runs the searcher in a
+child process (``spawn``), so the controller's driver thread only waits on a pipe. :class:`LocalSearcher` is the
+same in-thread, for tests and tools.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from pathlib import Path
+from typing import Any, Sequence
+
+from .state import write_json_atomic
+
+#: A result for the searcher: ``(trial_id, failed, top1)``.
+Tell = tuple[int, bool, float]
+
+
+def _create(algorithm: dict[str, Any], space: Any, pool: list[list[int]], tier: int, snapshot: str | None) -> Any:
+    from .. import search
+    from ..space import load_space
+
+    if snapshot:
+        return search.from_state_dict(json.loads(Path(snapshot).read_text()))
+    sp = search.IntegerSpace.from_search_space(load_space(space), pool=pool)
+    options = dict(algorithm.get("options") or {})
+    if "n_init" in search.searcher_class(algorithm["name"]).OPTIONS and "n_init" not in options:
+        options["n_init"] = algorithm["initial_samples"]
+    return search.create(algorithm["name"], sp, seed=algorithm["seed"] + tier, **options)
+
+
+def _round(searcher: Any, tells: Sequence[Tell], want: int, snapshot: str) -> list[tuple[int, list[int]]]:
+    for trial_id, failed, top1 in tells:
+        if failed:
+            searcher.tell_failed(trial_id)
+        else:
+            searcher.tell(trial_id, float(top1))
+    trials = searcher.ask(want) if want > 0 else []
+    write_json_atomic(snapshot, searcher.state_dict())
+    return [(int(t.id), [int(x) for x in t.params]) for t in trials]
+
+
+class LocalSearcher:
+    """The searcher of one tier, in the calling thread."""
+
+    def __init__(self, algorithm: dict[str, Any], space: Any, pool: list[list[int]], tier: int, snapshot: str | None) -> None:
+        self.searcher = _create(algorithm, space, pool, tier, snapshot)
+
+    def round(self, tells: Sequence[Tell], want: int, snapshot: str | Path) -> list[tuple[int, list[int]]]:
+        """Tell ``tells``, ask ``want`` proposals ``(trial_id, vector)``, write the state to ``snapshot``."""
+        return _round(self.searcher, tells, want, str(snapshot))
+
+    def close(self) -> None:
+        pass
+
+
+def _serve(conn: Any, args: tuple[Any, ...]) -> None:
+    """Child process: build the searcher, then answer rounds until told to stop or the parent goes away."""
+    try:
+        searcher = _create(*args)
+        conn.send(("ready", None))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the controller is gone
+        if message is None:
+            return
+        try:
+            conn.send(("ok", _round(searcher, *message)))
+        except Exception as exc:  # noqa: BLE001
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class ProcessSearcher:
+    """The searcher of one tier in a child process (same interface as :class:`LocalSearcher`)."""
+
+    def __init__(self, algorithm: dict[str, Any], space: Any, pool: list[list[int]], tier: int, snapshot: str | None) -> None:
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child, (algorithm, space, pool, tier, snapshot)),
+                                 name=f"gpunet-searcher-{tier}", daemon=True)
+        self._proc.start()
+        child.close()
+        self._ready = False
+
+    def _receive(self) -> Any:
+        try:
+            kind, payload = self._conn.recv()
+        except EOFError:
+            raise RuntimeError(f"searcher process exited with code {self._proc.exitcode}") from None
+        if kind == "error":
+            raise RuntimeError(f"searcher process: {payload}")
+        return payload
+
+    def round(self, tells: Sequence[Tell], want: int, snapshot: str | Path) -> list[tuple[int, list[int]]]:
+        if not self._ready:
+            self._receive()
+            self._ready = True
+        self._conn.send((list(tells), int(want), str(snapshot)))
+        return self._receive()
+
+    def close(self) -> None:
+        try:
+            self._conn.send(None)
+        except (OSError, BrokenPipeError):
+            pass
+        self._proc.join(timeout=5)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+        self._conn.close()

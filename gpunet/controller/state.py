@@ -1,0 +1,212 @@
+"""The controller's persistent state: candidates, counters, phase.
+
+Files in the state directory (the shared volume on Kubernetes, ``--out`` under ``gpunet run``):
+
+- ``state.sqlite``: this module's :class:`ControllerState` in SQLite (WAL): one row per candidate and one for
+  the rest. Every change that matters is one transaction touching only the changed rows, so a save costs the
+  same with 10 or 10,000 candidates. Commits survive a killed process (``synchronous=NORMAL`` in WAL mode).
+- ``state.json``: a readable export of the same, written when the controller stops.
+- ``stratification.json``: the latency-tier pools (written once, after stratification).
+- ``searchers/tier-<t>-v<k>.json``: snapshots of each tier's searcher; the state names the current one, so a
+  crash between the two writes leaves a consistent pair.
+- ``latency.sqlite``: the latency table (:class:`gpunet.latency.LatencyTable`, written only by the controller).
+- ``checkpoints/<candidate>/<lease>.pt``: trainers' epoch checkpoints.
+
+JSON files are written to a temporary file in the same folder, fsynced and renamed over the old one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+STATE_FORMAT = "gpunet-controller-state/v1"
+#: Candidate states (SearchStatus / CandidateRecord.state).
+QUEUED, RUNNING, COMPLETED, STOPPED, FAILED = "queued", "running", "completed", "stopped", "failed"
+CANDIDATE_STATES = (QUEUED, RUNNING, COMPLETED, STOPPED, FAILED)
+#: States with a result (top-1) that the searcher has seen.
+FINISHED = (COMPLETED, STOPPED)
+#: Events kept per candidate.
+MAX_EVENTS = 20
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, separators=(",", ":"))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass
+class Candidate:
+    """One proposed network of a latency tier and its training history.
+
+    ``history[e - 1]`` is the validation top-1 (a fraction) after epoch ``e`` of the current training run;
+    ``checkpoint`` is the last complete epoch checkpoint (``epoch`` epochs done), the resume point of the next
+    lease. ``lease_deadline`` is seconds since the Unix epoch.
+    """
+
+    id: str
+    tier: int
+    trial_id: int
+    vector: list[int]
+    latency_ms: float
+    state: str = QUEUED
+    created: float = 0.0
+    finished: float = 0.0
+    attempts: int = 0
+    failures: int = 0
+    preemptions: int = 0
+    lease_expiries: int = 0
+    restarts_from_scratch: int = 0
+    lease_id: str = ""
+    worker_id: str = ""
+    lease_deadline: float = 0.0
+    checkpoint: str = ""
+    epoch: int = 0
+    history: list[float] = field(default_factory=list)
+    top1: float | None = None
+    stop_requested: bool = False
+    told: bool = False
+    requeued_at: float = 0.0
+    events: list[str] = field(default_factory=list)
+
+    def note(self, event: str) -> None:
+        self.events = (self.events + [event])[-MAX_EVENTS:]
+
+    @property
+    def best_top1(self) -> float:
+        if self.top1 is not None:
+            return self.top1
+        return max(self.history, default=0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Candidate":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class ControllerState:
+    """Everything the controller must not lose (see the module docstring for the other files)."""
+
+    name: str
+    phase: str = "Pending"
+    message: str = ""
+    started: float = 0.0
+    updated: float = 0.0
+    #: The latency target (``LatencyTarget.to_dict()``), known once a profiler has told its device.
+    target: dict[str, Any] | None = None
+    #: Layer keys (digests) that profilers could not measure; networks containing them are left out.
+    unmeasurable: list[str] = field(default_factory=list)
+    candidates: dict[str, Candidate] = field(default_factory=dict)
+    #: Next candidate number per tier.
+    next_number: list[int] = field(default_factory=list)
+    #: Current searcher snapshot version per tier (file ``searchers/tier-<t>-v<k>.json``); 0 = none yet.
+    searcher_versions: list[int] = field(default_factory=list)
+    preemptions: int = 0
+    lease_expiries: int = 0
+    failures: int = 0
+    duplicate_reports: int = 0
+    next_lease: int = 0
+    spec_digest: str = ""
+
+    def header(self) -> dict[str, Any]:
+        """Everything but the candidates, as JSON-ready data."""
+        return {"format": STATE_FORMAT, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "candidates"}}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.header(), "candidates": [c.to_dict() for c in self.candidates.values()]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ControllerState":
+        if data.get("format") != STATE_FORMAT:
+            raise ValueError(f"controller state format: got {data.get('format')!r}; expected {STATE_FORMAT!r}")
+        names = {f.name for f in dataclasses.fields(cls)} - {"candidates"}
+        state = cls(**{k: v for k, v in data.items() if k in names})
+        state.candidates = {c["id"]: Candidate.from_dict(c) for c in data.get("candidates", [])}
+        return state
+
+    @classmethod
+    def load(cls, state_dir: str | Path) -> "ControllerState":
+        """Read the state of ``state_dir`` (its ``state.sqlite``; safe while a controller is writing it)."""
+        store = StateStore(Path(state_dir) / STATE_FILE, readonly=True)
+        try:
+            return store.load()
+        finally:
+            store.close()
+
+
+STATE_FILE = "state.sqlite"
+
+
+class StateStore:
+    """The SQLite file behind :class:`ControllerState`; thread-safe (one connection, a lock)."""
+
+    def __init__(self, path: str | Path, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        if readonly:
+            if not self.path.exists():
+                raise FileNotFoundError(f"{self.path}: no controller state here")
+            self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False, timeout=30)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.executescript(
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+                "CREATE TABLE IF NOT EXISTS candidates (id TEXT PRIMARY KEY, data TEXT NOT NULL);")
+
+    def exists(self) -> bool:
+        with self._lock:
+            row = self._conn.execute("SELECT 1 FROM meta WHERE key = 'state'").fetchone()
+        return row is not None
+
+    def save(self, state: ControllerState, candidates: Iterable[Candidate] = ()) -> None:
+        """Write the header and the given (changed) candidates in one transaction."""
+        rows = [(c.id, json.dumps(c.to_dict(), separators=(",", ":"))) for c in candidates]
+        header = json.dumps(state.header(), separators=(",", ":"))
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('state', ?)", (header,))
+                if rows:
+                    self._conn.executemany("INSERT OR REPLACE INTO candidates VALUES (?, ?)", rows)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def load(self) -> ControllerState:
+        with self._lock:
+            try:
+                row = self._conn.execute("SELECT value FROM meta WHERE key = 'state'").fetchone()
+                if row is None:
+                    raise FileNotFoundError(f"{self.path}: no controller state saved yet")
+                cands = [json.loads(r[0]) for r in self._conn.execute("SELECT data FROM candidates ORDER BY rowid")]
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):  # a reader that came before the controller's first commit
+                    raise FileNotFoundError(f"{self.path}: no controller state saved yet") from None
+                raise
+        return ControllerState.from_dict({**json.loads(row[0]), "candidates": cands})
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,283 @@
+"""The search controller's core, in-process: stages, leases, idempotency, early stopping, restarts, status."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from controller_helpers import fake_profile, micro_spec, trainer_request
+from gpunet.controller import InvalidRequestError, SearchController, UnknownWorkError
+from gpunet.controller.state import ControllerState
+from gpunet.rpc import pb
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def searching(tmp_path: Path, clock: Clock, lease_s: float = 10.0, **spec_kwargs) -> SearchController:
+    ctl = SearchController(micro_spec(**spec_kwargs), tmp_path, lease_s=lease_s, clock=clock, round_interval_s=0)
+    assert fake_profile(ctl) == 14
+    assert ctl.state.phase == "Searching"
+    return ctl
+
+
+def progress(task: pb.TrainingAssignment, worker: str, epoch: int, top1: float, ckpt: str | None = None) -> pb.ProgressReport:
+    return pb.ProgressReport(worker_id=worker, candidate_id=task.candidate_id, lease_id=task.lease_id, epoch=epoch, top1=top1,
+                             checkpoint_path=ckpt or f"{task.checkpoint_path}", train_loss=1.0)
+
+
+def result(task: pb.TrainingAssignment, worker: str, top1: float, epochs: int = 2, **kw) -> pb.ResultReport:
+    return pb.ResultReport(worker_id=worker, candidate_id=task.candidate_id, lease_id=task.lease_id, top1=top1, epochs=epochs,
+                           checkpoint_path=task.checkpoint_path, **kw)
+
+
+def test_stages_fill_the_table_stratify_and_propose_ahead(tmp_path: Path, clock: Clock) -> None:
+    ctl = searching(tmp_path, clock)
+    status = ctl.status()
+    assert status.latency_table.layers_needed == status.latency_table.layers_measured == 14
+    assert status.tiers[0].pool_size == 16  # every micro network lies in 0.1 ms +- 50%
+    assert status.candidates.queued >= 2, "proposals are computed before any trainer asks"
+    assert (tmp_path / "stratification.json").exists() and ctl.table.medians()
+    assert all(c.latency_ms == pytest.approx(0.01 * len(ctl.space.decode(c.vector).layer_specs())) for c in ctl.candidates())
+
+
+def test_trainers_wait_while_profiling_and_profilers_are_sent_home_after(tmp_path: Path, clock: Clock) -> None:
+    ctl = SearchController(micro_spec(), tmp_path, clock=clock, round_interval_s=0)
+    assert ctl.request_work(trainer_request("t")).WhichOneof("work") == "wait"
+    fake_profile(ctl)
+    answer = ctl.request_work(pb.WorkRequest(worker_id="p2", kind=pb.WORKER_KIND_PROFILER, device="test-cpu"))
+    assert answer.WhichOneof("work") == "done"
+
+
+def test_request_work_is_idempotent(tmp_path: Path, clock: Clock) -> None:
+    ctl = searching(tmp_path, clock)
+    first = ctl.request_work(trainer_request("w1")).candidate
+    clock.now += 5
+    again = ctl.request_work(trainer_request("w1")).candidate
+    assert (again.candidate_id, again.lease_id) == (first.candidate_id, first.lease_id)
+    assert again.lease_deadline_unix_s == pytest.approx(first.lease_deadline_unix_s + 5)
+    other = ctl.request_work(trainer_request("w2")).candidate
+    assert other.candidate_id != first.candidate_id
+
+
+def test_expired_lease_requeues_and_next_worker_resumes_from_last_checkpoint(tmp_path: Path, clock: Clock) -> None:
+    ctl = searching(tmp_path, clock)
+    task = ctl.request_work(trainer_request("w1")).candidate
+    assert ctl.report_progress(progress(task, "w1", 1, 0.5)).action == pb.PROGRESS_ACTION_CONTINUE
+    clock.now += 11
+    assert ctl.expire_leases() == 1
+    again = ctl.request_work(trainer_request("w2")).candidate
+    assert again.candidate_id == task.candidate_id and again.lease_id != task.lease_id
+    assert again.resume_checkpoint == task.checkpoint_path and again.start_epoch == 1 and again.attempt == 2
+    # The silent worker comes back: it is told to abandon, and its result is ignored.
+    assert ctl.report_progress(progress(task, "w1", 2, 0.6)).action == pb.PROGRESS_ACTION_ABANDON
+    late = ctl.report_result(result(task, "w1", 0.6))
+    assert not late.accepted and "late" in late.reason
+    assert ctl.status().lease_expiries == 1
+
+
+def test_heartbeats_keep_a_lease_alive(tmp_path: Path, clock: Clock) -> None:
+    ctl = searching(tmp_path, clock)
+    task = ctl.request_work(trainer_request("w1")).candidate
+    for _ in range(5):
+        clock.now += 6
+        beat = pb.ProgressReport(worker_id="w1", candidate_id=task.candidate_id, lease_id=task.lease_id, heartbeat=True)
+        assert ctl.report_progress(beat).action == pb.PROGRESS_ACTION_CONTINUE
+        assert ctl.expire_leases() == 0
+
+
+def test_duplicate_results_are_ignored(tmp_path: Path, clock: Clock) -> None:
+    ctl = searching(tmp_path, clock)
+    task = ctl.request_work(trainer_request("w1")).candidate
+    ctl.report_progress(progress(task, "w1", 1, 0.4))
+    # A retried progress report (same epoch and checkpoint) changes nothing.
+    ctl.report_progress(progress(task, "w1", 1, 0.4))
+    assert ctl.state.candidates[task.candidate_id].history == [0.4]
+    assert ctl.report_result(result(task, "w1", 0.7)).accepted
+    dup = ctl.report_result(result(task, "w1", 0.9))
+    assert not dup.accepted and "duplicate" in dup.reason
+    cand = ctl.state.candidates[task.candidate_id]
+    assert cand.state == "completed" and cand.top1 == 0.7
+    assert ctl.status().candidates.completed == 1
+
+
+def test_preempted_release_requeues_at_once_and_is_not_a_failure(tmp_path: Path, clock: Clock) -> None:
+    ctl = searching(tmp_path, clock)
+    task = ctl.request_work(trainer_request("w1")).candidate
+    ctl.report_progress(progress(task, "w1", 1, 0.5))
+    rel = ctl.release_lease(pb.ReleaseRequest(worker_id="w1", lease_id=task.lease_id, reason=pb.RELEASE_REASON_PREEMPTED,
+                                              checkpoint_path=task.checkpoint_path, epoch=1))
+    assert rel.released and rel.requeued and rel.work_id == task.candidate_id
+    cand = ctl.state.candidates[task.candidate_id]
+    assert cand.state == "queued" and cand.preemptions == 1 and cand.failures == 0
+    # Re-queued work goes first, to the next worker that asks, without waiting for the lease to expire.
+    again = ctl.request_work(trainer_request("w2")).candidate
+    assert again.candidate_id == task.candidate_id and again.start_epoch == 1
+    assert ctl.status().preemptions == 1
+
+
+def test_operator_releases_a_lost_pods_lease_by_worker_id(tmp_path: Path, clock: Clock) -> None:
+    ctl = searching(tmp_path, clock)
+    task = ctl.request_work(trainer_request("pod-a")).candidate
+    rel = ctl.release_lease(pb.ReleaseRequest(worker_id="pod-a", reason=pb.RELEASE_REASON_PREEMPTED))
+    assert rel.released and rel.work_id == task.candidate_id
+    assert not ctl.release_lease(pb.ReleaseRequest(worker_id="pod-a", reason=pb.RELEASE_REASON_PREEMPTED)).released
+
+
+def test_failures_beyond_max_retries_fail_the_candidate(tmp_path: Path, clock: Clock) -> None:
+    ctl = searching(tmp_path, clock)  # maxRetries: 1
+    task = ctl.request_work(trainer_request("w1")).candidate
+    assert ctl.release_lease(pb.ReleaseRequest(worker_id="w1", reason=pb.RELEASE_REASON_FAILED, message="OOM")).requeued
+    task2 = ctl.request_work(trainer_request("w1")).candidate
+    assert task2.candidate_id == task.candidate_id
+    assert not ctl.release_lease(pb.ReleaseRequest(worker_id="w1", reason=pb.RELEASE_REASON_FAILED)).requeued
+    assert ctl.state.candidates[task.candidate_id].state == "failed"
+    ctl.step()
+    assert ctl.state.candidates[task.candidate_id].told
+
+
+def test_median_stopping_rule(tmp_path: Path, clock: Clock) -> None:
+    ctl = searching(tmp_path, clock, epochs=3, min_epochs=2, budget=4)
+    tasks = []
+    for w in ("a", "b", "c"):
+        ctl.step()
+        tasks.append(ctl.request_work(trainer_request(w)).candidate)
+    for task, w, top1 in zip(tasks[:2], ("a", "b"), (0.8, 0.7)):
+        ctl.report_progress(progress(task, w, 1, top1 - 0.1))
+        assert ctl.report_progress(progress(task, w, 2, top1, ckpt=task.checkpoint_path + ".2")).action == pb.PROGRESS_ACTION_CONTINUE
+    # Epoch 1 is before minEpochs: never stopped.
+    assert ctl.report_progress(progress(tasks[2], "c", 1, 0.1)).action == pb.PROGRESS_ACTION_CONTINUE
+    answer = ctl.report_progress(progress(tasks[2], "c", 2, 0.3, ckpt=tasks[2].checkpoint_path + ".2"))
+    assert answer.action == pb.PROGRESS_ACTION_STOP and "median" in answer.reason
+    assert ctl.report_result(result(tasks[2], "c", 0.3, epochs=2, stopped_early=True)).accepted
+    assert ctl.state.candidates[tasks[2].candidate_id].state == "stopped"
+
+
+def test_early_stopping_can_be_turned_off(tmp_path: Path, clock: Clock) -> None:
+    ctl = searching(tmp_path, clock, epochs=3, early_stopping=False)
+    tasks = [ctl.request_work(trainer_request(w)).candidate for w in ("a", "b")]
+    ctl.step()
+    tasks.append(ctl.request_work(trainer_request("c")).candidate)
+    for task, w, top1 in zip(tasks, "abc", (0.9, 0.8, 0.1)):
+        assert ctl.report_progress(progress(task, w, 2, top1)).action == pb.PROGRESS_ACTION_CONTINUE
+
+
+def test_malformed_requests_are_invalid_arguments_with_a_message(tmp_path: Path, clock: Clock) -> None:
+    ctl = searching(tmp_path, clock)
+    task = ctl.request_work(trainer_request("w1")).candidate
+    with pytest.raises(InvalidRequestError, match="worker_id"):
+        ctl.request_work(pb.WorkRequest(kind=pb.WORKER_KIND_TRAINER))
+    with pytest.raises(InvalidRequestError, match="kind"):
+        ctl.request_work(pb.WorkRequest(worker_id="w"))
+    with pytest.raises(InvalidRequestError, match="top1"):
+        ctl.report_progress(progress(task, "w1", 1, 1.5))
+    with pytest.raises(InvalidRequestError, match="epoch"):
+        ctl.report_progress(progress(task, "w1", 9, 0.5))
+    with pytest.raises(InvalidRequestError, match="reason"):
+        ctl.release_lease(pb.ReleaseRequest(worker_id="w1"))
+    with pytest.raises(UnknownWorkError, match="nope"):
+        ctl.report_result(pb.ResultReport(worker_id="w1", candidate_id="nope", lease_id="x", top1=0.5))
+
+
+def test_corrupt_checkpoint_restart_is_recorded(tmp_path: Path, clock: Clock) -> None:
+    ctl = searching(tmp_path, clock)
+    task = ctl.request_work(trainer_request("w1")).candidate
+    ctl.report_progress(progress(task, "w1", 1, 0.5))
+    ctl.release_lease(pb.ReleaseRequest(worker_id="w1", reason=pb.RELEASE_REASON_PREEMPTED))
+    again = ctl.request_work(trainer_request("w2")).candidate
+    ctl.report_progress(progress(again, "w2", 1, 0.45))  # the epoch went back: a restart
+    assert ctl.report_result(result(again, "w2", 0.6, restarted_from_scratch=True, restart_reason="unreadable (bad zip)")).accepted
+    cand = ctl.state.candidates[task.candidate_id]
+    assert cand.restarts_from_scratch == 1 and any("restarted from scratch: unreadable" in e for e in cand.events)
+
+
+def test_restart_loses_nothing_and_duplicates_nothing(tmp_path: Path, clock: Clock) -> None:
+    ctl = searching(tmp_path, clock, budget=4)
+    done = ctl.request_work(trainer_request("w1")).candidate
+    assert ctl.report_result(result(done, "w1", 0.77)).accepted
+    running = ctl.request_work(trainer_request("w2")).candidate
+    ctl.report_progress(progress(running, "w2", 1, 0.5))
+    ctl.step()
+    before = {c.id: (c.state, c.vector, c.top1) for c in ctl.candidates()}
+    ctl.table.close()  # a crash: no orderly close() of the driver
+    ctl.store.close()
+
+    ctl2 = SearchController(micro_spec(budget=4), tmp_path, lease_s=10.0, clock=clock, round_interval_s=0)
+    after = {c.id: (c.state, c.vector, c.top1) for c in ctl2.candidates()}
+    assert after == before
+    # The running worker carries on with its lease; the finished result is not taken twice.
+    assert ctl2.report_progress(progress(running, "w2", 2, 0.6, ckpt=running.checkpoint_path + ".2")).action != pb.PROGRESS_ACTION_ABANDON
+    assert not ctl2.report_result(result(done, "w1", 0.99)).accepted
+    assert ctl2.report_result(result(running, "w2", 0.6)).accepted
+    # Finish the search: every candidate is trained once, ids are unique, the budget is respected.
+    for i in range(10):
+        ctl2.step()
+        answer = ctl2.request_work(trainer_request(f"x{i}"))
+        if answer.WhichOneof("work") == "done":
+            break
+        if answer.WhichOneof("work") == "candidate":
+            assert ctl2.report_result(result(answer.candidate, f"x{i}", 0.5 + i / 100)).accepted
+    assert ctl2.state.phase == "Succeeded"
+    cands = ctl2.candidates()
+    assert len(cands) == 4 and len({tuple(c.vector) for c in cands}) == 4
+    assert {c.id: c.top1 for c in cands}[done.candidate_id] == 0.77
+    assert all(c.told for c in cands)
+    saved = ControllerState.load(tmp_path)
+    assert saved.phase == "Succeeded" and len(saved.candidates) == 4
+    ctl2.close()
+    exported = json.loads((tmp_path / "state.json").read_text())  # the readable export written on close
+    assert exported["phase"] == "Succeeded" and len(exported["candidates"]) == 4
+    assert sorted(p.name for p in (tmp_path / "searchers").iterdir()) == ["tier-0-v%d.json" % ctl2.state.searcher_versions[0]]
+
+
+def test_status_is_bounded_and_counts_states(tmp_path: Path, clock: Clock) -> None:
+    ctl = searching(tmp_path, clock, budget=6)
+    task = ctl.request_work(trainer_request("w1")).candidate
+    ctl.report_result(result(task, "w1", 0.66))
+    ctl.step()
+    status = ctl.status(pb.StatusRequest(max_candidates=1))
+    assert status.phase == "Searching" and status.search_name == "micro"
+    assert status.candidates.completed == 1 and status.candidates.budget == 6
+    assert len(status.records) == 1 and status.records_truncated
+    assert status.tiers[0].best_candidate_id == task.candidate_id and status.tiers[0].best_top1 == pytest.approx(0.66)
+    assert list(status.tiers[0].best_vector) == list(task.vector)
+
+
+def test_tiers_without_networks_fail_the_search_with_a_message(tmp_path: Path, clock: Clock) -> None:
+    ctl = SearchController(micro_spec(tiers=(5.0,), tolerance=0.1), tmp_path, clock=clock, round_interval_s=0)
+    fake_profile(ctl)
+    assert ctl.state.phase == "Failed" and "spec.latency.tiers" in ctl.state.message
+
+
+def test_searcher_in_its_own_process_proposes_and_restores(tmp_path: Path, clock: Clock) -> None:
+    ctl = SearchController(micro_spec(budget=3), tmp_path, clock=clock, round_interval_s=0, searcher_processes=True)
+    fake_profile(ctl)
+    for _ in range(3):
+        ctl.step()
+    task = ctl.request_work(trainer_request("w1")).candidate
+    assert ctl.report_result(result(task, "w1", 0.5)).accepted
+    ctl.step()
+    first = {c.id: c.vector for c in ctl.candidates()}
+    assert len(first) == 3 and ctl.state.candidates[task.candidate_id].told
+    ctl.close()
+    ctl2 = SearchController(micro_spec(budget=3), tmp_path, clock=clock, round_interval_s=0, searcher_processes=True)
+    for i in range(6):
+        answer = ctl2.request_work(trainer_request(f"x{i}"))
+        if answer.WhichOneof("work") == "candidate":
+            ctl2.report_result(result(answer.candidate, f"x{i}", 0.6))
+        ctl2.step()
+    assert ctl2.state.phase == "Succeeded"
+    assert {c.id: c.vector for c in ctl2.candidates()} == first
+    ctl2.close()

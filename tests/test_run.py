@@ -1,0 +1,101 @@
+"""`gpunet run`: a full local search with real profilers and trainers, interrupted by Ctrl-C and resumed."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gpunet.controller.state import ControllerState
+from controller_helpers import write_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists(),
+                                reason="dataset-fashion-mnist not installed")
+
+
+def finished(out: Path) -> dict[str, float]:
+    try:
+        data = ControllerState.load(out).to_dict()
+    except FileNotFoundError:
+        return {}
+    return {c["id"]: c["top1"] for c in data["candidates"] if c["state"] in ("completed", "stopped")}
+
+
+def gpunet_run(spec: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "gpunet", "run", str(spec), "--out", str(out), "--workers", "2", "--profilers", "1",
+            "--profiler-runs", "3", "--lease-seconds", "10", "--no-display", *extra]
+
+
+def test_full_local_run_survives_ctrl_c_and_resumes(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "search.yaml", name="local-run", budget=2, epochs=2, train_subset=400, val_subset=200,
+                      tiers=(0.1, 1.0), tolerance=0.9, algorithm="lamcts-bo")
+    out = tmp_path / "out"
+    first = subprocess.Popen(gpunet_run(spec, out), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 150
+    while not finished(out) and time.time() < deadline and first.poll() is None:
+        time.sleep(0.1)
+    before = finished(out)
+    assert before, "a first candidate finished before Ctrl-C"
+    first.send_signal(signal.SIGINT)
+    log, _ = first.communicate(timeout=60)
+    assert first.returncode == 130, log
+    assert "rerun with --out" in log and "interrupted" in log
+    assert not list((out / "logs").glob("*.log")) or all(p.stat().st_size > 0 for p in (out / "logs").glob("*.log"))
+
+    second = subprocess.run(gpunet_run(spec, out, "--json"), cwd=ROOT, capture_output=True, text=True, timeout=200)
+    assert second.returncode == 0, second.stderr[-3000:]
+    hub = json.loads(second.stdout)
+    assert [t["target_ms"] for t in hub["tiers"]] == [0.1, 1.0]
+    for tier in hub["tiers"]:
+        if tier["candidate_id"] is None:
+            continue
+        assert set(tier) >= {"target_ms", "candidate_id", "vector", "top1", "latency_ms_estimated", "latency_ms_measured",
+                             "params_m", "gflops"}
+        assert len(tier["vector"]) == 41 and 0.0 <= tier["top1"] <= 1.0
+        assert tier["latency_ms_estimated"] > 0 and tier["latency_ms_measured"] > 0 and tier["params_m"] > 0 and tier["gflops"] > 0
+        onnx_path = out / tier["onnx"]
+        import numpy as np
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        logits = session.run(None, {"input": np.zeros((1, 1, 28, 28), dtype=np.float32)})[0]
+        assert logits.shape == (1, 10)
+    assert any(t["candidate_id"] for t in hub["tiers"])
+    assert json.loads((out / "hub.json").read_text())["tiers"] == hub["tiers"]
+    lines = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
+    ids = [line["id"] for line in lines]
+    assert len(ids) == len(set(ids)) == 4  # 2 per tier, none duplicated by the interruption
+    assert all({c["id"]: c["top1"] for c in lines}[cid] == top1 for cid, top1 in before.items())
+    assert (out / "pareto.png").stat().st_size > 1000 and "| tier (ms) |" in (out / "hub.md").read_text()
+    assert (out / "latency.sqlite").exists() and (out / "state.sqlite").exists() and (out / "state.json").exists()
+
+    # A third run of a finished search trains nothing and rewrites the outputs.
+    third = subprocess.run(gpunet_run(spec, out), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert third.returncode == 0 and "Succeeded" in third.stdout
+    assert len((out / "candidates.jsonl").read_text().splitlines()) == 4
+
+
+def test_live_display_renders_phase_table_fill_states_tiers_and_eta() -> None:
+    from rich.console import Console
+
+    from gpunet.controller.local import eta_seconds, render_status, status_line
+    from gpunet.rpc import pb
+
+    status = pb.SearchStatus(phase="Searching", search_name="demo",
+                             latency_table=pb.LatencyTableProgress(layers_needed=100, layers_measured=100),
+                             candidates=pb.CandidateCounts(queued=1, running=2, completed=3, stopped=1, total=7, budget=12),
+                             tiers=[pb.TierStatus(index=0, target_ms=0.2, pool_size=50, evaluated=4, best_candidate_id="t0-c0002",
+                                                  best_top1=0.853, best_latency_ms=0.21)])
+    console = Console(record=True, width=140)
+    console.print(render_status(status, started=time.time() - 100))
+    text = console.export_text()
+    for words in ("Searching", "100/100 layers", "2 running", "3 completed", "tier 0.2 ms", "85.30%", "ETA"):
+        assert words in text
+    assert eta_seconds(status, time.time() - 100, time.time()) == pytest.approx(100 / 4 * 8, rel=0.05)
+    assert "best 0.2ms:85.3%" in status_line(status, time.time())

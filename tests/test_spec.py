@@ -1,0 +1,87 @@
+"""The NASSearch spec: defaults from the paper, field-path errors, Kubernetes-only sections ignored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gpunet.spec import API_VERSION, KIND, SearchSpec, SpecError, load_spec, parse_training
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def doc(**spec: object) -> dict:
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "s1"}, "spec": spec}
+
+
+def test_defaults_are_the_papers_table5_recipe() -> None:
+    s = load_spec(doc())
+    r = s.training.recipe
+    assert (r.optimizer, r.lr, r.opt_eps, r.weight_decay) == ("rmsproptf", 0.06, 1e-3, 1e-5)
+    assert (r.sched, r.decay_epochs, r.decay_rate, r.warmup_lr) == ("step", 2.4, 0.97, 1e-6)
+    assert (r.ema, r.rand_augment, r.reprob, r.remode) == (0.9999, "rand-m9-mstd0.5", 0.2, "pixel")
+    assert (r.drop_rate, r.drop_path_rate, r.amp, r.crop_pct) == (0.3, 0.2, True, 1.0)
+    assert s.latency.tiers == (0.5, 1.0) and s.latency.tolerance == 0.1 and s.latency.samples == 100_000
+    assert s.algorithm.name == "lamcts-bo" and s.training.early_stopping.rule == "median"
+
+
+@pytest.mark.parametrize("path", ["examples/fashion-mnist.yaml", "examples/imagenet-gpunet.yaml"])
+def test_examples_parse(path: str) -> None:
+    s = load_spec(ROOT / path)
+    assert isinstance(s, SearchSpec) and s.name
+    assert s.space().num_vectors > 1
+
+
+def test_kubernetes_sections_are_kept_but_not_interpreted() -> None:
+    s = load_spec(doc(trainers={"maxReplicas": 4, "spot": True, "anything": {"x": 1}}, storage={"size": "10Gi"}))
+    assert s.kubernetes == {"trainers": {"maxReplicas": 4, "spot": True, "anything": {"x": 1}}, "storage": {"size": "10Gi"}}
+
+
+@pytest.mark.parametrize(
+    "spec, field, words",
+    [
+        ({"latency": {"tolerance": 1.5}}, "spec.latency.tolerance", "(0, 1)"),
+        ({"latency": {"tiers": [0.5, -1]}}, "spec.latency.tiers[1]", "> 0"),
+        ({"latency": {"backend": "tvm"}}, "spec.latency.backend", "onnxruntime"),
+        ({"latency": {"precision": "fp16", "device": "cpu"}}, "spec.latency.precision", "fp32"),
+        ({"algorithm": {"budget": 0}}, "spec.algorithm.budget", ">= 1"),
+        ({"training": {"epochs": "3"}}, "spec.training.epochs", "integer"),
+        ({"training": {"recipe": {"lrate": 0.1}}}, "spec.training.recipe.lrate", "unknown field"),
+        ({"training": {"dataset": {"kind": "imagefolder"}}}, "spec.training.dataset.path", "ImageFolder"),
+        ({"training": {"earlyStopping": {"rule": "asha"}}}, "spec.training.earlyStopping.rule", "median"),
+        ({"profiler": {}}, "spec.profiler", "one of the fields"),
+    ],
+)
+def test_errors_name_the_field_value_and_expectation(spec: dict, field: str, words: str) -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec(doc(**spec))
+    assert info.value.field == field
+    assert str(info.value).startswith(field) and words in str(info.value)
+
+
+def test_wrong_api_version_kind_or_name() -> None:
+    with pytest.raises(SpecError, match="apiVersion"):
+        load_spec({**doc(), "apiVersion": "v1"})
+    with pytest.raises(SpecError, match="kind"):
+        load_spec({**doc(), "kind": "Job"})
+    with pytest.raises(SpecError, match="metadata.name"):
+        load_spec({**doc(), "metadata": {"name": "Bad_Name"}})
+
+
+def test_search_space_errors_come_from_the_space(tmp_path: Path) -> None:
+    from gpunet.errors import SpaceError
+
+    with pytest.raises(SpaceError, match="searchSpace"):
+        load_spec(doc(searchSpace={"preset": "gpunet-tiny", "resolution": [3]}))
+
+
+def test_training_round_trips_through_json() -> None:
+    s = load_spec(doc(training={"epochs": 2, "recipe": {"lr": 0.01, "randAugment": ""}, "dataset": {"trainSubset": 100}}))
+    again = parse_training(s.training.to_dict())
+    assert again == s.training and again.dataset.train_subset == 100 and again.recipe.rand_augment == ""
+
+
+def test_missing_file_is_a_spec_error(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="cannot read"):
+        load_spec(tmp_path / "nope.yaml")

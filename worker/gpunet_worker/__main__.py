@@ -1,0 +1,94 @@
+"""``python -m gpunet_worker trainer|profiler``: run one worker process.
+
+Configuration comes from flags or the environment (what the operator's pods set):
+
+- ``--controller`` / ``GPUNET_CONTROLLER``: ``host:port`` of the search controller.
+- ``GPUNET_TOKEN``: the search's token (``--token-file`` reads it from a file instead).
+- ``--worker-id`` / ``GPUNET_WORKER_ID`` (else ``POD_NAME``, else ``<hostname>-<pid>``): stable worker id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from gpunet.rpc import ADDRESS_ENV, TOKEN_ENV
+
+from .client import ControllerClient
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m gpunet_worker", description="Trainer or profiler worker of a gpunet search.")
+    p.add_argument("role", choices=("trainer", "profiler"))
+    p.add_argument("--controller", default=os.environ.get(ADDRESS_ENV, "127.0.0.1:50051"), help="controller host:port")
+    p.add_argument("--token-file", type=Path, help=f"file holding the token (default: ${TOKEN_ENV})")
+    p.add_argument("--worker-id", default=os.environ.get("GPUNET_WORKER_ID") or os.environ.get("POD_NAME")
+                   or f"{socket.gethostname()}-{os.getpid()}")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("GPUNET_THREADS", "0")),
+                   help="CPU threads for torch / ONNX Runtime (0: library default; profilers default to 1)")
+    p.add_argument("--device", default=os.environ.get("GPUNET_DEVICE", "auto"), help="trainer device: auto, cpu or cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--runs", type=int, default=None, help="profiler: timed runs per layer (backend default)")
+    p.add_argument("--warmup", type=int, default=None, help="profiler: untimed runs per layer (backend default)")
+    p.add_argument("--backend", default=os.environ.get("GPUNET_LATENCY_BACKEND", "onnxruntime"),
+                   help="profiler: latency backend (spec.latency.backend)")
+    p.add_argument("--precision", default=os.environ.get("GPUNET_LATENCY_PRECISION", "fp32"))
+    p.add_argument("--latency-device", default=os.environ.get("GPUNET_LATENCY_DEVICE", "cpu"))
+    p.add_argument("--batch-size", type=int, default=int(os.environ.get("GPUNET_LATENCY_BATCH_SIZE", "1")))
+    p.add_argument("--give-up-after", type=float, default=None, help="seconds without the controller before exiting 1")
+    p.add_argument("--log-level", default=os.environ.get("GPUNET_LOG_LEVEL", "INFO"))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format=f"%(asctime)s {args.role} {args.worker_id} %(levelname)s %(message)s")
+    token = args.token_file.read_text().strip() if args.token_file else os.environ.get(TOKEN_ENV)
+    if not token:
+        print(f"gpunet_worker: error: no token: set ${TOKEN_ENV} or --token-file", file=sys.stderr)
+        return 2
+    client = ControllerClient(args.controller, token, give_up_s=args.give_up_after)
+    if args.role == "trainer":
+        import torch
+
+        from .trainer import TrainerWorker
+
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
+        device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        worker = TrainerWorker(client, args.worker_id, device=device, seed=args.seed)
+    else:
+        from gpunet.latency import get_backend
+
+        from .profiler import ProfilerWorker
+
+        options = {"runs": args.runs, "warmup": args.warmup, "batch_size": args.batch_size}
+        if args.backend in ("onnxruntime", "torch") and args.latency_device == "cpu":
+            options["threads"] = args.threads or 1
+        if args.backend == "torch":
+            options.update(device=args.latency_device, precision=args.precision)
+        worker = ProfilerWorker(client, args.worker_id, get_backend(args.backend, **options))
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        logging.getLogger("gpunet_worker").warning("SIGTERM: saving and releasing the lease (preempted)")
+        worker.preempted.set()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        return worker.run()
+    except KeyboardInterrupt:
+        worker.preempted.set()
+        return 130
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""A controller client that retries while the controller is unreachable (exponential backoff with jitter)."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from typing import Any, Callable
+
+import grpc
+
+from gpunet import rpc
+
+log = logging.getLogger("gpunet_worker")
+
+#: Status codes worth retrying: the controller is restarting, overloaded or the network blipped.
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+class ControllerUnreachable(RuntimeError):
+    """The controller did not answer within the give-up time."""
+
+
+class ControllerClient:
+    """Calls the controller's RPCs with a per-call timeout and retries retryable failures.
+
+    Args:
+        address: ``host:port`` of the controller.
+        token: the search's token.
+        timeout_s: deadline of one call, in seconds.
+        backoff_s: first retry delay; it doubles up to ``max_backoff_s`` (each delay jittered by +-25%).
+        give_up_s: stop retrying after this many seconds without an answer (None: never).
+        stop: an event that aborts retrying (e.g. set on SIGTERM) with :class:`ControllerUnreachable`.
+    """
+
+    def __init__(self, address: str, token: str | None, *, timeout_s: float = 10.0, backoff_s: float = 0.2,
+                 max_backoff_s: float = 10.0, give_up_s: float | None = None, stop: threading.Event | None = None) -> None:
+        self.address, self.timeout_s = address, timeout_s
+        self.backoff_s, self.max_backoff_s, self.give_up_s = backoff_s, max_backoff_s, give_up_s
+        self.stop = stop
+        self.stub = rpc.connect(address, token)
+        self.retries = 0
+
+    def call(self, method: str, request: Any, *, give_up_s: float | None = None) -> Any:
+        """``stub.<method>(request)`` with retries; raises ``grpc.RpcError`` for non-retryable statuses."""
+        fn: Callable[..., Any] = getattr(self.stub, method)
+        delay, start = self.backoff_s, time.monotonic()
+        limit = self.give_up_s if give_up_s is None else give_up_s
+        while True:
+            try:
+                return fn(request, timeout=self.timeout_s)
+            except grpc.RpcError as exc:
+                if exc.code() not in RETRYABLE:
+                    raise
+                waited = time.monotonic() - start
+                if limit is not None and waited >= limit:
+                    raise ControllerUnreachable(f"{method}: controller at {self.address} unreachable for {waited:.0f} s") from exc
+                self.retries += 1
+                log.warning("%s: controller unavailable (%s); retrying in %.1f s", method, exc.code().name, delay)
+                pause = delay * random.uniform(0.75, 1.25)
+                if self.stop is not None:
+                    if self.stop.wait(pause):
+                        raise ControllerUnreachable(f"{method}: stopped while the controller was unreachable") from exc
+                else:
+                    time.sleep(pause)
+                delay = min(delay * 2, self.max_backoff_s)
+
+    def close(self) -> None:
+        self.stub.channel.close()

@@ -1,0 +1,100 @@
+"""The profiler worker: pull batches of layer keys, measure them with the configured latency backend, report.
+
+The worker tells the controller its backend's device name (``WorkRequest.device``); the first profiler fixes the
+search's latency target, and profilers on another device are sent away. On SIGTERM the measurements made so far
+are reported (the rest of the batch is planned again) and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from gpunet.rpc import pb
+
+from .client import ControllerClient, ControllerUnreachable
+
+log = logging.getLogger("gpunet_worker")
+
+
+class ProfilerWorker:
+    """One profiler process measuring with ``backend`` (a :class:`gpunet.latency.LatencyBackend`)."""
+
+    def __init__(self, client: ControllerClient, worker_id: str, backend: Any) -> None:
+        self.client, self.worker_id, self.backend = client, worker_id, backend
+        self.preempted = threading.Event()
+        self.measured = 0
+
+    def run(self) -> int:
+        device = self.backend.device_name()
+        while not self.preempted.is_set():
+            try:
+                response = self.client.call("RequestWork", pb.WorkRequest(worker_id=self.worker_id, kind=pb.WORKER_KIND_PROFILER,
+                                                                          device=device))
+            except ControllerUnreachable as exc:
+                log.error("%s", exc)
+                return 1
+            work = response.WhichOneof("work")
+            if work == "done":
+                log.info("controller says done: %s", response.done.reason)
+                return 0
+            if work == "wait":
+                self.preempted.wait(max(0.05, response.wait.retry_after_s))
+                continue
+            if work == "layers":
+                self.profile(response.layers)
+        return 0
+
+    def profile(self, task: pb.ProfilingAssignment) -> int:
+        """Measure one batch and report it; returns the number of layers measured."""
+        from gpunet.latency import LayerKey
+
+        keys = [LayerKey.from_json(text) for text in task.layer_keys_json]
+        results: list[pb.LayerMeasurement] = []
+        done = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(task, done), daemon=True)
+        beat.start()
+        try:
+            self._measure(keys, task, results)
+        finally:
+            done.set()
+            beat.join(timeout=5)
+        self._report(task, results)
+        return len(results)
+
+    def _measure(self, keys: list[Any], task: pb.ProfilingAssignment, results: list[pb.LayerMeasurement]) -> None:
+        from gpunet.latency import LatencyError
+
+        for key, text in zip(keys, task.layer_keys_json):
+            if self.preempted.is_set():
+                break
+            try:
+                m = self.backend.measure_layer(key)
+                results.append(pb.LayerMeasurement(layer_key_json=text, latency_ms=m.median_ms, spread_ms=m.spread_ms,
+                                                   runs=m.runs, backend_version=m.backend_version))
+            except (LatencyError, RuntimeError, ValueError) as exc:
+                log.warning("cannot measure %s: %s", key.text, exc)
+                results.append(pb.LayerMeasurement(layer_key_json=text, error=f"{type(exc).__name__}: {exc}"[:500]))
+
+    def _heartbeat(self, task: pb.ProfilingAssignment, done: threading.Event) -> None:
+        """Renew the batch's lease by asking for work again (the controller answers with the same batch)."""
+        import grpc
+
+        period = max(0.2, (task.lease_duration_s or 30.0) / 3.0)
+        while not done.wait(period):
+            try:
+                self.client.stub.RequestWork(pb.WorkRequest(worker_id=self.worker_id, kind=pb.WORKER_KIND_PROFILER,
+                                                            device=self.backend.device_name()), timeout=self.client.timeout_s)
+            except grpc.RpcError as exc:
+                log.warning("heartbeat of batch %s failed: %s", task.batch_id, exc.code().name)
+
+    def _report(self, task: pb.ProfilingAssignment, results: list[pb.LayerMeasurement]) -> None:
+        try:
+            answer = self.client.call("ReportLatencies", pb.LatencyReport(
+                worker_id=self.worker_id, batch_id=task.batch_id, lease_id=task.lease_id, measurements=results,
+                device=self.backend.version()), give_up_s=30.0 if self.preempted.is_set() else None)
+            log.info("batch %s: %d layers measured, %d stored (accepted: %s)", task.batch_id, len(results), answer.stored, answer.accepted)
+        except ControllerUnreachable as exc:
+            log.error("%s", exc)
+        self.measured += len(results)

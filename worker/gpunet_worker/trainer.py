@@ -1,0 +1,158 @@
+"""The trainer worker: pull a candidate, train it with :func:`gpunet.train.train_candidate`, report each epoch.
+
+Protocol (see ``proto/gpunet/nas/v1/controller.proto``):
+
+1. ``RequestWork`` until a candidate comes (``Wait``: sleep ``retry_after_s``; ``Done``: exit 0).
+2. Train from the given resume checkpoint; after every epoch the checkpoint is written atomically and then
+   reported with ``ReportProgress``, whose answer says continue, stop (early stopping) or abandon.
+   A heartbeat thread renews the lease every ``lease_duration_s / 3`` in between.
+3. ``ReportResult`` with the best top-1, then back to 1.
+
+On SIGTERM (a spot node's notice) training stops at the next batch, the lease is released with reason
+``preempted`` (pointing at the last complete epoch checkpoint, so at most one epoch is redone) and the process
+exits 0. A training error releases the lease with reason ``failed``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any
+
+import grpc
+
+from gpunet.rpc import pb
+
+from .client import ControllerClient, ControllerUnreachable
+
+log = logging.getLogger("gpunet_worker")
+
+
+class TrainerWorker:
+    """One trainer process. ``preempted`` is set by the SIGTERM handler (or a test)."""
+
+    def __init__(self, client: ControllerClient, worker_id: str, device: str = "cpu", seed: int = 0) -> None:
+        self.client, self.worker_id, self.device, self.seed = client, worker_id, device, seed
+        self.preempted = threading.Event()
+        self._datasets: dict[Any, Any] = {}
+        self.trained = 0
+        import gpunet.train  # noqa: F401 - import torch, timm and torchvision now, not while a lease runs
+
+    # --- main loop -----------------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Work until the search is done (exit code 0) or SIGTERM (0)."""
+        while not self.preempted.is_set():
+            try:
+                response = self.client.call("RequestWork", pb.WorkRequest(worker_id=self.worker_id, kind=pb.WORKER_KIND_TRAINER,
+                                                                          device=self.device))
+            except ControllerUnreachable as exc:
+                log.error("%s", exc)
+                return 1
+            work = response.WhichOneof("work")
+            if work == "done":
+                log.info("controller says done: %s", response.done.reason)
+                return 0
+            if work == "wait":
+                self.preempted.wait(max(0.05, response.wait.retry_after_s))
+                continue
+            if work != "candidate":
+                log.warning("unexpected work %r for a trainer; waiting", work)
+                self.preempted.wait(1.0)
+                continue
+            self.train(response.candidate)
+        return 0
+
+    def _data(self, training: Any, arch: Any) -> Any:
+        from gpunet.data import build_datasets
+
+        key = (repr(training.dataset), repr(training.recipe), arch.resolution, arch.in_chans)
+        if key not in self._datasets:
+            self._datasets.clear()
+            self._datasets[key] = build_datasets(training.dataset, training.recipe, arch.resolution, arch.in_chans, self.seed)
+        return self._datasets[key]
+
+    def train(self, task: pb.TrainingAssignment) -> str:
+        """Train one candidate under its lease; returns how it ended (completed, stopped, interrupted, ...)."""
+        from gpunet.arch import Architecture
+        from gpunet.spec import parse_training
+        from gpunet.train import ABANDON, CONTINUE, STOP, EpochReport, train_candidate
+
+        log.info("training %s (attempt %d, lease %s, from epoch %d)", task.candidate_id, task.attempt, task.lease_id, task.start_epoch)
+        abandoned = threading.Event()
+        last = {"checkpoint": task.resume_checkpoint, "epoch": task.start_epoch}
+        beat = threading.Thread(target=self._heartbeat, args=(task, abandoned), daemon=True)
+        beat.start()
+
+        def on_epoch(report: EpochReport) -> str:
+            last["checkpoint"], last["epoch"] = report.checkpoint_path, report.epoch
+            try:
+                answer = self.client.call("ReportProgress", pb.ProgressReport(
+                    worker_id=self.worker_id, candidate_id=task.candidate_id, lease_id=task.lease_id, epoch=report.epoch,
+                    top1=report.top1, train_loss=report.train_loss, checkpoint_path=report.checkpoint_path,
+                    epoch_s=report.epoch_s, images_per_s=report.images_per_s))
+            except ControllerUnreachable:
+                return ABANDON
+            log.info("%s epoch %d: top-1 %.4f, %.0f images/s -> %s", task.candidate_id, report.epoch, report.top1,
+                     report.images_per_s, pb.ProgressAction.Name(answer.action))
+            if answer.action == pb.PROGRESS_ACTION_STOP:
+                return STOP
+            if answer.action == pb.PROGRESS_ACTION_ABANDON:
+                abandoned.set()
+                return ABANDON
+            return CONTINUE
+
+        try:
+            training = parse_training(json.loads(task.training_json))
+            arch = Architecture.from_dict(json.loads(task.architecture_json))
+            outcome = train_candidate(arch, training, task.checkpoint_path, task.resume_checkpoint or None, device=self.device,
+                                      on_epoch=on_epoch, should_stop=lambda: self.preempted.is_set() or abandoned.is_set(),
+                                      seed=self.seed, datasets=self._data(training, arch))
+        except Exception as exc:  # noqa: BLE001 - any training error fails this attempt, not the worker
+            abandoned.set()
+            log.exception("training %s failed", task.candidate_id)
+            self._release(task, pb.RELEASE_REASON_FAILED, last, f"{type(exc).__name__}: {exc}")
+            return "failed"
+        finally:
+            abandoned.set()  # stops the heartbeat thread
+            beat.join(timeout=5)
+        if self.preempted.is_set() and outcome.status == "interrupted":
+            self._release(task, pb.RELEASE_REASON_PREEMPTED, last, "SIGTERM")
+            return "preempted"
+        if outcome.status in ("completed", "stopped"):
+            try:
+                answer = self.client.call("ReportResult", pb.ResultReport(
+                    worker_id=self.worker_id, candidate_id=task.candidate_id, lease_id=task.lease_id, top1=outcome.best_top1,
+                    epochs=outcome.epochs, stopped_early=outcome.status == "stopped", checkpoint_path=outcome.checkpoint_path,
+                    train_s=outcome.train_s, restarted_from_scratch=outcome.restarted_from_scratch,
+                    restart_reason=outcome.restart_reason))
+                log.info("%s %s: top-1 %.4f (accepted: %s %s)", task.candidate_id, outcome.status, outcome.best_top1,
+                         answer.accepted, answer.reason)
+                self.trained += 1
+            except ControllerUnreachable as exc:
+                log.error("%s", exc)
+        return outcome.status
+
+    def _heartbeat(self, task: pb.TrainingAssignment, stop: threading.Event) -> None:
+        period = max(0.2, task.lease_duration_s / 3.0)
+        while not stop.wait(period):
+            try:
+                answer = self.client.stub.ReportProgress(pb.ProgressReport(
+                    worker_id=self.worker_id, candidate_id=task.candidate_id, lease_id=task.lease_id, heartbeat=True),
+                    timeout=self.client.timeout_s)
+            except grpc.RpcError as exc:
+                log.warning("heartbeat of %s failed: %s", task.candidate_id, exc.code().name)
+                continue
+            if answer.action == pb.PROGRESS_ACTION_ABANDON:
+                log.warning("%s: lease %s is gone (%s); abandoning", task.candidate_id, task.lease_id, answer.reason)
+                stop.set()
+
+    def _release(self, task: pb.TrainingAssignment, reason: int, last: dict[str, Any], message: str) -> None:
+        try:
+            answer = self.client.call("ReleaseLease", pb.ReleaseRequest(
+                worker_id=self.worker_id, lease_id=task.lease_id, reason=reason, checkpoint_path=last["checkpoint"] or "",
+                epoch=int(last["epoch"]), message=message[:500]), give_up_s=10.0)
+            log.info("released lease %s of %s (%s): requeued=%s", task.lease_id, task.candidate_id,
+                     pb.ReleaseReason.Name(reason), answer.requeued)
+        except (ControllerUnreachable, grpc.RpcError) as exc:
+            log.error("could not release lease %s: %s", task.lease_id, exc)

@@ -1,0 +1,96 @@
+"""The operator's gRPC client of one search's controller (``gpunet.nas.v1.SearchControllerService``).
+
+Calls are blocking gRPC calls made in a worker thread, so the operator's event loop never waits on the
+network. Every call carries the search's token (``authorization: Bearer <token>``, :func:`gpunet.rpc.connect`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import grpc
+
+from gpunet import rpc
+
+#: ``ReleaseReason`` values by name.
+RELEASE_REASONS = {
+    "preempted": rpc.pb.RELEASE_REASON_PREEMPTED,
+    "failed": rpc.pb.RELEASE_REASON_FAILED,
+    "shutdown": rpc.pb.RELEASE_REASON_SHUTDOWN,
+}
+
+
+class ControllerUnavailable(Exception):
+    """The controller did not answer (not started yet, restarting, or unreachable)."""
+
+
+class ControllerClient:
+    """A channel to one controller; cheap to keep, reconnects by itself."""
+
+    def __init__(self, address: str, token: str, timeout_s: float = 5.0) -> None:
+        self.address = address
+        self.token = token
+        self.timeout_s = timeout_s
+        self._stub = rpc.connect(address, token)
+
+    def close(self) -> None:
+        self._stub.channel.close()  # type: ignore[attr-defined]
+
+    def _call(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self._stub, method)(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            raise ControllerUnavailable(f"{method} to {self.address}: {code.name if code else exc}: "
+                                        f"{exc.details() if hasattr(exc, 'details') else ''}") from exc
+
+    async def status(self, max_candidates: int) -> Any:
+        """The controller's ``SearchStatus``.
+
+        Raises:
+            ControllerUnavailable: when the call fails.
+        """
+        return await asyncio.to_thread(self._call, "GetStatus", rpc.pb.StatusRequest(max_candidates=max_candidates))
+
+    async def release(self, worker_id: str, reason: str, message: str = "") -> Any:
+        """Release whatever lease ``worker_id`` holds, with ``reason`` in :data:`RELEASE_REASONS`.
+
+        Returns the ``ReleaseResponse`` (``released`` is False when the worker held no lease any more, e.g. it
+        released it itself on SIGTERM).
+        """
+        request = rpc.pb.ReleaseRequest(worker_id=worker_id, reason=RELEASE_REASONS[reason], message=message)
+        return await asyncio.to_thread(self._call, "ReleaseLease", request)
+
+
+class ControllerClients:
+    """One :class:`ControllerClient` per search, keyed by ``(namespace, name)``; replaced when the token or the
+    address changes."""
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[str, str], ControllerClient] = {}
+        self._lock = threading.Lock()
+
+    def get(self, namespace: str, name: str, address: str, token: str, timeout_s: float) -> ControllerClient:
+        key = (namespace, name)
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None or client.address != address or client.token != token:
+                if client is not None:
+                    client.close()
+                client = ControllerClient(address, token, timeout_s)
+                self._clients[key] = client
+            return client
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            client = self._clients.pop((namespace, name), None)
+        if client is not None:
+            client.close()
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()

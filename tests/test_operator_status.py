@@ -1,0 +1,134 @@
+"""NASSearch.status from the controller's SearchStatus (bounded size), pool scaling, and which spec changes are
+accepted live — pure functions, no server."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from gpunet.rpc import pb
+from gpunet_operator.handlers import merge_patch
+from gpunet_operator.scaling import Scale, desired_scale
+from gpunet_operator.spec import InvalidSpec, frozen_changes, validate, with_defaults
+from gpunet_operator.status import compact_candidates, mirror, set_condition
+
+MIB = 1024 * 1024
+BUDGET = 256 * 1024
+STATES = ("completed", "stopped", "failed", "queued")
+
+
+def big_search(n: int) -> pb.SearchStatus:
+    """A controller reply for a search with ``n`` candidates over 3 tiers, 16 of them running."""
+    records = [
+        pb.CandidateRecord(id=f"t{i % 3}-c{i:05d}", tier_index=i % 3, state="running" if i % 300 == 7 else STATES[i % 4],
+                           top1=0.5 + (i % 400) / 1000, epochs=1 + i % 150, latency_ms=0.4 + (i % 3) * 0.3,
+                           attempts=1 + i % 2, preemptions=i % 2, worker_id=f"gpunet-imagenet-trainer-7d9c-{i % 64:05d}")
+        for i in range(n)
+    ]
+    tiers = [pb.TierStatus(index=t, target_ms=0.5 + 0.3 * t, evaluated=n // 3, best_candidate_id=f"t{t}-c00001",
+                           best_top1=0.7 + t / 100, best_latency_ms=0.45 + 0.3 * t, best_vector=list(range(41)))
+             for t in range(3)]
+    return pb.SearchStatus(phase="Searching", candidates=pb.CandidateCounts(running=16, total=n, budget=n + 100),
+                           latency_table=pb.LatencyTableProgress(layers_needed=900, layers_measured=900),
+                           preemptions=12, tiers=tiers, records=records)
+
+
+def test_status_of_5000_candidates_keeps_the_object_below_1_mib() -> None:
+    reply = big_search(5000)
+    assert len(reply.SerializeToString()) > 400_000  # the controller's reply itself is large
+    start = time.perf_counter()
+    status = mirror(reply, [0.5, 0.8, 1.1], conditions=[], pod_failures=3, budget_bytes=BUDGET, generation=4)
+    elapsed = time.perf_counter() - start
+    obj = {"apiVersion": "nas.gpunet.dev/v1alpha1", "kind": "NASSearch",
+           "metadata": {"name": "gpunet-imagenet", "namespace": "research", "generation": 4}, "spec": {}, "status": status}
+    size = len(json.dumps(obj).encode())
+    assert size < MIB
+    assert len(json.dumps(status["candidates"]["list"], separators=(",", ":")).encode()) <= BUDGET
+    candidates = status["candidates"]
+    assert candidates["total"] == 5000
+    assert 0 < len(candidates["list"]) < 5000 and candidates["omitted"] == 5000 - len(candidates["list"])
+    running = [r for r in candidates["list"] if r["state"] == "running"]
+    assert len(running) == 17 and candidates["list"][: len(running)] == running  # running ones first
+    assert status["counters"]["preempted"] == 12 and status["counters"]["podFailures"] == 3
+    assert elapsed < 2.0
+
+
+def test_status_names_the_best_candidate_per_tier_in_percent() -> None:
+    status = mirror(big_search(30), [0.5, 0.8, 1.1], conditions=[], pod_failures=0, budget_bytes=BUDGET)
+    assert [b["tier"] for b in status["bestPerTier"]] == [0.5, 0.8, 1.1]
+    assert status["best"]["candidate"] == "t2-c00001" and status["best"]["top1"] == 72.0
+    assert status["best"]["latencyMs"] == pytest.approx(1.05)
+    assert status["tiers"] == 3 and status["phase"] == "Searching"
+    (ready,) = status["conditions"]
+    assert ready["type"] == "Ready" and ready["status"] == "True"
+
+
+def test_compact_list_respects_any_budget() -> None:
+    records = [{"id": f"c{i}", "state": "completed", "top1": 50.0} for i in range(100)]
+    for budget in (2, 50, 500, 5000):
+        out = compact_candidates(records, 100, budget)
+        assert len(json.dumps(out["list"], separators=(",", ":"))) <= max(budget, 2)
+        assert out["omitted"] == 100 - len(out["list"])
+
+
+def test_condition_keeps_its_transition_time_while_its_status_holds() -> None:
+    first = set_condition([], "Ready", False, "Starting", "waiting")
+    first[0]["lastTransitionTime"] = "2026-01-01T00:00:00Z"
+    same = set_condition(first, "Ready", False, "Starting", "still waiting")
+    assert same[0]["lastTransitionTime"] == "2026-01-01T00:00:00Z" and same[0]["message"] == "still waiting"
+    flipped = set_condition(same, "Ready", True, "Searching", "go")
+    assert flipped[0]["lastTransitionTime"] != "2026-01-01T00:00:00Z"
+
+
+SPEC = with_defaults({"latency": {"tiers": [0.5]}, "trainers": {"maxReplicas": 4}, "profilers": {"replicas": 2}})
+
+
+@pytest.mark.parametrize(("phase", "queued", "running", "table_complete", "want"), [
+    ("Pending", 0, 0, False, Scale(1, 2, 0)),
+    ("Profiling", 0, 0, False, Scale(1, 2, 0)),
+    ("Stratifying", 0, 0, True, Scale(1, 0, 0)),
+    ("Searching", 1, 0, True, Scale(1, 0, 1)),
+    ("Searching", 2, 1, True, Scale(1, 0, 3)),
+    ("Searching", 10, 3, True, Scale(1, 0, 4)),  # capped at maxReplicas
+    ("Profiling", 0, 0, True, Scale(1, 0, 0)),  # table complete: profilers go
+    ("Succeeded", 5, 5, True, Scale(0, 0, 0)),
+    ("Failed", 5, 5, False, Scale(0, 0, 0)),
+])
+def test_pools_follow_the_phase_and_the_queue(phase: str, queued: int, running: int, table_complete: bool, want: Scale) -> None:
+    assert desired_scale(phase, SPEC, queued=queued, running=running, table_complete=table_complete) == want
+
+
+def test_search_defining_changes_are_named_and_scaling_changes_are_not() -> None:
+    started = with_defaults({"latency": {"tiers": [0.5, 1.0]}, "algorithm": {"budget": 4}, "trainers": {"maxReplicas": 2}})
+    scaled = {**started, "trainers": {**started["trainers"], "maxReplicas": 8}, "profilers": {"replicas": 0}}
+    assert frozen_changes(started, scaled) == []
+    redefined = {**scaled, "latency": {"tiers": [0.4, 1.0]}, "algorithm": {"budget": 4, "seed": 3}}
+    assert sorted(frozen_changes(started, redefined)) == ["spec.algorithm.seed", "spec.latency.tiers"]
+
+
+@pytest.mark.parametrize(("name", "spec", "field"), [
+    ("a" * 41, {"latency": {"tiers": [0.5]}}, "metadata.name"),
+    ("9lives", {"latency": {"tiers": [0.5]}}, "metadata.name"),
+    ("ok", {"latency": {"tiers": [0.5], "tolerance": 2}}, "spec.latency.tolerance"),
+    ("ok", {"latency": {"tiers": [0.5], "precision": "fp16", "device": "cpu"}}, "spec.latency.precision"),
+    ("ok", {"latency": {"tiers": [0.5]}, "searchSpace": {"preset": "gpunet", "stages": {"2": {"kernel": [4]}}}},
+     "spec.searchSpace.stages[2].kernel"),
+    ("ok", {"latency": {"tiers": [0.5]}, "training": {"dataset": {"kind": "imagefolder"}}}, "spec.training.dataset.path"),
+    ("ok", {"latency": {"tiers": [0.5]}, "storage": {"existingClaim": "x", "size": "1Gi"}}, "spec.storage"),
+    ("ok", {"latency": {"tiers": [0.5]}, "trainers": {"maxReplicas": -2}}, "spec.trainers.maxReplicas"),
+    ("ok", {"latency": {"tiers": [0.5]}, "controller": {"resources": {"limits": {"cpu": "lots"}}}}, "spec.controller.resources.limits.cpu"),
+])
+def test_invalid_spec_names_the_field(name: str, spec: dict, field: str) -> None:
+    with pytest.raises(InvalidSpec) as info:
+        validate(name, "default", spec)
+    assert info.value.field == field, str(info.value)
+    assert str(info.value).startswith(field)
+
+
+def test_merge_patch_turns_old_into_new() -> None:
+    old = {"a": 1, "b": {"c": 2, "d": [1]}, "e": 3}
+    new = {"a": 1, "b": {"c": 5, "d": [1]}, "f": 4}
+    assert merge_patch(old, new) == {"b": {"c": 5}, "e": None, "f": 4}
+    assert merge_patch(new, new) == {}

@@ -68,3 +68,32 @@ class ControllerClient:
 
     def close(self) -> None:
         self.stub.channel.close()
+
+
+def work_loop(client: ControllerClient, request: Any, expected: str, handle: Callable[[Any], object],
+              stop: threading.Event) -> int:
+    """The pull loop shared by trainers and profilers (GPUNet paper 3.3.3: a free client asks for work).
+
+    Sends ``request`` (a ``WorkRequest``) until the controller says done (returns 0), ``stop`` is set by SIGTERM
+    (returns 0) or the controller stays unreachable (returns 1). ``Wait`` sleeps ``retry_after_s``; an
+    assignment of the ``expected`` oneof field (``"candidate"`` or ``"layers"``) goes to ``handle``; any other
+    kind is logged and retried after a second.
+    """
+    while not stop.is_set():
+        try:
+            response = client.call("RequestWork", request)
+        except ControllerUnreachable as exc:
+            log.error("%s", exc)
+            return 1
+        work = response.WhichOneof("work")
+        if work == "done":
+            log.info("controller says done: %s", response.done.reason)
+            return 0
+        if work == "wait":
+            stop.wait(max(0.05, response.wait.retry_after_s))
+        elif work == expected:
+            handle(getattr(response, expected))
+        else:
+            log.warning("unexpected work %r (expected %r); waiting", work, expected)
+            stop.wait(1.0)
+    return 0

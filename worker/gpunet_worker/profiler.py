@@ -13,7 +13,7 @@ from typing import Any
 
 from gpunet.rpc import pb
 
-from .client import ControllerClient, ControllerUnreachable
+from .client import ControllerClient, ControllerUnreachable, work_loop
 
 log = logging.getLogger("gpunet_worker")
 
@@ -27,24 +27,9 @@ class ProfilerWorker:
         self.measured = 0
 
     def run(self) -> int:
-        device = self.backend.device_name()
-        while not self.preempted.is_set():
-            try:
-                response = self.client.call("RequestWork", pb.WorkRequest(worker_id=self.worker_id, kind=pb.WORKER_KIND_PROFILER,
-                                                                          device=device))
-            except ControllerUnreachable as exc:
-                log.error("%s", exc)
-                return 1
-            work = response.WhichOneof("work")
-            if work == "done":
-                log.info("controller says done: %s", response.done.reason)
-                return 0
-            if work == "wait":
-                self.preempted.wait(max(0.05, response.wait.retry_after_s))
-                continue
-            if work == "layers":
-                self.profile(response.layers)
-        return 0
+        """Profile batches until the controller says done (exit code 0), SIGTERM (0) or it is unreachable (1)."""
+        request = pb.WorkRequest(worker_id=self.worker_id, kind=pb.WORKER_KIND_PROFILER, device=self.backend.device_name())
+        return work_loop(self.client, request, "layers", self.profile, self.preempted)
 
     def profile(self, task: pb.ProfilingAssignment) -> int:
         """Measure one batch and report it; returns the number of layers measured."""

@@ -24,7 +24,7 @@ import grpc
 
 from gpunet.rpc import pb
 
-from .client import ControllerClient, ControllerUnreachable
+from .client import ControllerClient, ControllerUnreachable, work_loop
 
 log = logging.getLogger("gpunet_worker")
 
@@ -41,27 +41,9 @@ class TrainerWorker:
 
     # --- main loop -----------------------------------------------------------------------------------------
     def run(self) -> int:
-        """Work until the search is done (exit code 0) or SIGTERM (0)."""
-        while not self.preempted.is_set():
-            try:
-                response = self.client.call("RequestWork", pb.WorkRequest(worker_id=self.worker_id, kind=pb.WORKER_KIND_TRAINER,
-                                                                          device=self.device))
-            except ControllerUnreachable as exc:
-                log.error("%s", exc)
-                return 1
-            work = response.WhichOneof("work")
-            if work == "done":
-                log.info("controller says done: %s", response.done.reason)
-                return 0
-            if work == "wait":
-                self.preempted.wait(max(0.05, response.wait.retry_after_s))
-                continue
-            if work != "candidate":
-                log.warning("unexpected work %r for a trainer; waiting", work)
-                self.preempted.wait(1.0)
-                continue
-            self.train(response.candidate)
-        return 0
+        """Work until the search is done (exit code 0), SIGTERM (0) or the controller is unreachable (1)."""
+        request = pb.WorkRequest(worker_id=self.worker_id, kind=pb.WORKER_KIND_TRAINER, device=self.device)
+        return work_loop(self.client, request, "candidate", self.train, self.preempted)
 
     def _data(self, training: Any, arch: Any) -> Any:
         from gpunet.data import build_datasets

@@ -437,7 +437,29 @@ def trust_region(center: np.ndarray, model, length: float) -> tuple[np.ndarray, 
     return np.clip(center - w * length / 2.0, 0.0, 1.0), np.clip(center + w * length / 2.0, 0.0, 1.0)
 
 
-class TurboSearcher(_ModelSearcher):
+class TrustRegionMixin:
+    """Keeps one TuRBO trust-region state (:class:`TurboState`) in ``self.turbo`` and in the searcher's state dict.
+
+    Mixed into a :class:`_ModelSearcher` subclass, before it in the bases; the subclass updates the state in
+    its ``_on_tell``.
+    """
+
+    turbo: TurboState
+
+    def _post_init(self) -> None:
+        super()._post_init()
+        self.turbo = new_turbo_state(self.space.num_features)
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {**super()._extra_state(), "turbo": dataclasses.asdict(self.turbo)}
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        super()._load_extra_state(extra)
+        if "turbo" in extra:
+            self.turbo = TurboState(**extra["turbo"])
+
+
+class TurboSearcher(TrustRegionMixin, _ModelSearcher):
     """TuRBO-1: BO inside one trust region that grows on successes, shrinks on failures and restarts.
 
     The GP is fitted on the current epoch's observations nearest the centre (at most ``max_gp_points``);
@@ -445,18 +467,6 @@ class TurboSearcher(_ModelSearcher):
     """
 
     name = "turbo"
-
-    def _post_init(self) -> None:
-        super()._post_init()
-        self.turbo = new_turbo_state(self.space.num_features)
-
-    def _extra_state(self):
-        return {**super()._extra_state(), "turbo": dataclasses.asdict(self.turbo)}
-
-    def _load_extra_state(self, extra):
-        super()._load_extra_state(extra)
-        if "turbo" in extra:
-            self.turbo = TurboState(**extra["turbo"])
 
     def _on_tell(self, trial):
         self.turbo = update_turbo_state(self.turbo, float(trial.value), len(self._tell_order))

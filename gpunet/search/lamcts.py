@@ -32,7 +32,7 @@ import numpy as np
 from .base import Option, positive_float, positive_int
 from .bo import (
     LOCAL_SIGMAS,
-    TurboState,
+    TrustRegionMixin,
     _ModelSearcher,
     candidates,
     new_turbo_state,
@@ -178,7 +178,7 @@ class LamctsSearcher(_ModelSearcher):
         return self._choose(X[idx], y[idx], Xpend, Z, pts, n, seed, model, np.zeros(D), np.ones(D), region)
 
 
-class LamctsTurboSearcher(LamctsSearcher):
+class LamctsTurboSearcher(TrustRegionMixin, LamctsSearcher):
     """LA-MCTS with a TuRBO-1 trust region in the selected region (``lamcts-turbo``).
 
     One trust-region state (length, counters; :class:`~gpunet.search.bo.TurboState`) is kept across asks; the
@@ -186,18 +186,6 @@ class LamctsTurboSearcher(LamctsSearcher):
     """
 
     name = "lamcts-turbo"
-
-    def _post_init(self) -> None:
-        super()._post_init()
-        self.turbo = new_turbo_state(self.space.num_features)
-
-    def _extra_state(self):
-        return {**super()._extra_state(), "turbo": dataclasses.asdict(self.turbo)}
-
-    def _load_extra_state(self, extra):
-        super()._load_extra_state(extra)
-        if "turbo" in extra:
-            self.turbo = TurboState(**extra["turbo"])
 
     def _on_tell(self, trial):
         state = update_turbo_state(self.turbo, float(trial.value), len(self._tell_order))

@@ -17,10 +17,15 @@ NeurIPS 2020, with BO in the selected region) and ``lamcts-turbo``. The model-ba
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Any
 
 from .base import COMPLETE, FAILED, PENDING, Searcher, Trial
 from .spaces import BoxSpace, CategoricalSpace, IntegerSpace, SearchError, Space
+
+# linear_operator (under gpytorch and BoTorch) calls torch.jit.script when imported, which torch 2.14 answers
+# with a FutureWarning in the middle of a search's output. It is harmless, so only that message is silenced.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 #: The default algorithm (paper 3.3.1).
 DEFAULT_ALGORITHM = "lamcts-bo"

@@ -330,7 +330,7 @@ def parse_search(doc: Mapping[str, Any], check_space: bool = True) -> SearchSpec
     known = {"searchSpace", "latency", "algorithm", "training", *KUBERNETES_SECTIONS}
     for key in spec:
         _check(key in known, f"spec.{key}", spec[key], f"one of the fields {sorted(known)}")
-    space = _section(spec.get("searchSpace", {"preset": "gpunet-tiny"}), "spec.searchSpace")
+    space = _section(spec.get("searchSpace", {"preset": "gpunet"}), "spec.searchSpace")
     parsed = SearchSpec(
         name=name,
         search_space=space,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch import nn
 
 from .arch import Architecture
 from .data import build_datasets
+from .fileio import write_atomic
 from .model import build_model
 from .spec import TrainingSpec
 
@@ -69,16 +69,8 @@ class TrainOutcome:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` with ``torch.save`` atomically: a temporary file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    """Write ``state`` with ``torch.save`` atomically (see :func:`gpunet.fileio.write_atomic`)."""
+    return write_atomic(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path, arch: Architecture) -> dict[str, Any]:

@@ -42,12 +42,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..fileio import write_json_atomic
 from ..rpc import pb
 from ..spec import SearchSpec
 from .errors import InvalidRequestError, UnknownWorkError
 from .metrics import ControllerMetrics
 from .state import (CANDIDATE_STATES, COMPLETED, FAILED, FINISHED, QUEUED, RUNNING, STATE_FILE, STOPPED, Candidate,
-                    ControllerState, StateStore, write_json_atomic)
+                    ControllerState, StateStore)
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ..spec import SearchSpec
-from .state import FINISHED, Candidate, ControllerState, write_json_atomic
+from ..fileio import write_json_atomic
+from .state import FINISHED, Candidate, ControllerState
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import multiprocessing as mp
 from pathlib import Path
 from typing import Any, Sequence
 
-from .state import write_json_atomic
+from ..fileio import write_json_atomic
 
 #: A result for the searcher: ``(trial_id, failed, top1)``.
 Tell = tuple[int, bool, float]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sqlite3
 import threading
 from dataclasses import dataclass, field
@@ -34,19 +33,6 @@ CANDIDATE_STATES = (QUEUED, RUNNING, COMPLETED, STOPPED, FAILED)
 FINISHED = (COMPLETED, STOPPED)
 #: Events kept per candidate.
 MAX_EVENTS = 20
-
-
-def write_json_atomic(path: str | Path, data: Any) -> Path:
-    """Write ``data`` as JSON to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, separators=(",", ":"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
 
 
 @dataclass

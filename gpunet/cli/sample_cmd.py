@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..space import load_space, preset_names
-from . import UsageError, emit
+from . import UsageError, console, emit
 from .latency_cmd import latency_errors_as_usage
 
 #: Networks estimated per step of the progress bar.
@@ -91,7 +91,6 @@ def sample(args: argparse.Namespace) -> int:
     if args.json:
         emit(summary, True)
         return 0
-    from rich.console import Console
     from rich.table import Table
 
     view = Table(title=f"{args.n} Sobol samples of {args.preset}, {target.text}")
@@ -100,11 +99,11 @@ def sample(args: argparse.Namespace) -> int:
     for p in pools:
         high = "inf" if math.isinf(p.tier.high_ms) else f"{p.tier.high_ms:.4g}"
         view.add_row(p.tier.name, f"{p.tier.low_ms:.4g}", high, str(p.count), str(len(p.vectors)))
-    console = Console()
-    console.print(view)
+    out_console = console()
+    out_console.print(view)
     if summary["latency_ms"]:
         lat = summary["latency_ms"]
         left_out = f"; {summary['missing']} left out (missing layers)" if summary["missing"] else ""
-        console.print(f"estimated latency: min {lat['min']:.4g} ms, median {lat['median']:.4g} ms, max {lat['max']:.4g} ms{left_out}")
-    console.print(f"tiers and pools written to {out} ({seconds:.2f} s)")
+        out_console.print(f"estimated latency: min {lat['min']:.4g} ms, median {lat['median']:.4g} ms, max {lat['max']:.4g} ms{left_out}")
+    out_console.print(f"tiers and pools written to {out} ({seconds:.2f} s)")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import UsageError, emit
+from . import UsageError, console, emit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,7 +51,6 @@ def _bench(args: argparse.Namespace) -> int:
     if args.json:
         emit(data, True)
         return 0
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=escape(f"{args.algo} on {problem.name}: regret over {args.seeds} seeds (median, [q25, q75])"))
@@ -60,5 +59,5 @@ def _bench(args: argparse.Namespace) -> int:
     table.add_column("quartiles")
     for at, s in summary["checkpoints"].items():
         table.add_row(at, f"{s['median']:.4g}", escape(f"[{s['q25']:.4g}, {s['q75']:.4g}]"))
-    Console().print(table)
+    console().print(table)
     return 0

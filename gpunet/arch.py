@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import SpaceError
 
@@ -108,11 +108,6 @@ class LayerSpec:
         if self.type == "head":
             return (n, self.num_classes, 1, 1)
         return (n, self.out_chs, conv_out_size(h, self.stride), conv_out_size(w, self.stride))
-
-    @property
-    def has_residual(self) -> bool:
-        """True for (fused) IRBs whose input and output shapes match (timm adds the skip then)."""
-        return self.type in ("fused_irb", "irb") and self.stride == 1 and self.in_chs == self.out_chs
 
     def describe(self) -> str:
         """A stable, human-readable form, e.g. ``irb k5 e4 se1 swish s2 1x48x14x14->64``."""
@@ -209,11 +204,6 @@ class Architecture:
             )
         )
         return specs
-
-    def iter_blocks(self) -> Iterator[LayerSpec]:
-        """The layers after the stem and before the head (the ones that get drop-path)."""
-        specs = self.layer_specs()
-        return iter(specs[1:-1])
 
     @property
     def num_layers(self) -> int:

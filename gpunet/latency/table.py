@@ -1,6 +1,6 @@
 """The latency table: per-layer measurements in one SQLite file (GPUNet paper, 3.2).
 
-Storage is the standard library's :mod:`sqlite3` in WAL mode, so one writer (the controller, or
+Storage is a SQLite file opened through :mod:`gpunet.sqlite` (WAL mode), so one writer (the controller, or
 ``gpunet latency build``) and any number of readers (estimators, other processes) use the file at the
 same time: readers see the last committed state and never block the writer.
 
@@ -15,7 +15,6 @@ never written to.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import sqlite3
 import threading
@@ -23,17 +22,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from ..sqlite import BUSY_TIMEOUT_S, FileFormat, open_database, transaction, utc_now  # noqa: F401 - BUSY_TIMEOUT_S re-exported
 from .errors import TableError
 from .keys import LatencyTarget, LayerKey
 
 TABLE_FORMAT = "gpunet-latency-table"
 SCHEMA_VERSION = 1
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-#: Seconds a connection waits for a lock held by another writer before giving up.
-BUSY_TIMEOUT_S = 60.0
 
 _SCHEMA = """
-CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE layers (
     digest TEXT PRIMARY KEY,
     key_text TEXT NOT NULL,
@@ -50,10 +46,8 @@ CREATE TABLE layers (
 ) WITHOUT ROWID;
 CREATE INDEX layers_by_target ON layers (backend, device, precision, batch_size);
 """
-
-
-def utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+#: The table's file format (checked on every open by :func:`gpunet.sqlite.open_database`).
+FILE_FORMAT = FileFormat(TABLE_FORMAT, SCHEMA_VERSION, tables=("layers",), schema=_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -118,73 +112,8 @@ class LatencyTable:
         self._lock = threading.RLock()
         self._conn = self._open()
 
-    # --- opening and checking ------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
-        exists = self.path.exists()
-        if self.readonly and not exists:
-            raise TableError(self.path, "no such file")
-        if exists and self.path.is_dir():
-            raise TableError(self.path, "is a directory, not a latency table file")
-        if exists and self.path.stat().st_size > 0:
-            with open(self.path, "rb") as fh:
-                header = fh.read(len(_SQLITE_MAGIC))
-            if header != _SQLITE_MAGIC:
-                raise TableError(self.path, "not a SQLite database (a foreign or corrupt file); refusing to use or overwrite it")
-        try:
-            if self.readonly:
-                conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise TableError(self.path, f"cannot open: {exc}") from None
-        try:
-            self._check(conn)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _check(self, conn: sqlite3.Connection) -> None:
-        try:
-            names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
-            if not names:
-                if self.readonly:
-                    raise TableError(self.path, "an empty database, not a latency table")
-                self._create(conn)
-                names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
-            if "meta" not in names or "layers" not in names:
-                raise TableError(self.path, f"a SQLite database of another application (tables: {sorted(names)[:6]}); "
-                                 f"expected a {TABLE_FORMAT} file; refusing to use or overwrite it")
-            meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
-            if meta.get("format") != TABLE_FORMAT:
-                raise TableError(self.path, f"meta format {meta.get('format')!r}; expected {TABLE_FORMAT!r}")
-            version = int(meta.get("schema_version", "0"))
-            if version > SCHEMA_VERSION:
-                raise TableError(self.path, f"schema version {version}; this gpunet reads up to {SCHEMA_VERSION}")
-            status = conn.execute("PRAGMA quick_check").fetchone()[0]
-            if status != "ok":
-                raise TableError(self.path, f"corrupt (sqlite quick_check: {status}); refusing to use or overwrite it")
-            if not self.readonly:
-                conn.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.DatabaseError as exc:
-            raise TableError(self.path, f"corrupt or not a latency table ({exc}); refusing to use or overwrite it") from None
-
-    @staticmethod
-    def _create(conn: sqlite3.Connection) -> None:
-        """Create the schema in an empty database; a concurrent creator that won the race is accepted."""
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0:
-                for statement in _SCHEMA.strip().split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.executemany("INSERT INTO meta VALUES (?, ?)", [
-                    ("format", TABLE_FORMAT), ("schema_version", str(SCHEMA_VERSION)), ("created_at", utc_now())])
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        return open_database(self.path, FILE_FORMAT, readonly=self.readonly, error=TableError)
 
     def close(self) -> None:
         with self._lock:
@@ -297,15 +226,10 @@ class LatencyTable:
 
         with self._lock:
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.executemany("INSERT OR REPLACE INTO layers VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows())
-                self._conn.execute("COMMIT")
-            except BaseException as exc:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.DatabaseError):
-                    raise TableError(self.path, f"write failed: {exc}") from None
-                raise
+                with transaction(self._conn):
+                    self._conn.executemany("INSERT OR REPLACE INTO layers VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows())
+            except sqlite3.DatabaseError as exc:
+                raise TableError(self.path, f"write failed: {exc}") from None
         return count
 
     # --- small metadata (calibrations, build defaults) ---------------------------------------------

@@ -1,0 +1,177 @@
+"""SQLite files of gpunet: one way to open them, check that they are ours, and write in transactions.
+
+Both of the project's databases go through here: the controller state (``state.sqlite``,
+:mod:`gpunet.controller.state`) and the latency table (:mod:`gpunet.latency.table`). Each declares a
+:class:`FileFormat`: its name and schema version (rows ``format`` and ``schema_version`` of its ``meta`` table),
+the tables it must have and the DDL that creates them.
+
+:func:`open_database` refuses, without changing a byte of it, a file that is not SQLite, a SQLite database of
+another application, a corrupt one, or one of a newer schema version; it creates the schema in a new or empty
+file. Writable connections then run in WAL mode with ``synchronous=NORMAL``: one writer and any number of
+readers (other processes included) use the file at once, readers see the last committed state and never block
+the writer, and a commit survives a killed process (not necessarily a power cut). Read-only connections use
+SQLite's ``mode=ro`` URI and never create or change anything.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+#: Seconds a connection waits for a lock held by another writer before giving up (SQLite's busy timeout).
+BUSY_TIMEOUT_S = 60.0
+#: The first 16 bytes of every SQLite 3 database file.
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+#: Makes the exception raised for an unusable file, from the file's path and the reason in words.
+ErrorFactory = Callable[[Path, str], Exception]
+
+
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second (``2026-01-31T12:00:00+00:00``)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    """What makes a SQLite file one of ours.
+
+    Attributes:
+        name: the value of the ``format`` row of the ``meta`` table, e.g. ``"gpunet-latency-table"``.
+        version: the schema version this code writes; files of versions up to it are read, newer ones refused.
+        tables: the tables (besides ``meta``) a file of this format has.
+        schema: the DDL creating ``tables`` (statements separated by ``;``), run once in a new or empty file.
+        meta_key: name of the ``meta`` table's key column (``meta(<meta_key> TEXT PRIMARY KEY, value TEXT)``).
+        legacy: for files written before the ``format`` row existed: given a connection to a file that has the
+            tables but no ``format`` row, True when it is nevertheless ours (its rows are then added, when writable).
+    """
+
+    name: str
+    version: int
+    tables: tuple[str, ...]
+    schema: str
+    meta_key: str = "name"
+    legacy: Callable[[sqlite3.Connection], bool] | None = None
+
+    def meta_rows(self, conn: sqlite3.Connection) -> dict[str, str]:
+        return dict(conn.execute(f"SELECT {self.meta_key}, value FROM meta").fetchall())
+
+
+def open_database(path: str | Path, fmt: FileFormat, *, error: ErrorFactory, readonly: bool = False,
+                  missing: ErrorFactory | None = None, timeout_s: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
+    """A connection to the ``fmt`` database at ``path``, checked, and created when new (unless ``readonly``).
+
+    The connection may be shared between threads (``check_same_thread=False``; guard it with a lock) and is in
+    autocommit mode: write with :func:`transaction`.
+
+    Args:
+        path: the database file.
+        fmt: its format.
+        error: makes the exception raised for a file that is not usable (see below).
+        readonly: open with ``mode=ro``: never creates, converts or writes anything.
+        missing: makes the exception raised, in ``readonly`` mode, for a file that does not exist or holds no
+            tables yet (a reader that came before the first writer); default ``error``.
+        timeout_s: SQLite's busy timeout, in seconds.
+
+    Raises:
+        whatever ``error`` makes: the path is a directory; the file is not SQLite, belongs to another
+        application (other tables, another ``format``), is of a newer schema version, or is corrupt
+        (``PRAGMA quick_check``). The file is then left exactly as it was.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise error(path, "is a directory, not a database file")
+    exists = path.exists()
+    if readonly and not exists:
+        raise (missing or error)(path, "no such file")
+    if exists and path.stat().st_size > 0:
+        with open(path, "rb") as fh:
+            if fh.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
+                raise error(path, "not a SQLite database (a foreign or corrupt file); refusing to use or overwrite it")
+    try:
+        if readonly:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout_s, check_same_thread=False)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(path), timeout=timeout_s, check_same_thread=False, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise error(path, f"cannot open: {exc}") from None
+    try:
+        _check(conn, path, fmt, readonly, error, missing or error)
+        if not readonly:  # only now: switching to WAL rewrites the file header
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _check(conn: sqlite3.Connection, path: Path, fmt: FileFormat, readonly: bool, error: ErrorFactory,
+           missing: ErrorFactory) -> None:
+    try:
+        names = _names(conn)
+        if not names:
+            if readonly:
+                raise missing(path, f"an empty database, not a {fmt.name} file")
+            _create(conn, fmt)
+            names = _names(conn)
+        if "meta" not in names or not set(fmt.tables) <= names:
+            raise error(path, f"a SQLite database of another application (tables: {sorted(names)[:6]}); "
+                        f"expected a {fmt.name} file; refusing to use or overwrite it")
+        meta = fmt.meta_rows(conn)
+        if "format" not in meta and fmt.legacy is not None and fmt.legacy(conn):
+            meta = {"format": fmt.name, "schema_version": "1"}
+            if not readonly:
+                with transaction(conn):
+                    conn.executemany("INSERT OR IGNORE INTO meta VALUES (?, ?)", list(meta.items()))
+        if meta.get("format") != fmt.name:
+            raise error(path, f"meta format {meta.get('format')!r}; expected {fmt.name!r}")
+        version = meta.get("schema_version", "0")
+        if not version.isdigit():
+            raise error(path, f"meta schema_version {version!r}; expected an integer")
+        if int(version) > fmt.version:
+            raise error(path, f"schema version {version}; this gpunet reads up to {fmt.version}")
+        status = conn.execute("PRAGMA quick_check").fetchone()[0]
+        if status != "ok":
+            raise error(path, f"corrupt (sqlite quick_check: {status}); refusing to use or overwrite it")
+    except sqlite3.DatabaseError as exc:
+        raise error(path, f"corrupt or not a {fmt.name} file ({exc}); refusing to use or overwrite it") from None
+
+
+def _names(conn: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
+
+
+def _create(conn: sqlite3.Connection, fmt: FileFormat) -> None:
+    """Create the schema in an empty database; a concurrent creator that won the race is accepted."""
+    with transaction(conn):
+        if conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0:
+            conn.execute(f"CREATE TABLE meta ({fmt.meta_key} TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            for statement in fmt.schema.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.executemany("INSERT INTO meta VALUES (?, ?)", [
+                ("format", fmt.name), ("schema_version", str(fmt.version)), ("created_at", utc_now())])
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``: all of the block's writes or none of them.
+
+    IMMEDIATE takes the write lock at the start (waiting up to the busy timeout for another writer), so the block
+    never fails half way for a lock. Any exception, a failed ``COMMIT`` included, rolls back and propagates.
+    The connection must be in autocommit mode (``isolation_level=None``, as :func:`open_database` makes it).
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise

@@ -1,17 +1,21 @@
 """Domain errors of the search controller and their gRPC status codes: the one place where the mapping lives.
 
-The controller's core raises these (and library errors of the engine); :func:`grpc_status` turns any of them
-into a status code and a message for the servicer, which aborts the call with it.
+Every error here is a :class:`gpunet.errors.GpunetError` with its one message format
+(``<field>: got <value>; <reason>; expected <expected>``). The controller's core raises these (and library errors
+of the engine); :func:`grpc_status` turns any exception into a status code and a message for the servicer, which
+aborts the call with it.
 """
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 import grpc
 
-from ..errors import SpaceError
+from ..errors import NO_VALUE, GpunetError
 
 
-class ControllerError(Exception):
+class ControllerError(GpunetError):
     """Base class of the controller's domain errors."""
 
 
@@ -22,33 +26,72 @@ class InvalidRequestError(ControllerError, ValueError):
 class UnknownWorkError(ControllerError, KeyError):
     """A report about a candidate or profiling batch the search has never handed out."""
 
-    def __str__(self) -> str:  # KeyError quotes its message otherwise
-        return str(self.args[0]) if self.args else ""
-
 
 class UnauthenticatedError(ControllerError):
     """A missing or wrong token."""
+
+    def __init__(self, field: str = "authorization", value: Any = NO_VALUE, expected: Sequence[Any] | str | None = None,
+                 *, reason: str | None = "missing or wrong token") -> None:
+        super().__init__(field, value, expected, reason=reason)
 
 
 class NotReadyError(ControllerError):
     """The controller cannot answer yet (still loading its state)."""
 
+    def __init__(self, field: str = "controller", value: Any = NO_VALUE, expected: Sequence[Any] | str | None = None,
+                 *, reason: str | None = "not ready yet; retry") -> None:
+        super().__init__(field, value, expected, reason=reason)
+
+
+class ConfigError(ControllerError, ValueError):
+    """A controller setting that cannot work (e.g. an empty token)."""
+
+
+class WorkersCrashedError(ControllerError, RuntimeError):
+    """Every local worker process of a ``gpunet run`` crashed more often than it is restarted."""
+
+
+class StateFileError(ControllerError):
+    """A controller state file that cannot be used (not ours, corrupt, a newer format); it is left untouched."""
+
+
+#: Longest worker, candidate, batch or lease id accepted (a Kubernetes object name's limit).
+MAX_ID_LENGTH = 253
+
+
+def require(ok: bool, field: str, value: Any = NO_VALUE, expected: Sequence[Any] | str | None = None, *,
+            reason: str | None = None) -> None:
+    """Raise :class:`InvalidRequestError` for ``field`` unless ``ok``."""
+    if not ok:
+        raise InvalidRequestError(field, value, expected, reason=reason)
+
+
+def check_id(value: str, field: str) -> None:
+    """A request's id field: present and at most :data:`MAX_ID_LENGTH` characters, else InvalidRequestError."""
+    require(bool(value), field, reason="required")
+    require(len(value) <= MAX_ID_LENGTH, field, value[:40] + "...", f"at most {MAX_ID_LENGTH} characters")
+
+
+def caused_by_input(exc: BaseException) -> bool:
+    """True for an error of bad input: a :class:`GpunetError` that is also a ``ValueError`` (the engine's convention,
+    e.g. :class:`InvalidRequestError`, :class:`~gpunet.errors.SpaceError` and spec errors), or a bad layer key."""
+    from ..latency.errors import LatencyError
+
+    return isinstance(exc, ValueError) and isinstance(exc, (GpunetError, LatencyError))
+
 
 def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status code and message of an exception raised while serving a call.
 
-    ``InvalidRequestError``, :class:`~gpunet.errors.SpaceError` (incl. spec errors) and the latency package's
-    ``KeyFormatError`` -> INVALID_ARGUMENT; ``UnknownWorkError`` -> NOT_FOUND; ``UnauthenticatedError`` ->
-    UNAUTHENTICATED; ``NotReadyError`` -> UNAVAILABLE; anything else -> INTERNAL.
+    ``UnauthenticatedError`` -> UNAUTHENTICATED; ``UnknownWorkError`` -> NOT_FOUND; ``NotReadyError`` -> UNAVAILABLE;
+    any other error caused by input (:func:`caused_by_input`) -> INVALID_ARGUMENT; anything else -> INTERNAL.
     """
-    from ..latency.errors import KeyFormatError
-
     if isinstance(exc, UnauthenticatedError):
-        return grpc.StatusCode.UNAUTHENTICATED, str(exc) or "missing or wrong token"
-    if isinstance(exc, (InvalidRequestError, SpaceError, KeyFormatError)):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        return grpc.StatusCode.UNAUTHENTICATED, str(exc)
     if isinstance(exc, UnknownWorkError):
         return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, NotReadyError):
         return grpc.StatusCode.UNAVAILABLE, str(exc)
+    if caused_by_input(exc):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"

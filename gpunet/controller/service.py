@@ -18,7 +18,7 @@ import grpc
 
 from ..rpc import AUTH_METADATA_KEY, pb, pb_grpc
 from .core import SearchController
-from .errors import grpc_status
+from .errors import ConfigError, grpc_status
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
 
     def __init__(self, token: str) -> None:
         if not token:
-            raise ValueError("token: required (an empty token would accept every client)")
+            raise ConfigError("token", reason="required (an empty token would accept every client)")
         self._expected = f"Bearer {token}".encode()
 
         def deny(request: Any, context: grpc.ServicerContext) -> None:

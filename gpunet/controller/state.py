@@ -2,9 +2,10 @@
 
 Files in the state directory (the shared volume on Kubernetes, ``--out`` under ``gpunet run``):
 
-- ``state.sqlite``: this module's :class:`ControllerState` in SQLite (WAL): one row per candidate and one for
-  the rest. Every change that matters is one transaction touching only the changed rows, so a save costs the
-  same with 10 or 10,000 candidates. Commits survive a killed process (``synchronous=NORMAL`` in WAL mode).
+- ``state.sqlite``: this module's :class:`ControllerState` in SQLite (WAL, through :mod:`gpunet.sqlite`): one row
+  per candidate and one for the rest. Every change that matters is one transaction touching only the changed rows,
+  so a save costs the same with 10 or 10,000 candidates. Commits survive a killed process (``synchronous=NORMAL``
+  in WAL mode). A file that is not ours, or is corrupt, is refused and left untouched.
 - ``state.json``: a readable export of the same, written when the controller stops.
 - ``stratification.json``: the latency-tier pools (written once, after stratification).
 - ``searchers/tier-<t>-v<k>.json``: snapshots of each tier's searcher; the state names the current one, so a
@@ -12,7 +13,7 @@ Files in the state directory (the shared volume on Kubernetes, ``--out`` under `
 - ``latency.sqlite``: the latency table (:class:`gpunet.latency.LatencyTable`, written only by the controller).
 - ``checkpoints/<candidate>/<lease>.pt``: trainers' epoch checkpoints.
 
-JSON files are written to a temporary file in the same folder, fsynced and renamed over the old one.
+JSON files are written atomically (:mod:`gpunet.fileio`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..rpc import pb, phase_name, phase_value
+from ..rpc import PHASES, pb, phase_name
+from ..sqlite import FileFormat, open_database, transaction
+from .errors import StateFileError
 
 STATE_FORMAT = "gpunet-controller-state/v1"
 #: Candidate states (SearchStatus / CandidateRecord.state).
@@ -48,7 +51,8 @@ class Candidate:
 
     ``history[e - 1]`` is the validation top-1 (a fraction) after epoch ``e`` of the current training run;
     ``checkpoint`` is the last complete epoch checkpoint (``epoch`` epochs done), the resume point of the next
-    lease. ``lease_deadline`` is seconds since the Unix epoch.
+    lease. ``lease_id`` and ``worker_id`` name the current (running) or last lease; its deadline lives in the
+    controller's :class:`~gpunet.controller.leases.LeaseBook`.
     """
 
     id: str
@@ -66,7 +70,6 @@ class Candidate:
     restarts_from_scratch: int = 0
     lease_id: str = ""
     worker_id: str = ""
-    lease_deadline: float = 0.0
     checkpoint: str = ""
     epoch: int = 0
     history: list[float] = field(default_factory=list)
@@ -130,10 +133,11 @@ class ControllerState:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ControllerState":
         if data.get("format") != STATE_FORMAT:
-            raise ValueError(f"controller state format: got {data.get('format')!r}; expected {STATE_FORMAT!r}")
+            raise StateFileError("controller state format", data.get("format"), repr(STATE_FORMAT))
         names = {f.name for f in dataclasses.fields(cls)} - {"candidates"}
         state = cls(**{k: v for k, v in data.items() if k in names})
-        phase_value(state.phase)  # a state file with an unknown phase is not ours: say so now, not mid-search
+        if state.phase not in PHASES:  # say so now, not mid-search
+            raise StateFileError("controller state phase", state.phase, PHASES)
         state.candidates = {c["id"]: Candidate.from_dict(c) for c in data.get("candidates", [])}
         return state
 
@@ -148,26 +152,35 @@ class ControllerState:
 
 
 STATE_FILE = "state.sqlite"
+#: ``state.sqlite``'s format. Files of the first version carry no ``format`` row; their ``state`` row says it.
+FILE_FORMAT = FileFormat(
+    STATE_FORMAT, 1, tables=("candidates",), schema="CREATE TABLE candidates (id TEXT PRIMARY KEY, data TEXT NOT NULL)",
+    meta_key="key", legacy=lambda conn: _header_format(conn) == STATE_FORMAT)
+
+
+def _header_format(conn: sqlite3.Connection) -> Any:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'state'").fetchone()
+    try:
+        return json.loads(row[0]).get("format") if row else None
+    except (ValueError, AttributeError):
+        return None
 
 
 class StateStore:
-    """The SQLite file behind :class:`ControllerState`; thread-safe (one connection, a lock)."""
+    """The SQLite file behind :class:`ControllerState`; thread-safe (one connection, a lock).
+
+    Raises:
+        StateFileError: the file is not a controller state (another application's, corrupt, a newer format).
+        FileNotFoundError: ``readonly`` and no state has been written yet.
+    """
 
     def __init__(self, path: str | Path, readonly: bool = False) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        if readonly:
-            if not self.path.exists():
-                raise FileNotFoundError(f"{self.path}: no controller state here")
-            self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False, timeout=30)
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(
-                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-                "CREATE TABLE IF NOT EXISTS candidates (id TEXT PRIMARY KEY, data TEXT NOT NULL);")
+        self._conn = open_database(
+            self.path, FILE_FORMAT, readonly=readonly,
+            error=lambda p, reason: StateFileError(str(p), reason=reason),
+            missing=lambda p, reason: FileNotFoundError(f"{p}: no controller state here ({reason})"))
 
     def exists(self) -> bool:
         with self._lock:
@@ -178,28 +191,17 @@ class StateStore:
         """Write the header and the given (changed) candidates in one transaction."""
         rows = [(c.id, json.dumps(c.to_dict(), separators=(",", ":"))) for c in candidates]
         header = json.dumps(state.header(), separators=(",", ":"))
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('state', ?)", (header,))
-                if rows:
-                    self._conn.executemany("INSERT OR REPLACE INTO candidates VALUES (?, ?)", rows)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._lock, transaction(self._conn):
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('state', ?)", (header,))
+            if rows:
+                self._conn.executemany("INSERT OR REPLACE INTO candidates VALUES (?, ?)", rows)
 
     def load(self) -> ControllerState:
         with self._lock:
-            try:
-                row = self._conn.execute("SELECT value FROM meta WHERE key = 'state'").fetchone()
-                if row is None:
-                    raise FileNotFoundError(f"{self.path}: no controller state saved yet")
-                cands = [json.loads(r[0]) for r in self._conn.execute("SELECT data FROM candidates ORDER BY rowid")]
-            except sqlite3.OperationalError as exc:
-                if "no such table" in str(exc):  # a reader that came before the controller's first commit
-                    raise FileNotFoundError(f"{self.path}: no controller state saved yet") from None
-                raise
+            row = self._conn.execute("SELECT value FROM meta WHERE key = 'state'").fetchone()
+            if row is None:
+                raise FileNotFoundError(f"{self.path}: no controller state saved yet")
+            cands = [json.loads(r[0]) for r in self._conn.execute("SELECT data FROM candidates ORDER BY rowid")]
         return ControllerState.from_dict({**json.loads(row[0]), "candidates": cands})
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ Keys and table
     ``.digest``, ``.to_dict()`` / ``.from_dict()``), :class:`LatencyTable` (``get``, ``get_many``,
     ``put``, ``put_many``, ``missing``, ``medians``), :class:`Measurement`.
 (a) Missing layers, in batches
-    :func:`plan_profiling(table, target, vectors=..., space=..., batch_size=32) <plan_profiling>` ->
+    :func:`plan_profiling(table, target, vectors=..., space=..., batch_size=16) <plan_profiling>` ->
     list of :class:`ProfileBatch` (``.to_dict()`` / ``.from_dict()``); also :func:`missing_layer_keys`,
     :func:`split_batches`.
 (b) Measuring a batch on a profiler

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Mapping, Sequence
 
 from ..arch import Architecture
 from .errors import LatencyError
@@ -29,8 +30,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..space import SearchSpace
     from .backends import LatencyBackend
 
-#: Default number of layer keys per profiling batch: a few seconds to a minute of work for one profiler.
-DEFAULT_BATCH_SIZE = 32
+#: Layer keys per profiling batch (the one default, used by the controller and :func:`plan_profiling`): a few seconds
+#: to a minute of work for one profiler, small enough that a preempted profiler loses little.
+DEFAULT_BATCH_SIZE = 16
 
 
 def required_keys(target: LatencyTarget, *, archs: Iterable[Architecture] = (), vectors: "np.ndarray | None" = None,
@@ -68,7 +70,8 @@ def missing_layer_keys(table: LatencyTable, target: LatencyTarget, *, archs: Ite
 
 @dataclass(frozen=True)
 class ProfileBatch:
-    """A unit of profiling work: layer keys for one profiler to measure.
+    """A unit of profiling work: layer keys for one profiler to measure (the controller leases it to a profiler
+    worker; ``gpunet latency build`` and tools use it directly).
 
     Attributes:
         batch_id: 16 hex digits, a hash of the member keys' digests (the same keys give the same id, so
@@ -86,6 +89,16 @@ class ProfileBatch:
     @property
     def target(self) -> LatencyTarget:
         return self.keys[0].target
+
+    @cached_property
+    def keys_json(self) -> list[str]:
+        """The keys as JSON texts, as they travel in ``ProfilingAssignment.layer_keys_json``."""
+        return [k.to_json() for k in self.keys]
+
+    @cached_property
+    def digests(self) -> frozenset[str]:
+        """The keys' digests (a report may only carry keys of its batch)."""
+        return frozenset(k.digest for k in self.keys)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``{"batch_id": str, "keys": [LayerKey.to_dict(), ...]}``."""
@@ -113,13 +126,15 @@ def split_batches(keys: Sequence[LayerKey], batch_size: int = DEFAULT_BATCH_SIZE
 
 def plan_profiling(table: LatencyTable, target: LatencyTarget, *, archs: Iterable[Architecture] = (),
                    vectors: "np.ndarray | None" = None, space: "SearchSpace | None" = None,
-                   batch_size: int = DEFAULT_BATCH_SIZE) -> list[ProfileBatch]:
+                   batch_size: int = DEFAULT_BATCH_SIZE, exclude: Collection[str] = ()) -> list[ProfileBatch]:
     """The controller's question (a): the missing keys of these networks, in batches for independent profilers.
 
+    ``exclude`` holds digests of keys to leave out (e.g. layers a profiler could not measure).
     Typical use: ``plan_profiling(table, target, vectors=np.concatenate([p.vectors for p in pools]), space=space)``.
     Deterministic for the same table state and networks.
     """
-    return split_batches(missing_layer_keys(table, target, archs=archs, vectors=vectors, space=space), batch_size)
+    missing = missing_layer_keys(table, target, archs=archs, vectors=vectors, space=space)
+    return split_batches([k for k in missing if k.digest not in exclude] if exclude else missing, batch_size)
 
 
 def measure_keys(keys: Sequence[LayerKey], backend: "LatencyBackend", *,

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import grpc
 
 from gpunet import rpc
+from gpunet.errors import GpunetError
 
 log = logging.getLogger("gpunet_worker")
 
@@ -18,8 +19,8 @@ log = logging.getLogger("gpunet_worker")
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
-class ControllerUnreachable(RuntimeError):
-    """The controller did not answer within the give-up time."""
+class ControllerUnreachable(GpunetError, RuntimeError):
+    """The controller did not answer within the give-up time (or the worker was stopped while it waited)."""
 
 
 class ControllerClient:
@@ -55,13 +56,14 @@ class ControllerClient:
                     raise
                 waited = time.monotonic() - start
                 if limit is not None and waited >= limit:
-                    raise ControllerUnreachable(f"{method}: controller at {self.address} unreachable for {waited:.0f} s") from exc
+                    raise ControllerUnreachable(f"controller {self.address}", reason=f"{method}: unreachable for {waited:.0f} s") from exc
                 self.retries += 1
                 log.warning("%s: controller unavailable (%s); retrying in %.1f s", method, exc.code().name, delay)
                 pause = delay * random.uniform(0.75, 1.25)
                 if self.stop is not None:
                     if self.stop.wait(pause):
-                        raise ControllerUnreachable(f"{method}: stopped while the controller was unreachable") from exc
+                        raise ControllerUnreachable(f"controller {self.address}",
+                                                    reason=f"{method}: stopped while it was unreachable") from exc
                 else:
                     time.sleep(pause)
                 delay = min(delay * 2, self.max_backoff_s)

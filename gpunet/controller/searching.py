@@ -1,0 +1,213 @@
+"""Stage 2 of the search: stratify the sampled networks into latency tiers, then one searcher per tier proposes
+candidates ahead of the trainers (GPUNet paper 3.2-3.3), and the early-stopping rule.
+
+- :meth:`SearchStage.stratify` estimates every Sobol-sampled network from the latency table and groups them into
+  the tiers of ``spec.latency.tiers`` (:func:`gpunet.sampling.stratify`), written once to ``stratification.json``.
+- Each tier's searcher (:func:`gpunet.search.create` over the tier's pool, in this thread or its own process,
+  :mod:`.proposer`) is told finished results and asked for proposals in *rounds*; each round writes a new searcher
+  snapshot (``searchers/tier-<t>-v<k>.json``) and the state names the current one. Proposals are asked ahead of
+  demand (:meth:`SearchStage.lookahead`), so a free trainer never waits on a model fit.
+- :func:`stopping_decision` is the early-stopping rule a trainer's epoch report is checked against.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+import numpy as np
+
+from ..fileio import write_json_atomic
+from ..rpc import pb
+from ..spec import SearchSpec, TrainingSpec
+from .leases import Roster
+from .state import FAILED, FINISHED, QUEUED, Candidate, ControllerState
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..latency import LatencyTable, LatencyTarget
+    from .trainers import TrainerDesk
+
+#: Most networks kept per tier pool (the first ones in Sobol order): bounds the searchers' cost and state size.
+MAX_POOL = 4096
+#: Other candidates of a tier that must have reached an epoch before the median stopping rule applies there.
+MIN_STOPPING_PEERS = 2
+#: Most proposals asked of one searcher per driver round (a searcher's ask cost grows with the batch).
+MAX_ASK_PER_STEP = 16
+#: Results are told to a searcher at most this often (seconds) while no new proposal is needed: each round
+#: writes a searcher snapshot.
+TELL_PERIOD_S = 1.0
+#: Least time between two searcher rounds of a tier (seconds): a round (tell, ask, snapshot) holds the GIL for
+#: milliseconds to tens of milliseconds, so under many workers proposals come in batches rather than one by one.
+MIN_ROUND_INTERVAL_S = 0.5
+
+
+def stopping_decision(training: TrainingSpec, candidates: Iterable[Candidate], cand: Candidate, epoch: int) -> tuple[int, str]:
+    """Whether ``cand`` goes on after ``epoch``: ``(pb.ProgressAction, reason)``.
+
+    The median stopping rule (Golovin et al. 2017, Google Vizier): after ``training.earlyStopping.minEpochs``, stop
+    a candidate whose best top-1 up to epoch ``e`` is below the median of the other candidates' (same tier) best
+    top-1 up to ``e``, once at least :data:`MIN_STOPPING_PEERS` of them have reached ``e``. The last epoch is never
+    stopped.
+    """
+    rule = training.early_stopping
+    if not rule.enabled or epoch < rule.min_epochs or epoch >= training.epochs:
+        return pb.PROGRESS_ACTION_CONTINUE, ""
+    mine = max(cand.history[:epoch])
+    peers = [max(c.history[:epoch]) for c in candidates if c.tier == cand.tier and c.id != cand.id and len(c.history) >= epoch]
+    if len(peers) < MIN_STOPPING_PEERS:
+        return pb.PROGRESS_ACTION_CONTINUE, ""
+    median = statistics.median(peers)
+    if mine < median:
+        return pb.PROGRESS_ACTION_STOP, f"median stopping rule: top-1 {mine:.4f} < median {median:.4f} at epoch {epoch}"
+    return pb.PROGRESS_ACTION_CONTINUE, ""
+
+
+class SearchStage:
+    """The latency tiers, their searchers and the proposals ahead.
+
+    Args:
+        spec: the search.
+        state: the controller's state (``next_number`` and ``searcher_versions`` per tier are kept here).
+        state_dir: where ``stratification.json`` and ``searchers/`` live.
+        desk: new proposals are queued there.
+        roster: active trainers set how many proposals are asked ahead.
+        lock: the controller's lock; :meth:`drive` takes it around state changes, never around a searcher round.
+        save: persists the state header and the given candidates (with the lock held).
+        max_pool: most networks per tier pool.
+        round_interval_s: least time between two searcher rounds of a tier.
+        searcher_processes: run each tier's searcher in its own process (:class:`~.proposer.ProcessSearcher`).
+    """
+
+    def __init__(self, spec: SearchSpec, state: ControllerState, state_dir: Path, desk: "TrainerDesk", roster: Roster,
+                 lock: threading.RLock, save: Callable[..., None], *, max_pool: int = MAX_POOL,
+                 round_interval_s: float = MIN_ROUND_INTERVAL_S, searcher_processes: bool = False) -> None:
+        self.spec, self.space, self.state, self.dir = spec, spec.space(), state, state_dir
+        self.desk, self.roster, self.lock, self.save = desk, roster, lock, save
+        self.max_pool, self.round_interval_s, self.searcher_processes = max_pool, round_interval_s, searcher_processes
+        #: ``stratification.json``'s tiers: ``{"target_ms", "pool", "latency_ms", ...}`` per tier.
+        self.pools: list[dict[str, Any]] = []
+        self.searchers: list[Any] = []
+        self._pool_latency: list[dict[tuple[int, ...], float]] = []
+        self._last_round: dict[int, float] = {}
+
+    @property
+    def path(self) -> Path:
+        return self.dir / "stratification.json"
+
+    def stratify(self, table: "LatencyTable", target: "LatencyTarget", vectors: np.ndarray) -> tuple[bool, str]:
+        """Estimate ``vectors`` (``n x 41``) from ``table``, group them into the tiers, write ``stratification.json``
+        and start the searchers. Returns ``(ok, message)``: not ok when no tier has any network."""
+        from ..sampling import LatencyEstimator, stratify, tiers_from_targets
+
+        latency = LatencyEstimator(self.space, table, target).estimate(vectors, allow_missing=True)
+        tiers = tiers_from_targets(list(self.spec.latency.tiers), self.spec.latency.tolerance)
+        pools = stratify(vectors, latency, tiers, pool_size=self.max_pool, space=self.space)
+        finite = latency[np.isfinite(latency)]
+        span = [float(finite.min()), float(finite.max())] if finite.size else None
+        write_json_atomic(self.path, {"format": "gpunet-stratification/v1", "target": self.state.target,
+                                      "samples": int(len(vectors)), "seed": self.spec.algorithm.seed,
+                                      "latency_ms_range": span, "tiers": [p.to_dict() for p in pools]})
+        with self.lock:
+            self.load()
+            empty = [p["target_ms"] for p in self.pools if not p["pool"]]
+            if len(empty) == len(self.pools):
+                return False, (f"no sampled network lies in any latency tier {list(self.spec.latency.tiers)} ms "
+                               f"(estimated latencies span {span} ms); change spec.latency.tiers")
+            self.state.next_number = [0] * len(self.pools)
+            self.state.searcher_versions = [0] * len(self.pools)
+            return True, f"tiers without networks: {empty} ms" if empty else ""
+
+    def load(self) -> None:
+        """Read ``stratification.json`` and start each tier's searcher from its current snapshot."""
+        from .proposer import LocalSearcher, ProcessSearcher
+
+        self.pools = json.loads(self.path.read_text())["tiers"]
+        self._pool_latency = [{tuple(v): float(l) for v, l in zip(p["pool"], p["latency_ms"])} for p in self.pools]
+        if not self.state.searcher_versions:
+            self.state.searcher_versions = [0] * len(self.pools)
+            self.state.next_number = [0] * len(self.pools)
+        algo = self.spec.algorithm
+        algorithm = {"name": algo.name, "seed": algo.seed, "initial_samples": algo.initial_samples, "options": dict(algo.options)}
+        kind = ProcessSearcher if self.searcher_processes else LocalSearcher
+        self.searchers = []
+        for t, pool in enumerate(self.pools):
+            version = self.state.searcher_versions[t]
+            snapshot = str(self._snapshot_path(t, version)) if version else None
+            self.searchers.append(kind(algorithm, self.spec.search_space, pool["pool"], t, snapshot) if pool["pool"] else None)
+
+    def _snapshot_path(self, tier: int, version: int) -> Path:
+        return self.dir / "searchers" / f"tier-{tier}-v{version}.json"
+
+    def close(self) -> None:
+        for searcher in self.searchers:
+            if searcher is not None:
+                searcher.close()
+
+    # --- budgets -------------------------------------------------------------------------------------------
+    def tier_budget(self, tier: int) -> int:
+        """Candidates tier ``tier`` will propose in all: ``spec.algorithm.budget``, or fewer for a small pool."""
+        return min(self.spec.algorithm.budget, len(self.pools[tier]["pool"])) if self.pools else 0
+
+    def budget(self) -> int:
+        """Candidates the search will propose in all (before stratification: the spec's budget for every tier)."""
+        if self.pools:
+            return sum(self.tier_budget(t) for t in range(len(self.pools)))
+        return self.spec.algorithm.budget * len(self.spec.latency.tiers)
+
+    def lookahead(self, now: float) -> int:
+        """Proposals to keep queued per tier: one more than each tier's share of the active trainers."""
+        trainers = self.roster.active(now, pb.WORKER_KIND_TRAINER)
+        return min(MAX_ASK_PER_STEP, max(1, math.ceil(max(trainers, 1) / max(len(self.pools), 1))) + 1)
+
+    # --- the driver's part ---------------------------------------------------------------------------------
+    def drive(self, now: float) -> None:
+        """One searcher round per tier that has results to tell or too few proposals queued (rate-limited)."""
+        for tier, searcher in enumerate(self.searchers):
+            if searcher is None:
+                continue
+            with self.lock:
+                members = [c for c in self.state.candidates.values() if c.tier == tier]
+                to_tell = [c for c in members if not c.told and c.state in (*FINISHED, FAILED)]
+                queued = sum(c.state == QUEUED for c in members)
+                want = min(self.lookahead(now) - queued, self.tier_budget(tier) - len(members))
+                tells = [(c.trial_id, c.state == FAILED, float(c.best_top1)) for c in to_tell]
+            endgame = len(members) >= self.tier_budget(tier)
+            if not to_tell and want <= 0:
+                continue
+            since = now - self._last_round.get(tier, 0.0)
+            if (want <= 0 and not endgame and since < TELL_PERIOD_S) or since < self.round_interval_s:
+                continue
+            self._last_round[tier] = now
+            version = self.state.searcher_versions[tier] + 1
+            proposals = searcher.round(tells, max(want, 0), self._snapshot_path(tier, version))
+            with self.lock:
+                for cand in to_tell:
+                    cand.told = True
+                new = [self._candidate(tier, trial_id, vector, now) for trial_id, vector in proposals]
+                for cand in new:
+                    self.desk.add(cand)
+                old = self.state.searcher_versions[tier]
+                self.state.searcher_versions[tier] = version
+                self.save(*to_tell, *new)
+            if old:
+                self._snapshot_path(tier, old).unlink(missing_ok=True)
+
+    def _candidate(self, tier: int, trial_id: int, vector: list[int], now: float) -> Candidate:
+        number = self.state.next_number[tier]
+        self.state.next_number[tier] += 1
+        return Candidate(id=f"t{tier}-c{number:04d}", tier=tier, trial_id=trial_id, vector=vector, created=now,
+                         latency_ms=self._pool_latency[tier].get(tuple(vector), float("nan")))
+
+    def done(self) -> bool:
+        """Every tier has proposed its budget and told its searcher every result."""
+        for tier, searcher in enumerate(self.searchers):
+            if searcher is None:
+                continue
+            members = [c for c in self.state.candidates.values() if c.tier == tier]
+            if len(members) < self.tier_budget(tier) or not all(c.told for c in members):
+                return False
+        return True

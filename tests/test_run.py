@@ -14,7 +14,6 @@ import pytest
 from gpunet.controller.state import ControllerState
 from controller_helpers import write_spec
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists(),
                                 reason="dataset-fashion-mnist not installed")
 
@@ -36,7 +35,7 @@ def test_full_local_run_survives_ctrl_c_and_resumes(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "search.yaml", name="local-run", budget=2, epochs=2, train_subset=400, val_subset=200,
                       tiers=(0.1, 1.0), tolerance=0.9, algorithm="lamcts-bo")
     out = tmp_path / "out"
-    first = subprocess.Popen(gpunet_run(spec, out), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(gpunet_run(spec, out), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 150
     while not finished(out) and time.time() < deadline and first.poll() is None:
         time.sleep(0.1)
@@ -48,7 +47,7 @@ def test_full_local_run_survives_ctrl_c_and_resumes(tmp_path: Path) -> None:
     assert "rerun with --out" in log and "interrupted" in log
     assert not list((out / "logs").glob("*.log")) or all(p.stat().st_size > 0 for p in (out / "logs").glob("*.log"))
 
-    second = subprocess.run(gpunet_run(spec, out, "--json"), cwd=ROOT, capture_output=True, text=True, timeout=200)
+    second = subprocess.run(gpunet_run(spec, out, "--json"), cwd=tmp_path, capture_output=True, text=True, timeout=200)
     assert second.returncode == 0, second.stderr[-3000:]
     hub = json.loads(second.stdout)
     assert [t["target_ms"] for t in hub["tiers"]] == [0.1, 1.0]
@@ -76,7 +75,7 @@ def test_full_local_run_survives_ctrl_c_and_resumes(tmp_path: Path) -> None:
     assert (out / "latency.sqlite").exists() and (out / "state.sqlite").exists() and (out / "state.json").exists()
 
     # A third run of a finished search trains nothing and rewrites the outputs.
-    third = subprocess.run(gpunet_run(spec, out), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    third = subprocess.run(gpunet_run(spec, out), cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert third.returncode == 0 and "Succeeded" in third.stdout
     assert len((out / "candidates.jsonl").read_text().splitlines()) == 4
 
@@ -99,3 +98,17 @@ def test_live_display_renders_phase_table_fill_states_tiers_and_eta() -> None:
         assert words in text
     assert eta_seconds(status, time.time() - 100, time.time()) == pytest.approx(100 / 4 * 8, rel=0.05)
     assert "best 0.2ms:85.3%" in status_line(status, time.time())
+
+
+def test_local_run_refuses_to_start_without_the_installed_worker_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from controller_helpers import micro_spec
+    from gpunet.controller.local import LocalRun
+    from gpunet.errors import GpunetError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gpunet_worker" else real(name, *a))
+    with pytest.raises(GpunetError, match=r"gpunet_worker: not importable by .*; expected the gpunet-nas distribution installed"):
+        LocalRun(micro_spec(), tmp_path / "out")
+    assert not (tmp_path / "out" / "state.sqlite").exists()

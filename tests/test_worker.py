@@ -16,10 +16,10 @@ import pytest
 
 from controller_helpers import fake_profile, micro_spec
 from gpunet.controller import ControllerServer, SearchController
+from gpunet.controller.local import worker_command
 from gpunet.rpc import TOKEN_ENV, pb
 
 TOKEN = "worker-test-token"
-ROOT = Path(__file__).resolve().parent.parent
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 needs_data = pytest.mark.skipif(not FMNIST.exists(), reason="dataset-fashion-mnist not installed")
 
@@ -31,8 +31,8 @@ def serve(tmp_path: Path, lease_s: float, **spec_kwargs) -> ControllerServer:
 
 
 def spawn_trainer(srv: ControllerServer, worker_id: str, log: Path) -> subprocess.Popen:
-    env = dict(os.environ, **{TOKEN_ENV: TOKEN}, PYTHONPATH=os.pathsep.join([str(ROOT / "worker"), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.Popen([sys.executable, "-m", "gpunet_worker", "trainer", "--controller", srv.address, "--worker-id", worker_id,
+    env = dict(os.environ, **{TOKEN_ENV: TOKEN})  # gpunet_worker comes from the installed distribution
+    return subprocess.Popen([*worker_command(), "trainer", "--controller", srv.address, "--worker-id", worker_id,
                              "--threads", "1"], env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 

@@ -8,6 +8,7 @@ with the same directory resumes the search. Ctrl-C sends SIGTERM to the workers 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import secrets
@@ -19,15 +20,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable
 
+from ..errors import GpunetError
 from ..rpc import TERMINAL_PHASES, TOKEN_ENV, pb, phase_name
 from ..spec import SearchSpec
 from .core import SearchController
+from .errors import WorkersCrashedError
 from .service import ControllerServer
 from .state import PHASE_PROFILING
 
 log = logging.getLogger(__name__)
 #: Restarts of a crashed worker process before the run gives up on that slot.
 MAX_WORKER_RESTARTS = 3
+
+
+def worker_command() -> list[str]:
+    """``python -m gpunet_worker`` with this interpreter: the worker package of the installed distribution.
+
+    Raises:
+        GpunetError: ``gpunet_worker`` is not importable here (the project is not installed).
+    """
+    if importlib.util.find_spec("gpunet_worker") is None:
+        raise GpunetError("gpunet_worker", reason=f"not importable by {sys.executable}",
+                          expected="the gpunet-nas distribution installed (`pip install .`, or `pip install -e .` "
+                                   "in a checkout), which packages gpunet_worker")
+    return [sys.executable, "-m", "gpunet_worker"]
 
 
 @dataclass
@@ -64,6 +80,7 @@ class LocalRun:
         self.threads = threads or max(1, available_cpus() // max(1, workers))
         self.profiler_runs = profiler_runs
         self.token = secrets.token_urlsafe(24)
+        worker_command()  # fail before the controller starts, not in every worker
         self.controller = SearchController(spec, self.out, lease_s=lease_s, searcher_processes=True)
         self.server = ControllerServer(self.controller, self.token, "127.0.0.1:0", metrics_port=metrics_port)
         self.procs: list[WorkerProcess] = []
@@ -72,7 +89,7 @@ class LocalRun:
     # --- processes -----------------------------------------------------------------------------------------
     def _spawn(self, role: str, index: int) -> WorkerProcess:
         worker_id = f"local-{role}-{index}"
-        cmd = [sys.executable, "-m", "gpunet_worker", role, "--controller", self.server.address, "--worker-id", worker_id,
+        cmd = [*worker_command(), role, "--controller", self.server.address, "--worker-id", worker_id,
                "--give-up-after", "60"]
         if role == "trainer":
             cmd += ["--threads", str(self.threads)]
@@ -82,9 +99,6 @@ class LocalRun:
             if self.profiler_runs:
                 cmd += ["--runs", str(self.profiler_runs), "--warmup", str(max(1, self.profiler_runs // 5))]
         env = dict(os.environ, **{TOKEN_ENV: self.token, "PYTHONUNBUFFERED": "1"})
-        worker_dir = Path(__file__).resolve().parents[2] / "worker"
-        if worker_dir.is_dir():  # a source checkout: make gpunet_worker importable without installation
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(worker_dir), env.get("PYTHONPATH", "")) if p)
         logs = self.out / "logs"
         logs.mkdir(exist_ok=True)
         handle = open(logs / f"{worker_id}.log", "a")
@@ -159,7 +173,8 @@ class LocalRun:
                 return status
             self.supervise()
             if self.procs and not self.alive() and all(len(w.exit_codes) > MAX_WORKER_RESTARTS for w in self.procs if w.role == "trainer"):
-                raise RuntimeError(f"every trainer crashed repeatedly; see the logs in {self.out / 'logs'}")
+                raise WorkersCrashedError("trainers", reason=f"every trainer crashed {MAX_WORKER_RESTARTS + 1} times; "
+                                          f"see the logs in {self.out / 'logs'}")
             time.sleep(period_s)
 
 

@@ -281,3 +281,54 @@ def test_searcher_in_its_own_process_proposes_and_restores(tmp_path: Path, clock
     assert ctl2.state.phase == "Succeeded"
     assert {c.id: c.vector for c in ctl2.candidates()} == first
     ctl2.close()
+
+
+def profiler_request(worker_id: str) -> pb.WorkRequest:
+    return pb.WorkRequest(worker_id=worker_id, kind=pb.WORKER_KIND_PROFILER, device="test-cpu")
+
+
+def test_profiler_batches_live_under_the_same_leases_as_candidates(tmp_path: Path, clock: Clock) -> None:
+    ctl = SearchController(micro_spec(), tmp_path, lease_s=10.0, clock=clock, round_interval_s=0, profile_batch_size=8)
+    assert ctl.request_work(profiler_request("p1")).WhichOneof("work") == "wait"  # fixes the target; planning
+    ctl.step()
+    first = ctl.request_work(profiler_request("p1")).layers
+    assert len(first.layer_keys_json) == 8 and ctl.status().latency_table.batches_leased == 1
+    clock.now += 5
+    again = ctl.request_work(profiler_request("p1")).layers  # asking again renews the same lease
+    assert (again.batch_id, again.lease_id) == (first.batch_id, first.lease_id)
+    assert again.lease_deadline_unix_s == pytest.approx(first.lease_deadline_unix_s + 5)
+    clock.now += 11
+    assert ctl.expire_leases() == 1 and ctl.status().lease_expiries == 1
+    taken = ctl.request_work(profiler_request("p2")).layers
+    assert taken.batch_id == first.batch_id and taken.lease_id != first.lease_id
+    late = ctl.report_latencies(pb.LatencyReport(worker_id="p1", batch_id=first.batch_id, lease_id=first.lease_id,
+                                                 measurements=[pb.LayerMeasurement(layer_key_json=k, latency_ms=0.01, runs=1)
+                                                               for k in first.layer_keys_json]))
+    assert not late.accepted and len(ctl.table) == 0
+    rel = ctl.release_lease(pb.ReleaseRequest(worker_id="p2", reason=pb.RELEASE_REASON_PREEMPTED))
+    assert rel.released and rel.requeued and rel.work_id == first.batch_id and ctl.status().preemptions == 1
+    other = ctl.request_work(profiler_request("p3")).layers
+    assert other.batch_id == first.batch_id
+    with pytest.raises(InvalidRequestError, match=r"measurements\[0\].layer_key_json: got .*; expected a key of batch"):
+        ctl.report_latencies(pb.LatencyReport(worker_id="p3", batch_id=other.batch_id, lease_id=other.lease_id,
+                                              measurements=[pb.LayerMeasurement(layer_key_json=ctl.request_work(
+                                                  profiler_request("p4")).layers.layer_keys_json[0], latency_ms=0.01, runs=1)]))
+
+
+def test_the_lease_book_holds_one_lease_per_worker_and_per_work() -> None:
+    from gpunet.controller.leases import BATCH, CANDIDATE, LeaseBook
+
+    numbers = iter(range(1, 100))
+    book = LeaseBook(10.0, lambda: next(numbers))
+    a = book.grant(CANDIDATE, "t0-c0000", "w1", now=100.0)
+    assert a.id.startswith("L1-") and a.deadline == 110.0 and book.held_by("w1") is a is book.of(CANDIDATE, "t0-c0000")
+    b = book.grant(BATCH, "b1", "w1", now=101.0)  # a worker holds one lease: the older one is gone
+    assert book.of(CANDIDATE, "t0-c0000") is None and book.held_by("w1") is b and len(book) == 1
+    c = book.grant(BATCH, "b1", "w2", now=102.0)  # and a piece of work has one holder
+    assert book.held_by("w1") is None and book.of(BATCH, "b1") is c and c.id.startswith("L3-")
+    assert book.renew(c, 105.0) == 115.0 and book.expired(114.9) == [] and book.expired(115.1) == [c]
+    kept = book.grant(CANDIDATE, "t0-c0001", "w3", now=0.0, lease_id="L7-restart")
+    assert kept.id == "L7-restart" and book.count(BATCH) == 1 and book.count(CANDIDATE) == 1
+    book.release(c)
+    book.release(c)  # releasing twice is harmless
+    assert book.of(BATCH, "b1") is None and len(book) == 1

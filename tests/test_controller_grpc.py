@@ -95,3 +95,26 @@ def test_metrics_endpoint(server: ControllerServer) -> None:
     assert "gpunet_preemptions_total 1.0" in text
     assert 'gpunet_best_top1{tier="0"}' in text and "gpunet_lease_expiries_total" in text
     assert 'gpunet_rpc_duration_seconds_count{method="RequestWork"}' in text
+
+
+def test_every_input_error_is_invalid_argument_and_the_rest_keep_their_codes() -> None:
+    from gpunet.controller.errors import (InvalidRequestError, NotReadyError, StateFileError, UnauthenticatedError,
+                                          UnknownWorkError, grpc_status)
+    from gpunet.errors import GpunetError, SpaceError
+    from gpunet.latency.errors import KeyFormatError
+
+    code = grpc.StatusCode
+    cases = [
+        (InvalidRequestError("top1", 1.5, "a fraction in [0, 1]"), code.INVALID_ARGUMENT, "top1: got 1.5; expected a fraction in [0, 1]"),
+        (SpaceError("stage 4 expansion", 7, [2, 3], index=22), code.INVALID_ARGUMENT, "digit 22 (stage 4 expansion): got 7"),
+        (KeyFormatError("kernel", 4, [3, 5]), code.INVALID_ARGUMENT, "kernel"),
+        (UnknownWorkError("candidate_id", "t9", reason="not a candidate"), code.NOT_FOUND, "candidate_id: got 't9'; not a candidate"),
+        (UnauthenticatedError(), code.UNAUTHENTICATED, "authorization: missing or wrong token"),
+        (NotReadyError(), code.UNAVAILABLE, "controller: not ready"),
+        (StateFileError("/x/state.sqlite", reason="corrupt"), code.INTERNAL, "StateFileError: /x/state.sqlite: corrupt"),
+        (RuntimeError("boom"), code.INTERNAL, "RuntimeError: boom"),
+    ]
+    for exc, expected_code, words in cases:
+        got, message = grpc_status(exc)
+        assert got == expected_code and words in message, (exc, got, message)
+        assert isinstance(exc, GpunetError) or exc.__class__ in (RuntimeError, KeyFormatError)

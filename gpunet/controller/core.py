@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 #: How often the driver thread wakes up, in seconds.
 DRIVER_PERIOD_S = 0.1
+#: Reasons a lease may be given back for (UNSPECIFIED is refused).
 RELEASE_REASONS = (pb.RELEASE_REASON_PREEMPTED, pb.RELEASE_REASON_FAILED, pb.RELEASE_REASON_SHUTDOWN)
 
 
@@ -105,9 +106,7 @@ class SearchController:
         now = self.clock()
         self.state = self._load(now)
         self.profiling = ProfilingStage(spec, self.state, self.table, self.leases, self.lock, profile_batch_size)
-        self.trainers = TrainerDesk(spec, self.state, self.dir, self.leases, self.roster, self.metrics,
-                                    lambda cand, epoch: stopping_decision(spec.training, self.state.candidates.values(), cand, epoch),
-                                    now)
+        self.trainers = TrainerDesk(spec, self.state, self.dir, self.leases, self.roster, self.metrics, self._should_stop, now)
         self.searching = SearchStage(spec, self.state, self.dir, self.trainers, self.roster, self.lock, self._save,
                                      max_pool=max_pool, round_interval_s=round_interval_s, searcher_processes=searcher_processes)
         phase = self.state.phase
@@ -139,6 +138,10 @@ class SearchController:
             return
         self.state.updated = self.clock()
         self.store.save(self.state, changed)
+
+    def _should_stop(self, cand: Candidate, epoch: int) -> tuple[int, str]:
+        """The early-stopping decision after ``epoch`` of ``cand`` (:func:`.searching.stopping_decision`)."""
+        return stopping_decision(self.spec.training, self.state.candidates.values(), cand, epoch)
 
     def _next_lease_number(self) -> int:
         self.state.next_lease += 1

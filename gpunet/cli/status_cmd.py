@@ -99,15 +99,15 @@ def run_status(run_dir: Path, spec_file: Path | None = None) -> dict[str, Any]:
         SpecError: the spec file is invalid.
     """
     from ..controller.outputs import best_per_tier
-    from ..controller.state import CANDIDATE_STATES, FINISHED
-    from ..rpc import ACTIVE_PHASES, TERMINAL_PHASES, phase_value
+    from ..controller.state import CANDIDATE_STATES, FINISHED, RUNNING
+    from ..rpc import ACTIVE_PHASES, TERMINAL_PHASES, pb, phase_value
     from ..spec import load_spec
 
     run_dir = Path(run_dir)
     state = _load_state(run_dir)
     spec_file = spec_file or (run_dir / SPEC_COPY if (run_dir / SPEC_COPY).is_file() else None)
     spec = load_spec(spec_file) if spec_file else None
-    profiling = phase_value(state.phase) <= phase_value("Profiling")
+    profiling = phase_value(state.phase) in (pb.SEARCH_PHASE_PENDING, pb.SEARCH_PHASE_PROFILING)
     targets, pools = _tier_targets(run_dir, spec)
     candidates = list(state.candidates.values())
     counts = {s: sum(c.state == s for c in candidates) for s in CANDIDATE_STATES}
@@ -116,7 +116,7 @@ def run_status(run_dir: Path, spec_file: Path | None = None) -> dict[str, Any]:
         done = [c for c in candidates if c.tier == t and c.state in FINISHED]
         tiers.append({
             "index": t, "target_ms": targets[t], "pool_size": pools[t], "evaluated": len(done),
-            "running": sum(c.tier == t and c.state == "running" for c in candidates),
+            "running": sum(c.tier == t and c.state == RUNNING for c in candidates),
             "best": None if best is None else {
                 "candidate_id": best.id, "top1": best.top1, "vector": best.vector,
                 "latency_ms_estimated": best.latency_ms if math.isfinite(best.latency_ms) else None},

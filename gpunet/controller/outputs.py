@@ -223,9 +223,9 @@ def _preprocessing(spec: SearchSpec) -> dict[str, Any] | None:
 
 
 def hub_path(source: str | Path) -> Path:
-    """``hub.json`` of a run directory, or ``source`` itself when it is a file."""
+    """``hub.json`` of a run directory, or ``source`` itself when it is a file or a ``.json`` path."""
     path = Path(source)
-    return path / HUB_FILE if path.is_dir() else path
+    return path if path.suffix == ".json" or path.is_file() else path / HUB_FILE
 
 
 def read_hub(source: str | Path) -> dict[str, Any]:

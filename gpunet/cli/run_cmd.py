@@ -9,9 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import Output, UsageError, add_output_option
-
-#: Copy of the search file in the run directory; ``gpunet status`` reads it for the tiers and the table plan.
-SPEC_COPY = "search.yaml"
+from .status_cmd import SPEC_COPY
 
 
 def register(subparsers: Any) -> None:
@@ -46,7 +44,7 @@ def run(args: argparse.Namespace) -> Output | int:
             raise UsageError(option, value, "an integer >= 1")
     spec = load_spec(args.search)
     out = args.out or Path("runs") / spec.name
-    text = args.search.read_bytes()
+    text = args.search.read_bytes()  # for `gpunet status` (tiers, table plan); load_spec has read it already
     write_atomic(Path(out) / SPEC_COPY, lambda f: f.write(text))
     run_ = LocalRun(spec, out, workers=args.workers, profilers=args.profilers, lease_s=args.lease_seconds,
                     threads=args.threads, profiler_runs=args.profiler_runs, metrics_port=args.metrics_port)

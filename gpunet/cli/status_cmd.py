@@ -17,7 +17,7 @@ from typing import Any
 
 from . import Output, UsageError, add_output_option
 
-#: Copy of the search file that ``gpunet run`` leaves in the run directory.
+#: Copy of the search file that ``gpunet run`` leaves in the run directory (tiers and the latency-table plan).
 SPEC_COPY = "search.yaml"
 
 

@@ -25,7 +25,7 @@ def results(args: argparse.Namespace) -> Output:
 
 
 def hub_view(hub: dict[str, Any]) -> list[Any]:
-    """One row per latency tier: candidate, top-1, latencies, size and files."""
+    """One row per latency tier: candidate, top-1, latencies, size and weights file."""
     from rich.table import Table
 
     def fmt(x: Any, spec: str, scale: float = 1.0) -> str:
@@ -35,11 +35,11 @@ def hub_view(hub: dict[str, Any]) -> list[Any]:
     where = " ".join(str(target[k]) for k in ("backend", "precision", "device") if target.get(k))
     table = Table(title=f"model hub of search {hub.get('search')!r} ({hub.get('phase', '?')})" + (f", {where}" if where else ""))
     for col in ("tier (ms)", "candidate", "top-1 %", "weights top-1 %", "est. ms", "meas. ms", "params M", "GFLOPs",
-                "weights", "vector"):
+                "weights"):
         table.add_column(col, overflow="fold")
     for e in hub["tiers"]:
         table.add_row(fmt(e.get("target_ms"), "g"), e.get("candidate_id") or "–", fmt(e.get("top1"), ".2f", 100),
                       fmt(e.get("weights_top1"), ".2f", 100), fmt(e.get("latency_ms_estimated"), ".4f"),
                       fmt(e.get("latency_ms_measured"), ".4f"), fmt(e.get("params_m"), ".3f"), fmt(e.get("gflops"), ".4f"),
-                      e.get("weights") or "–", ",".join(map(str, e["vector"])) if e.get("vector") else "–")
-    return [table]
+                      e.get("weights") or "–")
+    return [table, "vectors, architectures and files: -o json or -o yaml"]

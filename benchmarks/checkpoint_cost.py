@@ -5,7 +5,7 @@
 1. A `gpunet-tiny` candidate trained with the demo's recipe (examples/fashion-mnist.yaml) on a Fashion-MNIST
    subset: per epoch, the time of the atomic checkpoint (torch.save to a temporary file, fsync, rename) against
    the epoch's wall time (training + evaluation + checkpoint).
-2. GPUNet-1 and GPUNet-2 (tests/data/gpunet-*.json, ImageNet heads) with RMSprop-TF state and an EMA copy, i.e.
+2. GPUNet-1 and GPUNet-2 (gpunet/archs/gpunet-*.json, ImageNet heads) with RMSprop-TF state and an EMA copy, i.e.
    what a trainer writes per epoch on ImageNet: size and save time. An ImageNet epoch of such a model takes
    minutes on 8 GPUs, so the percentage there is far lower than on the CPU demo.
 """
@@ -36,6 +36,7 @@ def main() -> int:
     import torch
     from timm.optim import create_optimizer_v2
 
+    from gpunet.archs import released_path
     from gpunet.nvidia import load_architecture
     from gpunet.model import build_model
     from gpunet.spec import load_spec, parse_training
@@ -56,7 +57,7 @@ def main() -> int:
                     "checkpoint_ms": [round(1000 * r.checkpoint_s, 2) for r in reports], "checkpoint_mb": round(tiny_mb, 3),
                     "percent_of_epoch_median": round(statistics.median(shares), 3)}}
     for name in ("gpunet-1", "gpunet-2"):
-        big = load_architecture(ROOT / "tests" / "data" / f"{name}.json")
+        big = load_architecture(released_path(name))
         model = build_model(big)
         opt = create_optimizer_v2(model, opt="rmsproptf", lr=0.06, eps=1e-3)
         model(torch.zeros(2, 3, 64, 64)).sum().backward()

@@ -6,7 +6,7 @@ prints one markdown table per problem from whatever has finished.
 
     python benchmarks/search_bench.py run --problems ackley20 levy20 --algos lamcts-bo optuna-tpe \\
         --seeds 10 --budget 500 --jobs 2 --out runs/search-bench
-    python benchmarks/search_bench.py run --problems nb201 --data ../shared/data/nas-bench-201/nb201.csv ...
+    python benchmarks/search_bench.py run --problems nb201 --data NB201_CSV ...  # nb201.csv, see benchmarks/README.md
     python benchmarks/search_bench.py report --out runs/search-bench
 
 Table columns: regret (optimum minus best value so far; Ackley/Levy have optimum 0, nb201 the best CIFAR-100

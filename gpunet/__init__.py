@@ -5,13 +5,19 @@ can be used by the operator and by tools without a deep-learning stack. Torch-de
 (:mod:`gpunet.model`, training, latency backends) are imported on use.
 """
 
+from importlib.metadata import PackageNotFoundError, version as _version
+
 from .arch import Architecture, LayerSpec, StageConfig
-from .errors import NotInSpaceError, SpaceError
+from .errors import GpunetError, NotInSpaceError, SpaceError
 from .space import SearchSpace, load_space, preset_names
 
-__version__ = "0.1.0"
+try:  # one source of truth: pyproject.toml, through the installed distribution's metadata
+    __version__ = _version("gpunet-nas")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 __all__ = [
     "Architecture",
+    "GpunetError",
     "LayerSpec",
     "NotInSpaceError",
     "SearchSpace",

@@ -25,6 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from .errors import GpunetError
+from .spec import DATASET_KINDS
+
 #: Fashion-MNIST class names, in label order.
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 #: Mean and standard deviation of Fashion-MNIST's training pixels (scaled to [0, 1]).
@@ -33,10 +36,18 @@ _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-_INSTALL_HINT = "install it with `sudo apt-get install dataset-fashion-mnist` (Debian package), or set spec.training.dataset.path"
+#: The field of a dataset's location in a ``NASSearch``.
+PATH_FIELD = "spec.training.dataset.path"
+_FASHION_MNIST_FILES = ("the four Fashion-MNIST IDX files: install them with `sudo apt-get install dataset-fashion-mnist` "
+                        "(Debian package), or set spec.training.dataset.path")
+_IMAGE_FOLDER_LAYOUT = "ROOT/train/<class>/*.jpg and ROOT/val/<class>/*.jpg (ImageNet layout)"
 
 
-class DatasetMissingError(FileNotFoundError):
+class DatasetError(GpunetError, ValueError):
+    """Training data that cannot be used: a file that is not what it claims to be, an unknown dataset kind."""
+
+
+class DatasetMissingError(DatasetError, FileNotFoundError):
     """The dataset is not where the spec says; the message says how to get it."""
 
 
@@ -61,7 +72,8 @@ def read_idx(path: str | Path) -> np.ndarray:
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
     if zero != 0 or dtype_code not in dtypes:
-        raise ValueError(f"{path}: not an IDX file (magic {data[:4].hex()})")
+        raise DatasetError(str(path), data[:4].hex(), "an IDX file (magic 0x0000 then a type code 0x08..0x0E)",
+                           reason="not an IDX file")
     shape = struct.unpack(f">{ndim}I", data[4: 4 + 4 * ndim])
     return np.frombuffer(data, dtype=dtypes[dtype_code], offset=4 + 4 * ndim).reshape(shape)
 
@@ -70,7 +82,7 @@ def _find(root: Path, stem: str) -> Path:
     for name in (stem + ".gz", stem):
         if (root / name).is_file():
             return root / name
-    raise DatasetMissingError(f"Fashion-MNIST is missing: no {stem}.gz in {root}; {_INSTALL_HINT}")
+    raise DatasetMissingError(PATH_FIELD, str(root), _FASHION_MNIST_FILES, reason=f"Fashion-MNIST is missing: no {stem}.gz there")
 
 
 def balanced_subset(labels: np.ndarray, count: int, num_classes: int, seed: int = 0) -> np.ndarray:
@@ -89,14 +101,16 @@ def balanced_subset(labels: np.ndarray, count: int, num_classes: int, seed: int 
 
 def load_fashion_mnist(root: str | Path, split: str, subset: int = 0, seed: int = 0) -> ArrayDataset:
     """Fashion-MNIST ``split`` (``"train"`` or ``"val"`` = the 10,000 test images), optionally a class-balanced
-    subset of ``subset`` images. Raises :class:`DatasetMissingError` with an install hint."""
+    subset of ``subset`` images. Raises :class:`DatasetMissingError` with an install hint, :class:`DatasetError`
+    for a file that is not IDX."""
     root = Path(root)
     if not root.is_dir():
-        raise DatasetMissingError(f"Fashion-MNIST is missing: {root} does not exist; {_INSTALL_HINT}")
+        raise DatasetMissingError(PATH_FIELD, str(root), _FASHION_MNIST_FILES, reason="Fashion-MNIST is missing: no such folder")
     images_stem, labels_stem = _FILES[split]
     images, labels = read_idx(_find(root, images_stem)), read_idx(_find(root, labels_stem)).astype(np.int64)
     if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{root}: {images.shape[0]} images but {labels.shape[0]} labels in split {split}")
+        raise DatasetError(f"{root} split {split}", f"{images.shape[0]} images, {labels.shape[0]} labels",
+                           "as many labels as images")
     index = balanced_subset(labels, subset, 10, seed)
     return ArrayDataset(images[index], labels[index], 10)
 
@@ -121,7 +135,7 @@ def _array_transform(resolution: int, recipe: Any, train: bool, channels: int) -
     from timm.data.random_erasing import RandomErasing
     from torchvision import transforms as T
 
-    mean, std = (FASHION_MNIST_MEAN,) * channels, (FASHION_MNIST_STD,) * channels
+    mean, std = normalization("fashion-mnist", channels)
     steps: list[Any] = [T.Resize((resolution, resolution))]
     if train:
         steps.append(T.RandomHorizontalFlip())
@@ -148,7 +162,7 @@ def build_datasets(dataset: Any, recipe: Any, resolution: int, in_chans: int, se
                 _AugmentedArrays(val, _array_transform(resolution, recipe, False, in_chans)), 10)
     if dataset.kind == "imagefolder":
         return _image_folder(dataset, recipe, resolution, seed)
-    raise ValueError(f"spec.training.dataset.kind: got {dataset.kind!r}; expected fashion-mnist or imagefolder")
+    raise DatasetError("spec.training.dataset.kind", dataset.kind, DATASET_KINDS)
 
 
 def _image_folder(dataset: Any, recipe: Any, resolution: int, seed: int) -> tuple[Any, Any, int]:
@@ -159,10 +173,8 @@ def _image_folder(dataset: Any, recipe: Any, resolution: int, seed: int) -> tupl
     root = Path(dataset.root)
     for split in ("train", "val"):
         if not (root / split).is_dir():
-            raise DatasetMissingError(
-                f"ImageFolder dataset is missing: {root / split} does not exist; expected ROOT/train/<class>/*.jpg and "
-                f"ROOT/val/<class>/*.jpg (ImageNet layout) at spec.training.dataset.path"
-            )
+            raise DatasetMissingError(PATH_FIELD, str(root), _IMAGE_FOLDER_LAYOUT,
+                                      reason=f"ImageFolder dataset is missing: no {split}/ folder there")
     train_tf = create_transform(resolution, is_training=True, auto_augment=recipe.rand_augment or None,
                                 re_prob=recipe.reprob, re_mode=recipe.remode, crop_pct=recipe.crop_pct)
     val_tf = create_transform(resolution, is_training=False, crop_pct=recipe.crop_pct)
@@ -173,6 +185,18 @@ def _image_folder(dataset: Any, recipe: Any, resolution: int, seed: int) -> tupl
         val = torch.utils.data.Subset(val, balanced_subset(np.asarray(val.targets), dataset.val_subset, len(val.classes), seed).tolist())
     num_classes = len(train.dataset.classes if isinstance(train, torch.utils.data.Subset) else train.classes)
     return train, val, num_classes
+
+
+def normalization(kind: str, in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel ``(mean, std)`` that the input pipeline of dataset ``kind`` subtracts and divides by, after
+    scaling pixels to [0, 1]: Fashion-MNIST's own statistics, or timm's ImageNet defaults for ImageFolder."""
+    if kind == "fashion-mnist":
+        return (FASHION_MNIST_MEAN,) * in_chans, (FASHION_MNIST_STD,) * in_chans
+    if kind == "imagefolder":
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+        return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
+    raise DatasetError("spec.training.dataset.kind", kind, DATASET_KINDS)
 
 
 def available_cpus() -> int:

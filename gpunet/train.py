@@ -25,6 +25,7 @@ from torch import nn
 
 from .arch import Architecture
 from .data import build_datasets
+from .errors import GpunetError
 from .fileio import write_atomic
 from .model import build_model
 from .rpc import pb
@@ -35,8 +36,9 @@ CHECKPOINT_FORMAT = "gpunet-train-checkpoint/v1"
 CONTINUE, STOP, ABANDON = pb.PROGRESS_ACTION_CONTINUE, pb.PROGRESS_ACTION_STOP, pb.PROGRESS_ACTION_ABANDON
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used (unreadable, truncated, another format or architecture)."""
+class CheckpointError(GpunetError, RuntimeError):
+    """A checkpoint that cannot be used (unreadable, truncated, another format or architecture); the field is the
+    checkpoint's path."""
 
 
 @dataclass
@@ -79,13 +81,14 @@ def load_checkpoint(path: str | Path, arch: Architecture) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except FileNotFoundError as exc:
-        raise CheckpointError(f"{path}: no such file") from exc
+        raise CheckpointError(str(path), reason="no such file") from exc
     except Exception as exc:  # torch raises many kinds for a corrupt file
-        raise CheckpointError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(str(path), reason=f"unreadable ({type(exc).__name__}: {exc})") from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: format", found, repr(CHECKPOINT_FORMAT))
     if state.get("arch") != arch.to_dict():
-        raise CheckpointError(f"{path}: checkpoint of another architecture")
+        raise CheckpointError(str(path), reason="checkpoint of another architecture")
     return state
 
 

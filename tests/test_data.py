@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from gpunet.data import DatasetMissingError, balanced_subset, load_fashion_mnist, read_idx
+from gpunet.errors import GpunetError
 from gpunet.spec import DatasetSpec, RecipeSpec
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -61,8 +62,10 @@ def test_fashion_mnist_subsets(fake_fmnist: Path) -> None:
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path: Path) -> None:
-    with pytest.raises(DatasetMissingError, match="apt-get install dataset-fashion-mnist"):
+    with pytest.raises(DatasetMissingError, match="apt-get install dataset-fashion-mnist") as missing:
         load_fashion_mnist(tmp_path / "nowhere", "train")
+    assert isinstance(missing.value, GpunetError) and isinstance(missing.value, FileNotFoundError)
+    assert str(missing.value).startswith(f"spec.training.dataset.path: got '{tmp_path / 'nowhere'}'; ")
     with pytest.raises(DatasetMissingError, match="train-images-idx3-ubyte"):
         load_fashion_mnist(tmp_path, "train")
 

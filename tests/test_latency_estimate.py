@@ -27,7 +27,7 @@ from gpunet.latency import (
     results_from_dicts,
     split_batches,
 )
-from gpunet.latency.cli_support import BUILD_META
+from gpunet.cli.support import BUILD_META
 from gpunet.sampling import LatencyEstimator, LayerGrid, sobol_vectors
 from gpunet.space import load_space, preset_names
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,10 +10,11 @@ from timm.models._efficientnet_blocks import ConvBnAct, EdgeResidual, InvertedRe
 from torch import nn
 
 from gpunet import NotInSpaceError, load_space
+from gpunet.archs import ARCHS_DIR
 from gpunet.model import build_model, export_onnx, model_stats
 from gpunet.nvidia import load_architecture
 
-DATA = Path(__file__).parent / "data"
+DATA = ARCHS_DIR  # NVIDIA's released layer lists (package data)
 
 # GPUNet paper, Table 3: parameters in millions.
 PUBLISHED_PARAMS_M = {"gpunet-0": 11.9, "gpunet-1": 12.7, "gpunet-2": 25.8}

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
 
 from gpunet import SpaceError, load_space
+from gpunet.archs import ARCHS_DIR
 from gpunet.nvidia import from_nvidia, load_architecture, to_nvidia
 
-DATA = Path(__file__).parent / "data"
+DATA = ARCHS_DIR  # NVIDIA's released layer lists (package data)
 NAMES = ["gpunet-0", "gpunet-1", "gpunet-2"]
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from gpunet.cli import main
 from gpunet.latency import LatencyTable, LatencyTarget, Measurement, TierError
-from gpunet.latency.cli_support import BUILD_META
+from gpunet.cli.support import BUILD_META
 from gpunet.sampling import (
     LatencyEstimator,
     LayerGrid,
@@ -126,7 +126,7 @@ def test_cli_sample_writes_tier_counts_and_pools(tmp_path: Path, capsys: pytest.
         table.put_many((k, Measurement(float(v), 0.0, 1, "onnxruntime", "placeholder")) for k, v in zip(grid.keys(), values))
         table.set_meta(BUILD_META, {"preset": "gpunet-tiny", "target": TARGET.to_dict()})
     out_file = tmp_path / "tiers.json"
-    args = ["sample", "--preset", "gpunet-tiny", "-n", "2000", "--table", str(path), "--tiers", "0.5,0.8",
+    args = ["tiers", "stratify", "--preset", "gpunet-tiny", "-n", "2000", "--table", str(path), "--tiers", "0.5,0.8",
             "--tolerance", "0.2", "--pool-size", "5", "--out", str(out_file), "--json"]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -152,7 +152,7 @@ def test_cli_sample_refuses_networks_with_missing_layers(tmp_path: Path, capsys:
     with LatencyTable(path) as table:
         table.put_many((k, Measurement(0.05, 0.0, 1, "onnxruntime", "placeholder")) for k in grid.keys()[: len(grid) // 2])
         table.set_meta(BUILD_META, {"preset": "gpunet-tiny", "target": TARGET.to_dict()})
-    args = ["sample", "--preset", "gpunet-tiny", "-n", "64", "--table", str(path), "--edges", "0,1,inf",
+    args = ["tiers", "stratify", "--preset", "gpunet-tiny", "-n", "64", "--table", str(path), "--edges", "0,1,inf",
             "--out", str(tmp_path / "tiers.json"), "--json"]
     assert main(args) == 2
     assert "missing from the latency table" in capsys.readouterr().err

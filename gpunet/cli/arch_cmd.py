@@ -12,7 +12,7 @@ from ..arch import Architecture
 from ..errors import NotInSpaceError, SpaceError
 from ..nvidia import load_architecture, to_nvidia
 from ..space import SearchSpace, load_space, preset_names
-from . import UsageError, console, emit
+from . import Output, UsageError, add_output_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,13 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--head-channels", type=int, default=None, help="override the space's head width (e.g. 1280)")
     p.add_argument("--write-json", type=Path, default=None, help="write the architecture in our JSON format")
     p.add_argument("--write-nvidia", type=Path, default=None, help="write the architecture as an NVIDIA layer list")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_output_option(p)
     p.set_defaults(func=show)
 
-    p = group.add_parser("sample", help="N uniformly random valid vectors, one per line")
+    p = group.add_parser("sample", help="N uniformly random valid vectors (-o table: one per line)")
     p.add_argument("--preset", default="gpunet", choices=preset_names())
-    p.add_argument("-n", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-n", type=int, default=5, help="number of vectors")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random generator")
+    add_output_option(p)
     p.set_defaults(func=sample)
 
 
@@ -47,11 +48,11 @@ def parse_arch(text: str, space: SearchSpace) -> tuple[Architecture, list[int] |
     try:
         vector = [int(x) for x in text.replace(" ", "").strip("[]").split(",")]
     except ValueError:
-        raise UsageError(f"ARCH: got {text!r}; expected 41 comma-separated integers or a JSON file path") from None
+        raise UsageError("ARCH", text, "41 comma-separated integers or a JSON file path") from None
     return space.decode(vector), vector, None
 
 
-def show(args: argparse.Namespace) -> int:
+def show(args: argparse.Namespace) -> Output:
     overrides = {"headChannels": args.head_channels} if args.head_channels else {}
     space = load_space({"preset": args.preset or "gpunet", **overrides})
     arch, vector, why = parse_arch(args.arch, space)
@@ -73,9 +74,11 @@ def show(args: argparse.Namespace) -> int:
         "layers": arch.num_layers,
         "architecture": arch.to_dict(),
     }
-    if args.json:
-        emit(data, True)
-        return 0
+    return Output(data, lambda d: arch_view(arch, d))
+
+
+def arch_view(arch: Architecture, data: dict) -> list:
+    """Stage table, parameters, FLOPs and vector of ``arch show``."""
     table = Table(title=f"{arch.name or 'architecture'} @ {arch.resolution}x{arch.resolution}")
     for col in ("stage", "block", "stride", "filters", "kernel", "layers", "expansion", "SE", "act"):
         table.add_column(col)
@@ -83,19 +86,16 @@ def show(args: argparse.Namespace) -> int:
         exp, se = (str(s.expansion), str(int(s.se))) if s.block != "conv" else ("-", "-")
         table.add_row(str(i), s.block, str(s.stride), str(s.filters), str(s.kernel), str(s.layers), exp, se, s.act)
     table.add_row("8", "head", "1", str(arch.head_channels), "1", "1", "-", "-", arch.head_act)
-    out = console()
-    out.print(table)
-    out.print(
-        f"parameters: {stats.params_m:.3f} M   FLOPs: {stats.gflops:.3f} G ({stats.gflops / 2:.3f} G multiply-adds, "
-        f"Table 3's unit)   classes: {arch.num_classes}"
-    )
-    out.print(f"vector ({space.name}): {','.join(map(str, vector))}" if vector else f"not in space {space.name}: {why}")
-    return 0
+    vector, space = data["vector"], data["space"]
+    return [table,
+            f"parameters: {data['params_m']:.3f} M   FLOPs: {data['gflops']:.3f} G ({data['gmacs']:.3f} G multiply-adds, "
+            f"Table 3's unit)   classes: {arch.num_classes}",
+            f"vector ({space}): {','.join(map(str, vector))}" if vector else f"not in space {space}: {data['not_in_space']}"]
 
 
-def sample(args: argparse.Namespace) -> int:
+def sample(args: argparse.Namespace) -> Output:
     if args.n < 0:
-        raise UsageError(f"-n: got {args.n}; expected an integer >= 0")
-    for row in load_space(args.preset).sample(args.n, seed=args.seed):
-        print(",".join(str(int(v)) for v in row))
-    return 0
+        raise UsageError("-n", args.n, "an integer >= 0")
+    vectors = load_space(args.preset).sample(args.n, seed=args.seed).tolist()
+    data = {"preset": args.preset, "seed": args.seed, "vectors": vectors}
+    return Output(data, lambda d: "\n".join(",".join(map(str, v)) for v in d["vectors"]) if d["vectors"] else [])

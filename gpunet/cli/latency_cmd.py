@@ -4,32 +4,16 @@ and check the estimate against end-to-end measurements (GPUNet paper, 3.2)."""
 from __future__ import annotations
 
 import argparse
-import functools
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..space import load_space, preset_names
-from . import UsageError, emit
-
-
-def latency_errors_as_usage(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn latency errors (bad table file, missing backend, missing layers) into one-line usage errors."""
-
-    @functools.wraps(func)
-    def wrapper(args: argparse.Namespace) -> int:
-        from ..latency.errors import LatencyError
-
-        try:
-            return func(args)
-        except LatencyError as exc:
-            raise UsageError(str(exc)) from None
-
-    return wrapper
+from . import Output, UsageError, add_output_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..latency.cli_support import add_backend_options
+    from .support import add_backend_options
 
     group = sub.add_parser("latency", help="per-layer latency table: build, estimate, validate").add_subparsers(
         dest="cmd", required=True)
@@ -41,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="measure the layers of N Sobol-sampled networks (default: every layer of the space)")
     p.add_argument("--seed", type=int, default=0, help="Sobol scrambling seed")
     add_backend_options(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=latency_errors_as_usage(build))
+    add_output_option(p)
+    p.set_defaults(func=build)
 
     p = group.add_parser("estimate", help="table estimate of one network: the sum of its layers' latencies")
     p.add_argument("arch", help="41 comma-separated integers, or a JSON file (our format or NVIDIA's layer list)")
@@ -50,8 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default=None, choices=preset_names(), help="space of a vector (default: the table's build)")
     p.add_argument("--calibrated", action="store_true", help="apply the calibration fitted by `latency validate`")
     add_backend_options(p, measuring=False)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=latency_errors_as_usage(estimate))
+    add_output_option(p)
+    p.set_defaults(func=estimate)
 
     p = group.add_parser("validate", help="measure N random networks end to end; rank correlation and error of the estimate")
     p.add_argument("--table", required=True, type=Path)
@@ -61,19 +45,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration", choices=("linear", "per-type"), default="linear", help="calibration model to fit")
     p.add_argument("--no-fill", action="store_true", help="fail instead of measuring layers the table lacks")
     add_backend_options(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=latency_errors_as_usage(validate))
+    add_output_option(p)
+    p.set_defaults(func=validate)
 
 
-def build(args: argparse.Namespace) -> int:
+def build(args: argparse.Namespace) -> Output:
     from ..latency.backends import get_backend
-    from ..latency.cli_support import BUILD_META, backend_options, progress_bar, stop_on_sigterm
     from ..latency.profiling import build_table, required_keys
     from ..latency.table import LatencyTable
     from ..sampling import layer_grid, sobol_vectors
+    from .support import BUILD_META, backend_options, progress_bar, stop_on_sigterm
 
     if args.samples is not None and args.samples < 1:
-        raise UsageError(f"--samples: got {args.samples}; expected an integer >= 1")
+        raise UsageError("--samples", args.samples, "an integer >= 1")
     space = load_space(args.preset)
     table = LatencyTable(args.table)  # checks the file before anything is measured
     name, opts = backend_options(args)
@@ -86,32 +70,31 @@ def build(args: argparse.Namespace) -> int:
     table.set_meta(BUILD_META, {"preset": args.preset, "target": target.to_dict(), "backend_options": {"backend": name, **opts},
                                 "samples": args.samples, "seed": args.seed})
     missing = len(table.missing(keys))
-    with stop_on_sigterm() as should_stop, progress_bar(f"profiling {args.preset} layers", missing, not args.json) as advance:
+    with stop_on_sigterm() as should_stop, progress_bar(f"profiling {args.preset} layers", missing, args.output == "table") as advance:
         report = build_table(table, backend, keys, progress=lambda done, total: advance(done), should_stop=should_stop)
     backend.close()
     data = {"table": str(args.table), "preset": args.preset, "target": target.to_dict(), **report.to_dict(),
             "entries": len(table)}
-    emit(data, args.json, None if args.json else (
+    return Output(data, lambda d: (
         f"{report.measured} layer(s) measured, {report.already} already in the table, {report.required} needed "
-        f"({report.layers_per_minute:.0f} layers/min); table {args.table}: {data['entries']} entries"
-        + ("  [stopped early; rerun to continue]" if report.interrupted else "")))
-    return 0 if not report.interrupted else 130
+        f"({report.layers_per_minute:.0f} layers/min); table {args.table}: {d['entries']} entries"
+        + ("  [stopped early; rerun to continue]" if report.interrupted else "")), code=130 if report.interrupted else 0)
 
 
 def _space_for(args: argparse.Namespace, table: Any) -> Any:
-    from ..latency.cli_support import recorded_build
+    from .support import recorded_build
 
     preset = args.preset or recorded_build(table).get("preset")
     if preset is None:
-        raise UsageError(f"--preset: the table {args.table} records no build preset; expected one of {preset_names()}")
+        raise UsageError("--preset", None, preset_names(), reason=f"the table {args.table} records no build preset")
     return load_space(preset)
 
 
-def estimate(args: argparse.Namespace) -> int:
-    from ..latency.cli_support import resolve_target
+def estimate(args: argparse.Namespace) -> Output:
     from ..latency.estimate import estimate_latency, load_calibration
     from ..latency.table import LatencyTable
     from .arch_cmd import parse_arch
+    from .support import resolve_target
 
     table = LatencyTable(args.table, readonly=True)
     space = _space_for(args, table)
@@ -119,25 +102,25 @@ def estimate(args: argparse.Namespace) -> int:
     target = resolve_target(args, table)
     calibration = load_calibration(table, target) if args.calibrated else None
     if args.calibrated and calibration is None:
-        raise UsageError(f"--calibrated: table {args.table} has no calibration for {target.text}; run `gpunet latency validate`")
+        raise UsageError("--calibrated", True, "a table calibrated by `gpunet latency validate`",
+                         reason=f"table {args.table} has no calibration for {target.text}")
     latency = estimate_latency(arch, table, target, calibration)
     data = {"latency_ms": latency, "layers": arch.num_layers}
-    emit(data, args.json, f"{latency:.4f} ms ({'calibrated' if calibration else 'sum of'} {arch.num_layers} layers; {target.text})")
-    return 0
+    return Output(data, lambda d: f"{latency:.4f} ms ({'calibrated' if calibration else 'sum of'} {arch.num_layers} layers; {target.text})")
 
 
-def validate(args: argparse.Namespace) -> int:
+def validate(args: argparse.Namespace) -> Output:
     import numpy as np
 
     from ..latency.backends import get_backend
-    from ..latency.cli_support import backend_options, progress_bar, recorded_build
     from ..latency.errors import MissingLayersError
     from ..latency.estimate import compare, network_features, save_calibration
     from ..latency.profiling import build_table, required_keys
     from ..latency.table import LatencyTable
+    from .support import backend_options, progress_bar, recorded_build
 
     if args.n < 3:
-        raise UsageError(f"-n: got {args.n}; expected an integer >= 3 (rank correlation and a calibration fit)")
+        raise UsageError("-n", args.n, "an integer >= 3 (rank correlation and a calibration fit)")
     table = LatencyTable(args.table)
     space = _space_for(args, table)
     name, opts = backend_options(args, recorded_build(table).get("backend_options"))
@@ -149,12 +132,12 @@ def validate(args: argparse.Namespace) -> int:
     if missing and args.no_fill:
         raise MissingLayersError(missing, f"{args.n} random networks")
     if missing:
-        with progress_bar("profiling missing layers", len(missing), not args.json) as advance:
+        with progress_bar("profiling missing layers", len(missing), args.output == "table") as advance:
             build_table(table, backend, missing, progress=lambda done, total: advance(done))
     start = time.perf_counter()
     chunk = 16  # networks measured together, their runs interleaved in --rounds rounds
     measured = []
-    with progress_bar("measuring networks end to end", args.n, not args.json) as advance:
+    with progress_bar("measuring networks end to end", args.n, args.output == "table") as advance:
         for i in range(0, args.n, chunk):
             measured += [m.median_ms for m in backend.measure_networks(archs[i : i + chunk])]
             advance(len(measured))
@@ -164,8 +147,7 @@ def validate(args: argparse.Namespace) -> int:
     backend.close()
     data = report.to_dict()
     data["seconds"] = round(time.perf_counter() - start, 2)
-    emit(data, args.json, None if args.json else (
+    return Output(data, lambda d: (
         f"n={report.n}  spearman={report.spearman:.3f}  kendall={report.kendall:.3f}  "
         f"MRE raw={report.mre_raw:.1%}  calibrated={report.mre_calibrated:.1%} (leave-one-out {report.mre_calibrated_cv:.1%})  "
         f"sum/measured={report.ratio_raw:.2f}; calibration ({args.calibration}) saved in {args.table}"))
-    return 0

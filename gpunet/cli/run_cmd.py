@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import UsageError, emit
+from . import Output, UsageError, add_output_option
+from .status_cmd import SPEC_COPY
 
 
 def register(subparsers: Any) -> None:
@@ -26,23 +27,29 @@ def register(subparsers: Any) -> None:
     p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0: any free port)")
     p.add_argument("--timeout", type=float, help="stop (resumably) after this many seconds")
     p.add_argument("--no-display", action="store_true", help="plain status lines instead of the live display")
-    p.add_argument("--json", action="store_true", help="print the model hub as one JSON object at the end")
+    add_output_option(p)
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Output | int:
     from ..controller.local import LocalRun, render_status, status_line
     from ..controller.outputs import write_outputs
+    from ..fileio import write_atomic
     from ..rpc import TERMINAL_PHASES, pb, phase_name
     from ..spec import load_spec
+    from .results_cmd import hub_view
 
-    if args.workers < 1 or args.profilers < 1:
-        raise UsageError(f"--workers and --profilers: got {args.workers} and {args.profilers}; expected at least 1 each")
+    for option, value in (("--workers", args.workers), ("--profilers", args.profilers)):
+        if value < 1:
+            raise UsageError(option, value, "an integer >= 1")
     spec = load_spec(args.search)
     out = args.out or Path("runs") / spec.name
+    text = args.search.read_bytes()  # for `gpunet status` (tiers, table plan); load_spec has read it already
+    write_atomic(Path(out) / SPEC_COPY, lambda f: f.write(text))
     run_ = LocalRun(spec, out, workers=args.workers, profilers=args.profilers, lease_s=args.lease_seconds,
                     threads=args.threads, profiler_runs=args.profiler_runs, metrics_port=args.metrics_port)
-    say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    machine_readable = args.output != "table"
+    say = (lambda *a: print(*a, file=sys.stderr)) if machine_readable else print
     say(f"gpunet run: search {spec.name!r}, state in {run_.out}, controller on {run_.server.address}"
         + (f", metrics on :{run_.server.metrics_port}/metrics" if run_.server.metrics_port else ""))
     interrupted = False
@@ -51,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         run_.start()
         from rich.console import Console
 
-        console = Console(stderr=args.json)
+        console = Console(stderr=machine_readable)
         if console.is_terminal and not args.no_display:
             from rich.live import Live
 
@@ -69,9 +76,9 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         interrupted = True
         say("gpunet run: interrupted; stopping workers (their leases are released as preempted) and saving state")
-    except RuntimeError as exc:  # every trainer crashed repeatedly
-        run_.close()
-        raise UsageError(str(exc)) from None
+    except RuntimeError as exc:  # every trainer crashed repeatedly: the run failed, the input was fine
+        print(f"gpunet: error: {exc}", file=sys.stderr)
+        return 1
     finally:
         run_.close()
     status = run_.controller.status()
@@ -83,9 +90,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"gpunet: error: search failed: {status.message}", file=sys.stderr)
         return 1
     hub = write_outputs(spec, run_.out, threads=run_.threads)
-    if args.json:
-        emit(hub, True)
-    else:
-        print((run_.out / "hub.md").read_text())
-        print(f"wrote {', '.join(Path(p).name for p in hub['files'].values())} and the ONNX files in {run_.out}")
-    return 0
+    written = f"wrote {', '.join(Path(p).name for p in hub['files'].values())}, the weights and the ONNX files in {run_.out}"
+    return Output(hub, lambda d: [*hub_view(d), written])

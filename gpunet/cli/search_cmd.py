@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from . import UsageError, console, emit
+from . import Output, UsageError, add_output_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,30 +18,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..K-1")
     p.add_argument("--batch", type=int, default=1, help="points per ask (batched asks use pending points)")
     p.add_argument("--data", default=None, help="path of NAS-Bench-201's nb201.csv (needed for nb201)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_output_option(p)
     p.set_defaults(func=bench)
 
 
-def bench(args: argparse.Namespace) -> int:
-    from ..search.spaces import SearchError
-
-    try:
-        return _bench(args)
-    except SearchError as exc:  # a bad --data path and the like: a user error, exit 2
-        raise UsageError(str(exc)) from exc
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from rich.markup import escape
-
+def bench(args: argparse.Namespace) -> Output:
     from ..search.bench import ALL_ALGORITHMS, run, summarize
     from ..search.problems import DEFAULT_BUDGETS, make_problem
 
     if args.algo not in ALL_ALGORITHMS:
-        raise UsageError(f"invalid --algo {args.algo!r}; allowed: {', '.join(ALL_ALGORITHMS)}")
+        raise UsageError("--algo", args.algo, ALL_ALGORITHMS)
     budget = args.budget if args.budget is not None else DEFAULT_BUDGETS[args.problem]
-    if budget < 1 or args.seeds < 1 or args.batch < 1:
-        raise UsageError(f"--budget, --seeds and --batch must be >= 1 (got {budget}, {args.seeds}, {args.batch})")
+    for option, value in (("--budget", budget), ("--seeds", args.seeds), ("--batch", args.batch)):
+        if value < 1:
+            raise UsageError(option, value, "an integer >= 1")
     problem = make_problem(args.problem, args.data)
     runs = [run(problem, args.algo, budget, seed, batch=args.batch) for seed in range(args.seeds)]
     marks = sorted({m for m in (budget // 4, budget // 2, budget) if m >= 1})
@@ -48,16 +39,18 @@ def _bench(args: argparse.Namespace) -> int:
     data = {"problem": problem.name, "algo": args.algo, "budget": budget, "seeds": args.seeds, "batch": args.batch,
             "optimum": problem.optimum, "summary": summary,
             "final_regret": [problem.optimum - max(r["values"]) for r in runs]}
-    if args.json:
-        emit(data, True)
-        return 0
+    return Output(data, bench_view)
+
+
+def bench_view(data: dict[str, Any]) -> Any:
+    """Regret at a quarter, half and all of the budget, median and quartiles over the seeds."""
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=escape(f"{args.algo} on {problem.name}: regret over {args.seeds} seeds (median, [q25, q75])"))
+    table = Table(title=escape(f"{data['algo']} on {data['problem']}: regret over {data['seeds']} seeds (median, [q25, q75])"))
     table.add_column("evaluations")
     table.add_column("median regret")
     table.add_column("quartiles")
-    for at, s in summary["checkpoints"].items():
+    for at, s in data["summary"]["checkpoints"].items():
         table.add_row(at, f"{s['median']:.4g}", escape(f"[{s['q25']:.4g}, {s['q75']:.4g}]"))
-    console().print(table)
-    return 0
+    return table

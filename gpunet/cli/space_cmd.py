@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from rich.table import Table
 
 from ..space import load_space, preset_names
-from . import console, emit
+from . import Output, add_output_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     group = sub.add_parser("space", help="inspect search spaces").add_subparsers(dest="cmd", required=True)
     p = group.add_parser("describe", help="ranges of a search space and the number of architectures in it")
     p.add_argument("--preset", default="gpunet", choices=preset_names())
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_output_option(p)
     p.set_defaults(func=describe)
 
 
@@ -29,11 +30,12 @@ def fmt_values(values: object) -> str:
     return ",".join(str(v) for v in values)
 
 
-def describe(args: argparse.Namespace) -> int:
-    info = load_space(args.preset).describe()
-    if args.json:
-        emit(info, True)
-        return 0
+def describe(args: argparse.Namespace) -> Output:
+    return Output(load_space(args.preset).describe(), describe_view)
+
+
+def describe_view(info: dict[str, Any]) -> list[Any]:
+    """Stage table, resolution and size of ``space describe``."""
     table = Table(title=f"search space {info['name']}", caption=info["source"])
     for col in ("stage", "block", "stride", "filters", "kernel", "layers", "expansion", "SE", "act"):
         table.add_column(col)
@@ -41,11 +43,9 @@ def describe(args: argparse.Namespace) -> int:
         table.add_row(*(fmt_values(row.get(k, "-")) for k in ("stage", "block", "stride", "filters", "kernel", "layers", "expansion", "se", "act")))
     head = info["head"]
     table.add_row("8", "head", "1", str(head["channels"]), "1", "1", "-", "-", head["act"])
-    out = console()
-    out.print(table)
-    out.print(f"resolution: {fmt_values(info['resolution'])}   input channels: {info['in_chans']}   classes: {info['num_classes']}")
-    out.print(
+    return [
+        table,
+        f"resolution: {fmt_values(info['resolution'])}   input channels: {info['in_chans']}   classes: {info['num_classes']}",
         f"{info['num_vectors']:.3e} vectors of {info['vector_length']} integers, "
-        f"{info['num_networks']:.3e} distinct networks (10^{info['log10_num_networks']})"
-    )
-    return 0
+        f"{info['num_networks']:.3e} distinct networks (10^{info['log10_num_networks']})",
+    ]

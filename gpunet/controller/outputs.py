@@ -1,30 +1,51 @@
-"""Results of a search, written from its state directory: candidates, the model hub, a Pareto plot, ONNX files.
+"""Results of a search, written from its state directory: candidates, the model hub, a Pareto plot, weights.
 
 - ``candidates.jsonl``: one JSON object per candidate (every line has an ``"id"``).
-- ``hub.json``: ``{"search", "target", "tiers": [{"target_ms", "candidate_id", "vector", "top1" (fraction),
-  "latency_ms_estimated", "latency_ms_measured", "params_m", "gflops", "onnx"}, ...]}``, one entry per latency
-  tier in ``spec.latency.tiers`` order (``candidate_id`` null for a tier without a result).
+- ``hub.json`` (format :data:`HUB_FORMAT`): ``{"format", "search", "phase", "target", "preprocessing": {"mean",
+  "std"}, "tiers": [{"target_ms", "candidate_id", "vector", "top1" (fraction, the best epoch), "latency_ms_estimated",
+  "latency_ms_measured", "params_m", "gflops", "architecture", "weights", "weights_top1", "weights_ema", "onnx"},
+  ...]}``, one entry per latency tier in ``spec.latency.tiers`` order (``candidate_id`` null for a tier without a
+  result). Paths are relative to the hub's folder.
+- ``weights/<candidate>.safetensors``: the state dict of each tier winner's network as trained (the last epoch's
+  checkpoint; its EMA weights when they scored the higher top-1), with the architecture in the file's metadata.
+  ``weights_top1`` is that checkpoint's top-1. :func:`gpunet.hub.load` turns it back into a module.
 - ``hub.md``: the same as a Markdown table.
 - ``pareto.png``: top-1 against estimated latency for every candidate with a result, tiers shaded.
 - ``onnx/tier-<t>-<candidate>.onnx``: the best network of each tier with its trained weights.
 
-Needs torch (ONNX export, FLOPs), matplotlib and a latency backend for the measured latency; each of these parts
-is skipped with a note when it fails, so the JSON outputs are always written.
+Every file is written atomically (:mod:`gpunet.fileio`). Training checkpoints are read with
+``torch.load(weights_only=True)``: nothing is unpickled. Needs torch (weights, ONNX, FLOPs), matplotlib and a latency
+backend for the measured latency; each of these parts is skipped with a note when it fails, so the JSON outputs are
+always written. :func:`read_hub` and :func:`select_tier` read a hub back without torch.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..errors import GpunetError
+from ..fileio import write_atomic, write_json_atomic
 from ..spec import SearchSpec
-from ..fileio import write_json_atomic
 from .state import FINISHED, Candidate, ControllerState
 
 log = logging.getLogger(__name__)
+HUB_FILE = "hub.json"
+HUB_FORMAT = "gpunet-hub/v1"
+#: Folder of the tier winners' weights, inside the hub's folder.
+WEIGHTS_DIR = "weights"
+#: ``format`` in the metadata of a weights file.
+WEIGHTS_FORMAT = "gpunet-hub-weights/v1"
+
+
+class HubError(GpunetError, ValueError):
+    """A hub (``hub.json``) or weights file that cannot be used, or a tier it does not have; the field names the
+    file or the argument."""
 
 
 def _num(x: float | None, digits: int = 6) -> float | None:
@@ -51,24 +72,53 @@ def best_per_tier(candidates: list[Candidate], num_tiers: int) -> list[Candidate
     return out
 
 
-def _load_trained(c: Candidate) -> Any:
-    """The trained network of a candidate from its final checkpoint (the better of raw and EMA weights)."""
+def _load_trained(c: Candidate) -> tuple[Any, Any, dict[str, Any]]:
+    """The trained network of a candidate from its final checkpoint (the better of raw and EMA weights).
+
+    Returns ``(model in eval mode, architecture, {"weights_ema", "weights_top1"})``. The checkpoint is read with
+    ``weights_only=True`` (tensors and plain containers only).
+    """
     import torch
 
     from ..arch import Architecture
     from ..model import build_model
 
-    state = torch.load(c.checkpoint, map_location="cpu", weights_only=False)
+    state = torch.load(c.checkpoint, map_location="cpu", weights_only=True)
     arch = Architecture.from_dict(state["arch"])
     model = build_model(arch)
-    use_ema = state.get("ema") is not None and state.get("ema_better", False)
+    use_ema = state.get("ema") is not None and bool(state.get("ema_better", False))
     model.load_state_dict(state["ema"] if use_ema else state["model"])
-    return model.eval(), arch
+    history = state.get("history") or []
+    return model.eval(), arch, {"weights_ema": use_ema, "weights_top1": _num(history[-1]) if history else None}
+
+
+def save_weights(model: Any, arch: Any, path: str | Path, candidate_id: str) -> Path:
+    """Write ``model``'s state dict as safetensors, with ``arch`` (our JSON format) in the file's metadata."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": WEIGHTS_FORMAT, "candidate_id": candidate_id, "architecture": json.dumps(arch.to_dict())}
+    data = save(tensors, metadata=metadata)
+    return write_atomic(path, lambda f: f.write(data))
+
+
+def _export_onnx(model: Any, arch: Any, path: Path) -> None:
+    from ..model import export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:  # the exporter wants a path; the hub folder gets the file whole
+        export_onnx(model, Path(tmp) / path.name, (1, arch.in_chans, arch.resolution, arch.resolution))
+        data = (Path(tmp) / path.name).read_bytes()
+    write_atomic(path, lambda f: f.write(data))
 
 
 def write_outputs(spec: SearchSpec, state_dir: str | Path, out_dir: str | Path | None = None, *,
                   measure: bool = True, export: bool = True, threads: int = 1) -> dict[str, Any]:
     """Write the result files of the search in ``state_dir`` into ``out_dir`` (default: ``state_dir``).
+
+    Args:
+        measure: measure each tier winner's end-to-end latency with the spec's backend.
+        export: also export each tier winner to ONNX (its weights are written whenever its checkpoint is readable).
+        threads: CPU threads of the latency backend.
 
     Returns the hub (``hub.json``'s content) with the written paths under ``"files"``.
     """
@@ -79,10 +129,8 @@ def write_outputs(spec: SearchSpec, state_dir: str | Path, out_dir: str | Path |
     candidates = sorted(state.candidates.values(), key=lambda c: c.id)
     files: dict[str, str] = {}
 
-    with open(out / "candidates.jsonl.tmp", "w") as f:
-        for c in candidates:
-            f.write(json.dumps(candidate_record(c, spec)) + "\n")
-    (out / "candidates.jsonl.tmp").replace(out / "candidates.jsonl")
+    lines = "".join(json.dumps(candidate_record(c, spec)) + "\n" for c in candidates).encode()
+    write_atomic(out / "candidates.jsonl", lambda f: f.write(lines))
     files["candidates"] = str(out / "candidates.jsonl")
 
     space = spec.space()
@@ -104,7 +152,8 @@ def write_outputs(spec: SearchSpec, state_dir: str | Path, out_dir: str | Path |
     for t, best in enumerate(best_per_tier(candidates, len(spec.latency.tiers))):
         entry: dict[str, Any] = {"target_ms": spec.latency.tiers[t], "candidate_id": None, "vector": None, "top1": None,
                                  "latency_ms_estimated": None, "latency_ms_measured": None, "params_m": None,
-                                 "gflops": None, "onnx": None}
+                                 "gflops": None, "architecture": None, "weights": None, "weights_top1": None,
+                                 "weights_ema": None, "onnx": None}
         if best is not None:
             entry.update(candidate_id=best.id, vector=best.vector, top1=_num(best.top1), latency_ms_estimated=_num(best.latency_ms))
             arch = space.decode(best.vector)
@@ -120,29 +169,116 @@ def write_outputs(spec: SearchSpec, state_dir: str | Path, out_dir: str | Path |
                     entry["latency_ms_measured"] = _num(backend.measure_network(arch).median_ms)
                 except Exception as exc:  # noqa: BLE001
                     log.warning("measuring %s failed: %s", best.id, exc)
-            if export and best.checkpoint and Path(best.checkpoint).exists():
-                try:
-                    from ..model import export_onnx
-
-                    model, trained_arch = _load_trained(best)
-                    path = out / "onnx" / f"tier-{t}-{best.id}.onnx"
-                    export_onnx(model, path, (1, trained_arch.in_chans, trained_arch.resolution, trained_arch.resolution))
-                    entry["onnx"] = str(path.relative_to(out))
-                except Exception as exc:  # noqa: BLE001
-                    log.warning("ONNX export of %s failed: %s", best.id, exc)
+            if best.checkpoint and Path(best.checkpoint).exists():
+                _write_winner(best, t, out, entry, export)
         tiers.append(entry)
     if backend is not None:
         backend.close()
-    hub = {"search": spec.name, "phase": state.phase, "target": state.target, "tiers": tiers}
-    write_json_atomic(out / "hub.json", hub)
-    files["hub_json"] = str(out / "hub.json")
-    (out / "hub.md").write_text(hub_markdown(hub, spec))
+    hub = {"format": HUB_FORMAT, "search": spec.name, "phase": state.phase, "target": state.target,
+           "preprocessing": _preprocessing(spec), "tiers": tiers}
+    write_json_atomic(out / HUB_FILE, hub)
+    files["hub_json"] = str(out / HUB_FILE)
+    markdown = hub_markdown(hub, spec).encode()
+    write_atomic(out / "hub.md", lambda f: f.write(markdown))
     files["hub_md"] = str(out / "hub.md")
     try:
         files["pareto"] = str(pareto_plot(candidates, spec, out / "pareto.png"))
     except Exception as exc:  # noqa: BLE001
         log.warning("pareto plot failed: %s", exc)
     return {**hub, "files": files}
+
+
+def _write_winner(best: Candidate, tier: int, out: Path, entry: dict[str, Any], export: bool) -> None:
+    """The weights file (and, with ``export``, the ONNX file) of a tier winner; fills ``entry``'s fields."""
+    try:
+        model, arch, info = _load_trained(best)
+    except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint leaves the tier without weights
+        log.warning("the checkpoint of %s cannot be read: %s", best.id, exc)
+        return
+    entry.update(architecture=arch.to_dict(), **info)
+    try:
+        path = save_weights(model, arch, out / WEIGHTS_DIR / f"{best.id}.safetensors", best.id)
+        entry["weights"] = path.relative_to(out).as_posix()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("writing the weights of %s failed: %s", best.id, exc)
+    if export:
+        try:
+            path = out / "onnx" / f"tier-{tier}-{best.id}.onnx"
+            _export_onnx(model, arch, path)
+            entry["onnx"] = path.relative_to(out).as_posix()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("ONNX export of %s failed: %s", best.id, exc)
+
+
+def _preprocessing(spec: SearchSpec) -> dict[str, Any] | None:
+    """The input normalisation of the training data (what a user of the weights must apply)."""
+    try:
+        from ..data import normalization
+
+        mean, std = normalization(spec.training.dataset.kind, spec.space().in_chans)
+        return {"mean": list(mean), "std": list(std)}
+    except Exception as exc:  # noqa: BLE001 - e.g. no timm for ImageNet's constants
+        log.warning("no preprocessing recorded: %s", exc)
+        return None
+
+
+def hub_path(source: str | Path) -> Path:
+    """``hub.json`` of a run directory, or ``source`` itself when it is a file or a ``.json`` path."""
+    path = Path(source)
+    return path if path.suffix == ".json" or path.is_file() else path / HUB_FILE
+
+
+def read_hub(source: str | Path) -> dict[str, Any]:
+    """Read and check the hub of a run directory or a ``hub.json`` path (no torch needed).
+
+    Raises:
+        HubError: the file is missing, is not JSON, or does not hold a hub.
+    """
+    path = hub_path(source)
+    try:
+        hub = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HubError(str(path), reason="no such file; a run writes it when its search has ended "
+                                         "(see `gpunet status`)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HubError(str(path), reason=f"unreadable ({exc})") from None
+    if not isinstance(hub, dict) or not isinstance(hub.get("tiers"), list) or not all(isinstance(t, dict) for t in hub["tiers"]):
+        raise HubError(str(path), reason="not a model hub", expected='an object with a "tiers" list of objects')
+    if hub.get("format", HUB_FORMAT) != HUB_FORMAT:
+        raise HubError(f"{path}: format", hub.get("format"), repr(HUB_FORMAT))
+    return hub
+
+
+def select_tier(hub: dict[str, Any], tier: int | float | None, where: str = "hub") -> dict[str, Any]:
+    """The entry of one latency tier of ``hub``: ``tier`` is an index (int), a target latency in ms (float), or
+    None for the only tier with a trained network.
+
+    Raises:
+        HubError: no such tier, or the tier has no trained network.
+    """
+    tiers = hub["tiers"]
+    targets = [t.get("target_ms") for t in tiers]
+    expected = f"a tier index 0..{len(tiers) - 1} or a target in ms of {targets}"
+    if tier is None:
+        trained = [i for i, t in enumerate(tiers) if t.get("candidate_id")]
+        if len(trained) != 1:
+            raise HubError("tier", None, expected, reason=f"{where} has {len(trained)} tiers with a trained network")
+        index = trained[0]
+    elif isinstance(tier, bool) or not isinstance(tier, (int, float)):
+        raise HubError("tier", tier, expected)
+    elif isinstance(tier, int):
+        if not 0 <= tier < len(tiers):
+            raise HubError("tier", tier, expected)
+        index = tier
+    else:
+        matches = [i for i, t in enumerate(targets) if isinstance(t, (int, float)) and math.isclose(t, tier, rel_tol=1e-9)]
+        if not matches:
+            raise HubError("tier", tier, expected)
+        index = matches[0]
+    entry = tiers[index]
+    if not entry.get("candidate_id"):
+        raise HubError("tier", tier, reason=f"tier {index} ({targets[index]} ms) of {where} has no trained network")
+    return {"index": index, **entry}
 
 
 def hub_markdown(hub: dict[str, Any], spec: SearchSpec) -> str:
@@ -156,8 +292,8 @@ def hub_markdown(hub: dict[str, Any], spec: SearchSpec) -> str:
         f"tiers are target ± {spec.latency.tolerance:.0%}. Top-1 on the validation split "
         f"({spec.training.dataset.kind}).",
         "",
-        "| tier (ms) | candidate | top-1 | latency est. (ms) | latency meas. (ms) | params (M) | GFLOPs | ONNX | vector |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| tier (ms) | candidate | top-1 | latency est. (ms) | latency meas. (ms) | params (M) | GFLOPs | weights | ONNX | vector |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
 
     def fmt(x: Any, spec_: str) -> str:
@@ -167,7 +303,7 @@ def hub_markdown(hub: dict[str, Any], spec: SearchSpec) -> str:
         lines.append(
             f"| {e['target_ms']:g} | {e['candidate_id'] or '–'} | {fmt(e['top1'] and 100 * e['top1'], '.2f')}% "
             f"| {fmt(e['latency_ms_estimated'], '.4f')} | {fmt(e['latency_ms_measured'], '.4f')} | {fmt(e['params_m'], '.3f')} "
-            f"| {fmt(e['gflops'], '.4f')} | {e['onnx'] or '–'} | `{e['vector'] if e['vector'] else '–'}` |"
+            f"| {fmt(e['gflops'], '.4f')} | {e['weights'] or '–'} | {e['onnx'] or '–'} | `{e['vector'] if e['vector'] else '–'}` |"
         )
     return "\n".join(lines) + "\n"
 
@@ -205,6 +341,7 @@ def pareto_plot(candidates: list[Candidate], spec: SearchSpec, path: str | Path)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
-    return path
+    return write_atomic(path, lambda f: f.write(buffer.getvalue()))

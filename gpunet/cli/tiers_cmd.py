@@ -1,5 +1,9 @@
-"""``gpunet sample``: Sobol-sample a space, estimate every network from the latency table, and group the
-networks into latency tiers with counts and deterministic pools (GPUNet paper, 3.2)."""
+"""``gpunet tiers stratify``: Sobol-sample a space, estimate every network from the latency table, and group the
+networks into latency tiers with counts and deterministic pools (GPUNet paper, 3.2, "stratification").
+
+``gpunet sample`` is the same command under its old name, deprecated: it warns on stderr and goes away in the
+release after this one.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +12,29 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 from ..space import load_space, preset_names
-from . import UsageError, console, emit
-from .latency_cmd import latency_errors_as_usage
+from . import Output, UsageError, add_output_option, warn
 
 #: Networks estimated per step of the progress bar.
 CHUNK = 131072
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from ..latency.cli_support import add_backend_options
+#: The deprecated name and its replacement.
+DEPRECATED_NAME, NEW_NAME = "gpunet sample", "gpunet tiers stratify"
 
-    p = sub.add_parser("sample", help="Sobol-sample networks, estimate their latency, group them into latency tiers")
+
+def register(sub: argparse._SubParsersAction) -> None:
+    group = sub.add_parser("tiers", help="latency tiers: stratify").add_subparsers(dest="cmd", required=True)
+    add_stratify_options(group.add_parser(
+        "stratify", help="Sobol-sample networks, estimate their latency, group them into latency tiers"), stratify)
+    add_stratify_options(sub.add_parser("sample", help=f"deprecated name of `{NEW_NAME}`"), deprecated_sample)
+
+
+def add_stratify_options(p: argparse.ArgumentParser, func: Any) -> None:
+    from .support import add_backend_options
+
     p.add_argument("--preset", default="gpunet", choices=preset_names())
     p.add_argument("-n", type=int, required=True, help="number of Sobol samples")
     p.add_argument("--table", required=True, type=Path, help="the latency table")
@@ -34,29 +48,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-missing", action="store_true", help="leave out networks with layers missing from the table")
     p.add_argument("--out", type=Path, default=None, help="where to write tiers and pools (default: tiers-<preset>.json)")
     add_backend_options(p, measuring=False)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=latency_errors_as_usage(sample))
+    add_output_option(p)
+    p.set_defaults(func=func)
 
 
 def _floats(text: str, option: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise UsageError(f"{option}: got {text!r}; expected comma-separated numbers (ms)") from None
+        raise UsageError(option, text, "comma-separated numbers (ms)") from None
 
 
-def sample(args: argparse.Namespace) -> int:
+def deprecated_sample(args: argparse.Namespace) -> Output:
+    warn(f"`{DEPRECATED_NAME}` is deprecated and will be removed in the next release; use `{NEW_NAME}` (same options)")
+    return stratify(args)
+
+
+def stratify(args: argparse.Namespace) -> Output:
     import numpy as np
 
-    from ..latency.cli_support import progress_bar, resolve_target
     from ..latency.estimate import load_calibration
     from ..latency.table import LatencyTable
-    from ..sampling import LatencyEstimator, sobol_vectors, stratify, tiers_from_edges, tiers_from_targets
+    from ..sampling import LatencyEstimator, sobol_vectors, tiers_from_edges, tiers_from_targets
+    from ..sampling import stratify as stratify_pools
+    from .support import progress_bar, resolve_target
 
     if args.n < 1:
-        raise UsageError(f"-n: got {args.n}; expected an integer >= 1")
+        raise UsageError("-n", args.n, "an integer >= 1")
     if args.pool_size < 0:
-        raise UsageError(f"--pool-size: got {args.pool_size}; expected an integer >= 0")
+        raise UsageError("--pool-size", args.pool_size, "an integer >= 0")
     tiers = (tiers_from_targets(_floats(args.tiers, "--tiers"), args.tolerance) if args.tiers
              else tiers_from_edges(_floats(args.edges, "--edges")))
     space = load_space(args.preset)
@@ -64,17 +84,18 @@ def sample(args: argparse.Namespace) -> int:
     target = resolve_target(args, table)
     calibration = load_calibration(table, target) if args.calibrated else None
     if args.calibrated and calibration is None:
-        raise UsageError(f"--calibrated: table {args.table} has no calibration for {target.text}; run `gpunet latency validate`")
+        raise UsageError("--calibrated", True, "a table calibrated by `gpunet latency validate`",
+                         reason=f"table {args.table} has no calibration for {target.text}")
     start = time.perf_counter()
     estimator = LatencyEstimator(space, table, target, calibration=calibration)
     vectors = sobol_vectors(space, args.n, args.seed)
     latency = np.empty(args.n)
-    with progress_bar(f"estimating {args.n} networks", args.n, not args.json) as advance:
+    with progress_bar(f"estimating {args.n} networks", args.n, args.output == "table") as advance:
         for i in range(0, args.n, CHUNK):
             latency[i : i + CHUNK] = estimator.estimate(vectors[i : i + CHUNK], calibrated=args.calibrated,
                                                         allow_missing=args.allow_missing)
             advance(min(i + CHUNK, args.n))
-    pools = stratify(vectors, latency, tiers, pool_size=args.pool_size or None, space=space)
+    pools = stratify_pools(vectors, latency, tiers, pool_size=args.pool_size or None, space=space)
     seconds = time.perf_counter() - start
     out = args.out or Path(f"tiers-{args.preset}.json")
     finite = latency[np.isfinite(latency)]
@@ -88,22 +109,23 @@ def sample(args: argparse.Namespace) -> int:
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**summary, "space": space.name, "tiers": [p.to_dict() for p in pools]}) + "\n")
-    if args.json:
-        emit(summary, True)
-        return 0
+    return Output(summary, lambda d: stratify_view(d, pools, target))
+
+
+def stratify_view(summary: dict[str, Any], pools: list[Any], target: Any) -> list[Any]:
+    """Tier table, latency range and output file of ``tiers stratify``."""
     from rich.table import Table
 
-    view = Table(title=f"{args.n} Sobol samples of {args.preset}, {target.text}")
+    view = Table(title=f"{summary['n']} Sobol samples of {summary['preset']}, {target.text}")
     for col in ("tier", "low ms", "high ms", "count", "pool"):
         view.add_column(col)
     for p in pools:
         high = "inf" if math.isinf(p.tier.high_ms) else f"{p.tier.high_ms:.4g}"
         view.add_row(p.tier.name, f"{p.tier.low_ms:.4g}", high, str(p.count), str(len(p.vectors)))
-    out_console = console()
-    out_console.print(view)
+    lines: list[Any] = [view]
     if summary["latency_ms"]:
         lat = summary["latency_ms"]
         left_out = f"; {summary['missing']} left out (missing layers)" if summary["missing"] else ""
-        out_console.print(f"estimated latency: min {lat['min']:.4g} ms, median {lat['median']:.4g} ms, max {lat['max']:.4g} ms{left_out}")
-    out_console.print(f"tiers and pools written to {out} ({seconds:.2f} s)")
-    return 0
+        lines.append(f"estimated latency: min {lat['min']:.4g} ms, median {lat['median']:.4g} ms, max {lat['max']:.4g} ms{left_out}")
+    lines.append(f"tiers and pools written to {summary['out']} ({summary['seconds']:.2f} s)")
+    return lines

@@ -1,5 +1,5 @@
-"""Shared pieces of the ``gpunet latency`` and ``gpunet sample`` commands: backend options, target
-resolution from a table's build record, and rich progress bars on stderr (stdout stays one JSON object)."""
+"""Shared pieces of the ``gpunet latency`` and ``gpunet tiers`` commands: backend options, target resolution
+from a table's build record, stopping on SIGTERM, and rich progress bars on stderr (stdout stays the output)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import contextlib
 import signal
 from typing import Any, Callable, Iterator
 
-from .keys import BACKEND_NAMES, LatencyTarget
-from .table import LatencyTable
+from ..latency.keys import BACKEND_NAMES, LatencyTarget
+from ..latency.table import LatencyTable
 
 #: Meta entry where ``gpunet latency build`` records what it built: preset, target, backend options.
 BUILD_META = "build"
@@ -70,7 +70,7 @@ def resolve_target(args: argparse.Namespace, table: LatencyTable) -> LatencyTarg
     targets = table.targets()
     if args.backend is None and len(targets) == 1 and not build:
         return targets[0]
-    from .backends import get_backend
+    from ..latency.backends import get_backend
 
     name, opts = backend_options(args, build.get("backend_options"))
     backend = get_backend(name, **opts)

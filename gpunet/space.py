@@ -37,6 +37,7 @@ import yaml
 
 from .arch import ACTIVATIONS, BLOCK_TYPES, NUM_STAGES, Architecture, StageConfig
 from .errors import NotInSpaceError, SpaceError
+from .sobol import sobol_chunks
 
 VECTOR_LENGTH = 41
 #: Per-stage digit attributes of stages 2-7, in Table 2 order.
@@ -257,11 +258,42 @@ class SearchSpace:
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
         """``n`` uniformly random valid vectors, an ``n x 41`` int64 array (seeded numpy Generator).
 
-        For low-discrepancy sampling of many networks use :mod:`gpunet.sampling` (Sobol).
+        For low-discrepancy sampling of many networks use :meth:`sobol`.
         """
         rng = np.random.default_rng(seed)
         columns = [np.asarray(d.values, dtype=np.int64)[rng.integers(0, len(d.values), size=n)] for d in self.digits]
         return np.stack(columns, axis=1) if n else np.zeros((0, VECTOR_LENGTH), dtype=np.int64)
+
+    def sobol(self, n: int, seed: int = 0, skip: int = 0) -> np.ndarray:
+        """``n`` valid vectors from a scrambled Sobol sequence (GPUNet paper 3.2, Fig. 5).
+
+        One Sobol dimension per digit: a point ``u`` in ``[0, 1)^41`` (:func:`gpunet.sobol.sobol_chunks`)
+        maps digit ``d`` to ``d.values[floor(u_d * len(d.values))]``, so every digit's values are hit in
+        equal proportions and pairs of digits are spread evenly (low discrepancy), unlike :meth:`sample`.
+
+        Args:
+            n: number of vectors (any ``n >= 0``; powers of two keep Sobol's balance properties exactly).
+            seed: the scrambling seed; the same ``(space, n, seed, skip)`` gives the same array.
+            skip: drop the first ``skip`` points (to continue a sequence).
+
+        Returns:
+            An ``n x 41`` int64 array of valid vectors (:meth:`validate` accepts every row).
+
+        Raises:
+            SpaceError: ``n < 0`` or ``skip < 0``.
+        """
+        chunks = sobol_chunks(VECTOR_LENGTH, n, seed=seed, skip=skip)
+        out = np.empty((n, VECTOR_LENGTH), dtype=np.int64)
+        tables = [(d.index, np.asarray(d.values, dtype=np.int64)) for d in self.digits]
+        start = 0
+        for points in chunks:
+            rows = out[start : start + len(points)]
+            for index, values in tables:
+                idx = (points[:, index] * len(values)).astype(np.int64)
+                np.minimum(idx, len(values) - 1, out=idx)
+                rows[:, index] = values[idx]
+            start += len(points)
+        return out
 
     # --- description -------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:

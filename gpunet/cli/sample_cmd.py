@@ -51,7 +51,7 @@ def sample(args: argparse.Namespace) -> int:
     from ..latency.cli_support import progress_bar, resolve_target
     from ..latency.estimate import load_calibration
     from ..latency.table import LatencyTable
-    from ..sampling import LatencyEstimator, sobol_vectors, stratify, tiers_from_edges, tiers_from_targets
+    from ..sampling import LatencyEstimator, stratify, tiers_from_edges, tiers_from_targets
 
     if args.n < 1:
         raise UsageError(f"-n: got {args.n}; expected an integer >= 1")
@@ -67,7 +67,7 @@ def sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--calibrated: table {args.table} has no calibration for {target.text}; run `gpunet latency validate`")
     start = time.perf_counter()
     estimator = LatencyEstimator(space, table, target, calibration=calibration)
-    vectors = sobol_vectors(space, args.n, args.seed)
+    vectors = space.sobol(args.n, args.seed)
     latency = np.empty(args.n)
     with progress_bar(f"estimating {args.n} networks", args.n, not args.json) as advance:
         for i in range(0, args.n, CHUNK):

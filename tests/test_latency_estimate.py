@@ -10,6 +10,8 @@ import pytest
 
 from gpunet.cli import main
 from gpunet.latency import (
+    Calibration,
+    LatencyError,
     LatencyTable,
     LatencyTarget,
     Measurement,
@@ -113,6 +115,21 @@ def test_per_type_calibration_fits_per_type_scales_and_layer_overhead() -> None:
     cal = fit_calibration(f, measured, "per-type")
     np.testing.assert_allclose(cal.apply(f), measured, rtol=1e-9)
     assert compare(f, measured, "linear").mre_calibrated > compare(f, measured, "per-type").mre_calibrated
+
+
+@pytest.mark.parametrize("stored, field", [
+    ({"kind": "cubic", "coef": [1.0], "intercept": 0.0}, "calibration kind"),
+    ({"kind": "linear", "coef": [1.0, 2.0], "intercept": 0.0}, "calibration coef"),
+    ({"kind": "per-type", "coef": "1,2,3", "intercept": 0.0}, "calibration coef"),
+    ({"kind": "linear", "coef": [1.0], "intercept": None}, "calibration intercept"),
+    (["linear", 1.0], "calibration"),
+])
+def test_a_bad_stored_calibration_names_its_field(stored, field) -> None:
+    with pytest.raises(LatencyError) as info:
+        Calibration.from_dict(stored)
+    assert info.value.field == field, str(info.value)
+    good = fit_calibration(np.array([[1.0, 0, 0, 0, 0, 3], [2.0, 0, 0, 0, 0, 5], [3.0, 0, 0, 0, 0, 7]]), [0.9, 1.8, 2.7])
+    assert Calibration.from_dict(json.loads(json.dumps(good.to_dict()))) == good
 
 
 # --- profiling work -----------------------------------------------------------------------------------

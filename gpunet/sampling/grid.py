@@ -24,7 +24,7 @@ import numpy as np
 
 from ..arch import ACTIVATIONS, LAYER_TYPES, NUM_STAGES, LayerSpec, head_layer, stage_layers
 from ..errors import SpaceError
-from ..latency.errors import MissingLayersError
+from ..latency.errors import LatencyError, MissingLayersError
 from ..latency.keys import LatencyTarget, LayerKey, key_text, text_digest
 from ..space import VECTOR_LENGTH, SearchSpace
 
@@ -339,14 +339,14 @@ class LatencyEstimator:
 
         Args:
             vectors: ``n x 41`` integer array.
-            calibrated: apply the calibration (raises ``ValueError`` when there is none).
+            calibrated: apply the calibration (raises :class:`~gpunet.latency.LatencyError` when there is none).
             allow_missing: return NaN for networks with a missing layer instead of raising.
 
         Raises:
             MissingLayersError: a layer is not in the table (and ``allow_missing`` is false).
         """
         if calibrated and self.calibration is None:
-            raise ValueError("calibrated: got True; expected a calibration (fit one with `gpunet latency validate`)")
+            raise LatencyError("calibrated", True, "a calibration (fit one with `gpunet latency validate`)")
         if calibrated:
             feats = self.grid.features(vectors, self.values)
             est = self.calibration.apply(feats)  # type: ignore[union-attr]

@@ -81,6 +81,9 @@ def test_sobol_unit_points_are_the_searchers_sequence_and_chunk_invariant():
     np.testing.assert_array_equal(np.concatenate(list(sobol_chunks(5, 300, seed=1, skip=7, chunk=64))),
                                   sobol_unit(5, 300, seed=1, skip=7))
     assert sobol_unit(4, 0).shape == (0, 4) and load_space("gpunet-tiny").sobol(0).shape == (0, VECTOR_LENGTH)
+    from gpunet.search.simple import sobol_points  # the searchers' design: the same sequence
+
+    np.testing.assert_array_equal(sobol_points(41, 9, 3, 100), sobol_unit(41, 100, seed=9, skip=3))
 
 
 @pytest.mark.parametrize("n, skip, field", [(-1, 0, "sobol n"), (4, -2, "sobol skip")])

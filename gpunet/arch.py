@@ -120,9 +120,10 @@ class StageConfig:
 class LayerSpec:
     """One layer of a network, with every attribute that determines its latency (paper 3.2).
 
-    Made by :func:`stage_layers` and :func:`head_layer`, the one derivation of layer shapes. In the vectorised
-    estimator (:mod:`gpunet.sampling`) the numeric fields hold numpy arrays (one value per network or per
-    grid cell) and ``act`` an index into :data:`ACTIVATIONS`; everywhere else they are plain values.
+    The layers of a network come from :func:`stage_layers` and :func:`head_layer`, the one derivation of layer
+    shapes. In the vectorised estimator (:mod:`gpunet.sampling.grid`) the numeric fields hold numpy arrays (one
+    value per network or per grid cell) and ``act`` an index into :data:`ACTIVATIONS`; everywhere else they are
+    plain values.
 
     Attributes:
         type: ``"conv"``, ``"fused_irb"``, ``"irb"`` or ``"head"``.

@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from gpunet.latency import LatencyTarget, get_backend, measure_keys  # noqa: E402
-from gpunet.sampling import LayerGrid, sobol_vectors  # noqa: E402
+from gpunet.sampling import LayerGrid  # noqa: E402
 from gpunet.space import load_space, preset_names  # noqa: E402
 
 
@@ -39,7 +39,7 @@ def main() -> None:
         t0 = time.perf_counter()
         grid = LayerGrid(space, LatencyTarget())
         took = time.perf_counter() - t0
-        needed = len(grid.needed_ids(sobol_vectors(space, 10_000, seed=0)))
+        needed = len(grid.needed_ids(space.sobol(10_000, seed=0)))
         print(f"  {preset:13s} {len(grid):>8,} keys (grid built in {took:.2f} s); 10,000 Sobol samples need {needed:,}")
 
     for preset, n_layers in (("gpunet-tiny", args.layers), ("gpunet-small", args.layers), ("gpunet", args.gpunet_layers)):
@@ -47,7 +47,7 @@ def main() -> None:
         for name in ("onnxruntime", "torch"):
             backend = get_backend(name, threads=1, runs=args.runs, warmup=args.warmup)
             grid = LayerGrid(space, backend.target())
-            ids = grid.needed_ids(sobol_vectors(space, 16, seed=0))
+            ids = grid.needed_ids(space.sobol(16, seed=0))
             ids = ids[np.random.default_rng(0).permutation(len(ids))[:n_layers]]  # a mix of stages
             keys = grid.keys(ids)
             measure_keys(keys[:1], backend)  # first-call costs (imports, exporter warm-up) not counted

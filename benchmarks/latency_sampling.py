@@ -20,7 +20,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # fixed thread count: numpy/BLAS 
 import numpy as np  # noqa: E402
 
 from gpunet.latency import LatencyTable, LatencyTarget, Measurement  # noqa: E402
-from gpunet.sampling import LatencyEstimator, LayerGrid, sobol_vectors, stratify, tiers_from_targets  # noqa: E402
+from gpunet.sampling import LatencyEstimator, LayerGrid, stratify, tiers_from_targets  # noqa: E402
 from gpunet.space import load_space  # noqa: E402
 
 
@@ -50,7 +50,7 @@ def main() -> None:
         estimator = LatencyEstimator(space, table, target, grid=grid)
         t_load = time.perf_counter() - t_start
         t0 = time.perf_counter()
-        vectors = sobol_vectors(space, args.n, args.seed)
+        vectors = space.sobol(args.n, args.seed)
         t_sobol = time.perf_counter() - t0
         t0 = time.perf_counter()
         latency = estimator.estimate(vectors)

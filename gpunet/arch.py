@@ -10,6 +10,10 @@ fused inverted residual blocks (fused IRB, timm ``EdgeResidual``), stages 4-7 in
 (IRB, timm ``InvertedResidual``); then the head: 1x1 convolution + BN + activation, global average pool,
 dropout and a linear classifier. Layers of a stage share their configuration; the first layer of a
 stage carries the stage's stride and changes the channel count.
+
+Layer shapes are derived in one place, :func:`stage_layers` and :func:`head_layer`, from per-block-type
+rules (:data:`BLOCKS`). :meth:`Architecture.layer_specs` (hence the model builder), the latency keys
+(:mod:`gpunet.latency.keys`) and the vectorised estimator (:class:`gpunet.sampling.LayerGrid`) all use them.
 """
 
 from __future__ import annotations
@@ -23,8 +27,47 @@ from .errors import SpaceError
 
 #: Activation names, in the order the vector's activation digit indexes them (Table 1: [R, S]).
 ACTIVATIONS: tuple[str, ...] = ("relu", "swish")
+
+
+def conv_out_size(size: Any, stride: Any) -> Any:
+    """Spatial size after a convolution with 'same'-style symmetric padding ``k // 2`` (odd ``k``): ``ceil(size / stride)``.
+
+    Elementwise on numpy arrays.
+    """
+    return (size - 1) // stride + 1
+
+
+@dataclass(frozen=True)
+class BlockType:
+    """The shape rules of one block type: which stage attributes reach its layers, and its output size.
+
+    :data:`BLOCKS` holds one per block type; a new block type (e.g. a space-to-depth stem, EfficientNet-X) is
+    added there, and :func:`stage_layers` (hence the model builder, the latency keys and the vectorised
+    estimator) follows. :mod:`gpunet.model` then needs a builder for its module.
+
+    Attributes:
+        name: the layer type, as in :class:`LayerSpec` and the latency keys.
+        uses_expansion: the stage's expansion ratio reaches the layer (otherwise the layer's is 1).
+        uses_se: the stage's squeeze-excitation flag reaches the layer (otherwise SE is off).
+    """
+
+    name: str
+    uses_expansion: bool
+    uses_se: bool
+
+    def out_size(self, size: Any, stride: Any) -> Any:
+        """Output height (or width) for an input of ``size`` pixels; elementwise on numpy arrays."""
+        return conv_out_size(size, stride)
+
+
+#: The block types of a stage (GPUNet paper, Table 1), by name.
+BLOCKS: dict[str, BlockType] = {
+    "conv": BlockType("conv", uses_expansion=False, uses_se=False),
+    "fused_irb": BlockType("fused_irb", uses_expansion=True, uses_se=True),  # timm EdgeResidual
+    "irb": BlockType("irb", uses_expansion=True, uses_se=True),  # timm InvertedResidual
+}
 #: Block types of a stage.
-BLOCK_TYPES: tuple[str, ...] = ("conv", "fused_irb", "irb")
+BLOCK_TYPES: tuple[str, ...] = tuple(BLOCKS)
 #: Layer types of :class:`LayerSpec` (the stem is a ``conv`` layer of stage 0).
 LAYER_TYPES: tuple[str, ...] = BLOCK_TYPES + ("head",)
 #: Number of stages (Table 1, stages 0-7).
@@ -77,6 +120,11 @@ class StageConfig:
 class LayerSpec:
     """One layer of a network, with every attribute that determines its latency (paper 3.2).
 
+    The layers of a network come from :func:`stage_layers` and :func:`head_layer`, the one derivation of layer
+    shapes. In the vectorised estimator (:mod:`gpunet.sampling.grid`) the numeric fields hold numpy arrays (one
+    value per network or per grid cell) and ``act`` an index into :data:`ACTIVATIONS`; everywhere else they are
+    plain values.
+
     Attributes:
         type: ``"conv"``, ``"fused_irb"``, ``"irb"`` or ``"head"``.
         input_shape: the input tensor shape ``N x C x H x W``.
@@ -107,20 +155,64 @@ class LayerSpec:
         n, _, h, w = self.input_shape
         if self.type == "head":
             return (n, self.num_classes, 1, 1)
-        return (n, self.out_chs, conv_out_size(h, self.stride), conv_out_size(w, self.stride))
+        block = BLOCKS[self.type]
+        return (n, self.out_chs, block.out_size(h, self.stride), block.out_size(w, self.stride))
 
     def describe(self) -> str:
-        """A stable, human-readable form, e.g. ``irb k5 e4 se1 swish s2 1x48x14x14->64``."""
-        n, c, h, w = self.input_shape
-        text = f"{self.type} k{self.kernel} e{self.expansion} se{int(self.se)} {self.act} s{self.stride} {n}x{c}x{h}x{w}->{self.out_chs}"
-        if self.type == "head":
-            text += f" cls{self.num_classes}"
-        return text
+        """A stable, human-readable form, e.g. ``irb k5 e4 se1 swish s2 1x48x14x14->64`` (see :func:`layer_text`)."""
+        return layer_text(self.type, *self.input_shape, self.out_chs, self.kernel, self.stride, self.expansion,
+                          self.se, self.act, self.num_classes)
 
 
-def conv_out_size(size: int, stride: int) -> int:
-    """Spatial size after a convolution with 'same'-style symmetric padding ``k // 2`` (odd ``k``)."""
-    return (size - 1) // stride + 1
+def layer_text(type: str, n: int, c: int, h: int, w: int, out_chs: int, kernel: int, stride: int, expansion: int,
+               se: bool | int, act: str, num_classes: int) -> str:
+    """The canonical text of a layer, e.g. ``irb k5 e4 se1 swish s2 1x48x14x14->64`` (``... cls1000`` for a head).
+
+    The latency table's keys are this text plus the target (:func:`gpunet.latency.keys.key_text`), and their
+    digests are hashes of it: changing the format invalidates every stored table.
+    """
+    text = f"{type} k{kernel} e{expansion} se{int(se)} {act} s{stride} {n}x{c}x{h}x{w}->{out_chs}"
+    return f"{text} cls{num_classes}" if type == "head" else text
+
+
+def stage_layers(block: str, stride: int, in_chs: Any, size: Any, filters: Any, kernel: Any, expansion: Any, se: Any,
+                 act: Any, *, batch_size: int = 1, stage: int = 0) -> tuple[LayerSpec, LayerSpec]:
+    """The first and the repeated layer of a stage: the one derivation of layer shapes.
+
+    The first layer takes the stage's input (``in_chs`` channels, ``size x size`` pixels) and carries the
+    stage's stride; layers 2.. of the stage take the first layer's output at stride 1 and share its
+    configuration (Table 1). Attributes the block type does not use (:class:`BlockType`) are normalised
+    (expansion 1, SE off), so that equal layers get equal latency keys.
+
+    Every argument after ``stride`` may be a numpy array (one value per network or grid cell); the result
+    then holds arrays, elementwise (:mod:`gpunet.sampling` does this for a million networks at once).
+
+    Args:
+        block: the stage's block type, a key of :data:`BLOCKS`.
+        stride: the stage's stride (1 or 2).
+        in_chs, size: channels and height (= width) of the stage's input.
+        filters, kernel, expansion, se, act: the stage's configuration, as in :class:`StageConfig`.
+        batch_size: the ``N`` of the input shapes.
+        stage: the stage index, recorded in the specs.
+
+    Returns:
+        ``(first, repeat)``; the stage's output shape is ``first.output_shape`` (when it has layers).
+    """
+    rule = BLOCKS[block]
+    expansion = expansion if rule.uses_expansion else 1
+    se = se if rule.uses_se else False
+    out_size = rule.out_size(size, stride)
+    first = LayerSpec(block, (batch_size, in_chs, size, size), filters, kernel, stride, expansion, se, act, 0, stage)
+    repeat = LayerSpec(block, (batch_size, filters, out_size, out_size), filters, kernel, 1, expansion, se, act, 0, stage)
+    return first, repeat
+
+
+def head_layer(in_chs: Any, size: Any, channels: int, act: Any, num_classes: int, *, batch_size: int = 1) -> LayerSpec:
+    """The head (1x1 convolution to ``channels`` + BN + activation, pooling, classifier) on the last stage's output.
+
+    Like :func:`stage_layers`, ``in_chs``, ``size`` and ``act`` may be numpy arrays.
+    """
+    return LayerSpec("head", (batch_size, in_chs, size, size), channels, 1, 1, 1, False, act, num_classes, NUM_STAGES)
 
 
 @dataclass(frozen=True)
@@ -178,31 +270,13 @@ class Architecture:
         specs: list[LayerSpec] = []
         chans, size = self.in_chans, self.resolution
         for index, stage in enumerate(self.stages):
-            for layer in range(stage.layers):
-                stride = stage.stride if layer == 0 else 1
-                spec = LayerSpec(
-                    type=stage.block,
-                    input_shape=(batch_size, chans, size, size),
-                    out_chs=stage.filters,
-                    kernel=stage.kernel,
-                    stride=stride,
-                    expansion=stage.expansion if stage.block != "conv" else 1,
-                    se=stage.se if stage.block != "conv" else False,
-                    act=stage.act,
-                    stage=index,
-                )
-                specs.append(spec)
-                chans, size = stage.filters, conv_out_size(size, stride)
-        specs.append(
-            LayerSpec(
-                type="head",
-                input_shape=(batch_size, chans, size, size),
-                out_chs=self.head_channels,
-                act=self.head_act,
-                num_classes=self.num_classes,
-                stage=NUM_STAGES,
-            )
-        )
+            if stage.layers == 0:
+                continue
+            first, repeat = stage_layers(stage.block, stage.stride, chans, size, stage.filters, stage.kernel,
+                                         stage.expansion, stage.se, stage.act, batch_size=batch_size, stage=index)
+            specs += [first] + [repeat] * (stage.layers - 1)
+            _, chans, size, _ = first.output_shape
+        specs.append(head_layer(chans, size, self.head_channels, self.head_act, self.num_classes, batch_size=batch_size))
         return specs
 
     @property

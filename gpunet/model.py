@@ -10,7 +10,8 @@ linear. Padding is symmetric ``k // 2`` (timm's default), so every stride-2 laye
 pixel but no parameter.
 
 One layer of the built network corresponds to one :class:`~gpunet.arch.LayerSpec` of
-``arch.layer_specs()``, which is what the latency table measures.
+``arch.layer_specs()``, which is what the latency table measures: layer shapes come from one derivation
+(:func:`gpunet.arch.stage_layers`), and a new block type needs its shape rule there and its module here.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from timm.layers import ClassifierHead, get_act_layer
 from timm.models._efficientnet_blocks import ConvBnAct, EdgeResidual, InvertedResidual, SqueezeExcite
 from torch import nn
 
-from .arch import Architecture, LayerSpec
+from .arch import LAYER_TYPES, Architecture, LayerSpec
+from .errors import SpaceError
 
 #: BatchNorm epsilon of the GPUNet release (and TensorFlow's EfficientNet).
 BN_EPS = 1e-3
@@ -37,6 +39,9 @@ def build_layer(spec: LayerSpec, drop_path_rate: float = 0.0, dropout: float = 0
     """Build one layer (stem/conv, fused IRB, IRB or head) from its :class:`LayerSpec`.
 
     Input ``N x spec.in_chs x H x W``; output as ``spec.output_shape`` (head: ``N x num_classes``).
+
+    Raises:
+        SpaceError: an unknown layer type.
     """
     act = get_act_layer(_ACT_NAMES[spec.act])
     norm = partial(nn.BatchNorm2d, eps=BN_EPS)
@@ -55,7 +60,7 @@ def build_layer(spec: LayerSpec, drop_path_rate: float = 0.0, dropout: float = 0
         )
     if spec.type == "head":
         return GPUNetHead(spec.in_chs, spec.out_chs, spec.num_classes, act_layer=act, dropout=dropout)
-    raise ValueError(f"layer type: got {spec.type!r}; expected one of conv, fused_irb, irb, head")
+    raise SpaceError("layer type", spec.type, LAYER_TYPES)
 
 
 class GPUNetHead(nn.Module):

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from gpunet.arch import LayerSpec
-from gpunet.latency import BackendUnavailableError, LatencyError, LatencyTarget, LayerKey, TargetMismatchError, get_backend
-from gpunet.latency.tensorrt import compute_times_from_export, parse_trtexec_log
+from gpunet.errors import GpunetError
+from gpunet.latency import (
+    BackendUnavailableError,
+    KeyFormatError,
+    LatencyError,
+    LatencyTarget,
+    LayerKey,
+    MissingLayersError,
+    TableError,
+    TargetMismatchError,
+    TierError,
+    backend_from_config,
+    get_backend,
+    register_backend,
+)
+from gpunet.latency.backends import backend_names
+from gpunet.latency.backends.tensorrt import compute_times_from_export, parse_trtexec_log
 from gpunet.space import load_space
 
 DATA = Path(__file__).parent / "data" / "latency"
@@ -138,3 +155,52 @@ def test_interleaved_rounds_measure_each_layer_with_all_its_runs() -> None:
     assert get_backend("onnxruntime", runs=3, warmup=0, rounds=10).measure_layer(SMALL).runs == 3
     with pytest.raises(LatencyError, match="rounds"):
         get_backend("onnxruntime", rounds=0)
+
+
+# --- the registry, imports and errors ----------------------------------------------------------------------
+
+
+def test_registry_knows_the_three_backends_and_refuses_unknown_names() -> None:
+    assert backend_names() == ["onnxruntime", "tensorrt", "torch"]
+    assert backend_from_config({"backend": "onnxruntime", "runs": 2, "threads": None}).runs == 2
+    with pytest.raises(LatencyError) as info:
+        get_backend("tvm")
+    assert info.value.field == "backend" and info.value.expected == ("onnxruntime", "tensorrt", "torch")
+    with pytest.raises(LatencyError, match="layer keys know only these backends"):
+        register_backend("tvm")
+    with pytest.raises(LatencyError, match="registered already"):
+        register_backend("torch")
+
+
+def test_onnxruntime_accepts_only_its_own_device_and_precision() -> None:
+    assert get_backend("onnxruntime", device="cpu", precision="fp32").target().precision == "fp32"
+    with pytest.raises(LatencyError) as info:
+        get_backend("onnxruntime", device="cuda")
+    assert str(info.value) == ("device: got 'cuda'; the onnxruntime backend measures on the CPU in fp32; "
+                               "expected one of ['cpu']")
+
+
+def test_importing_the_latency_package_loads_no_deep_learning_library() -> None:
+    code = ("import sys, gpunet, gpunet.latency, gpunet.latency.backends, gpunet.sampling; "
+            "print(sorted({'torch', 'onnxruntime', 'tensorrt'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_latency_errors_share_the_gpunet_message_format_and_builtin_bases() -> None:
+    key = LayerKey.from_spec(SMALL, LatencyTarget())
+    missing = MissingLayersError([key], "network X")
+    assert isinstance(missing, GpunetError) and isinstance(missing, KeyError) and missing.keys == [key]
+    assert str(missing).startswith("layers for network X: 1 missing from the latency table (first: conv k3")
+    assert "`gpunet latency build`" in str(missing)
+    table = TableError("/data/t.sqlite", "no such file")
+    assert str(table) == "latency table /data/t.sqlite: no such file" and table.path == "/data/t.sqlite"
+    bad_key = KeyFormatError("stride", 0, "a positive integer")
+    assert isinstance(bad_key, ValueError) and bad_key.field == "stride"
+    assert str(bad_key) == "layer key stride: got 0; expected a positive integer"
+    unavailable = BackendUnavailableError("tensorrt", "a CUDA GPU", "run it on a GPU node")
+    assert str(unavailable) == "latency backend: got 'tensorrt'; cannot run here: a CUDA GPU is missing; run it on a GPU node"
+    mismatch = TargetMismatchError("device", "CPU A", "CPU B")
+    assert mismatch.field == "device" and mismatch.expected == "CPU B"
+    assert str(mismatch) == "layer key device: got 'CPU A'; expected 'CPU B', what this profiler measures"
+    assert all(issubclass(e, LatencyError) for e in (TableError, KeyFormatError, TierError, TargetMismatchError))

@@ -10,6 +10,8 @@ import pytest
 
 from gpunet.cli import main
 from gpunet.latency import (
+    Calibration,
+    LatencyError,
     LatencyTable,
     LatencyTarget,
     Measurement,
@@ -28,7 +30,7 @@ from gpunet.latency import (
     split_batches,
 )
 from gpunet.cli.support import BUILD_META
-from gpunet.sampling import LatencyEstimator, LayerGrid, sobol_vectors
+from gpunet.sampling import LatencyEstimator, LayerGrid
 from gpunet.space import load_space, preset_names
 
 TARGET = LatencyTarget("onnxruntime", "Test CPU (1 thread)", "fp32", 1)
@@ -66,7 +68,7 @@ def test_vectorised_estimator_equals_scalar_sum_on_random_architectures(preset: 
     grid = LayerGrid(space, TARGET)
     medians = placeholder_medians(grid, seed=7)
     estimator = LatencyEstimator(space, medians, TARGET, grid=grid)
-    vectors = np.concatenate([space.sample(40, seed=2), sobol_vectors(space, 24, seed=5)])
+    vectors = np.concatenate([space.sample(40, seed=2), space.sobol(24, seed=5)])
     fast = estimator.estimate(vectors)
     slow = [sum(medians[k.digest] for k in layer_keys(space.decode(v), TARGET)) for v in vectors]
     np.testing.assert_allclose(fast, slow, rtol=1e-12)
@@ -115,13 +117,28 @@ def test_per_type_calibration_fits_per_type_scales_and_layer_overhead() -> None:
     assert compare(f, measured, "linear").mre_calibrated > compare(f, measured, "per-type").mre_calibrated
 
 
+@pytest.mark.parametrize("stored, field", [
+    ({"kind": "cubic", "coef": [1.0], "intercept": 0.0}, "calibration kind"),
+    ({"kind": "linear", "coef": [1.0, 2.0], "intercept": 0.0}, "calibration coef"),
+    ({"kind": "per-type", "coef": "1,2,3", "intercept": 0.0}, "calibration coef"),
+    ({"kind": "linear", "coef": [1.0], "intercept": None}, "calibration intercept"),
+    (["linear", 1.0], "calibration"),
+])
+def test_a_bad_stored_calibration_names_its_field(stored, field) -> None:
+    with pytest.raises(LatencyError) as info:
+        Calibration.from_dict(stored)
+    assert info.value.field == field, str(info.value)
+    good = fit_calibration(np.array([[1.0, 0, 0, 0, 0, 3], [2.0, 0, 0, 0, 0, 5], [3.0, 0, 0, 0, 0, 7]]), [0.9, 1.8, 2.7])
+    assert Calibration.from_dict(json.loads(json.dumps(good.to_dict()))) == good
+
+
 # --- profiling work -----------------------------------------------------------------------------------
 
 
 def test_profiling_plan_covers_exactly_the_missing_keys_in_batches(tmp_path: Path) -> None:
     space = load_space("gpunet-tiny")
     table, grid = filled_table(tmp_path / "t.sqlite", "gpunet-tiny", n_keys=300)
-    vectors = sobol_vectors(space, 64, seed=0)
+    vectors = space.sobol(64, seed=0)
     batches = plan_profiling(table, TARGET, vectors=vectors, space=space, batch_size=16)
     keys = [k for b in batches for k in b.keys]
     needed = required_keys(TARGET, vectors=vectors, space=space)

@@ -27,7 +27,6 @@ from gpunet.latency import (
     get_backend,
     required_keys,
 )
-from gpunet.sampling import sobol_vectors
 from gpunet.space import load_space
 
 TARGET = LatencyTarget("onnxruntime", "Test CPU (1 thread)", "fp32", 1)
@@ -184,7 +183,7 @@ def test_corrupt_table_is_rejected_and_left_untouched(tmp_path: Path) -> None:
 def test_interrupted_build_resumes_and_measures_only_missing_layers(tmp_path: Path) -> None:
     space = load_space("gpunet-tiny")
     backend = get_backend("torch", runs=3, warmup=1, rounds=1)
-    keys = required_keys(backend.target(), vectors=sobol_vectors(space, 2, seed=3), space=space)[:8]
+    keys = required_keys(backend.target(), vectors=space.sobol(2, seed=3), space=space)[:8]
     path = tmp_path / "t.sqlite"
     with LatencyTable(path) as table:
         first = build_table(table, backend, keys, should_stop=lambda: len(table) >= 3, chunk_size=1)

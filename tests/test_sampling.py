@@ -15,7 +15,6 @@ from gpunet.sampling import (
     LatencyEstimator,
     LayerGrid,
     canonical_vectors,
-    sobol_vectors,
     stratify,
     tiers_from_edges,
     tiers_from_targets,
@@ -28,10 +27,10 @@ TARGET = LatencyTarget("onnxruntime", "Test CPU (1 thread)", "fp32", 1)
 @pytest.mark.parametrize("preset", preset_names())
 def test_sobol_samples_are_deterministic_valid_and_cover_every_digit(preset: str) -> None:
     space = load_space(preset)
-    a, b = sobol_vectors(space, 256, seed=3), sobol_vectors(space, 256, seed=3)
+    a, b = space.sobol(256, seed=3), space.sobol(256, seed=3)
     assert a.shape == (256, 41) and a.dtype == np.int64
     np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, sobol_vectors(space, 256, seed=4))
+    assert not np.array_equal(a, space.sobol(256, seed=4))
     for row in a:
         space.validate(row.tolist())  # raises on an invalid vector
     for digit in space.digits:
@@ -40,7 +39,7 @@ def test_sobol_samples_are_deterministic_valid_and_cover_every_digit(preset: str
 
 def test_sobol_spreads_each_digit_evenly() -> None:
     space = load_space("gpunet")
-    v = sobol_vectors(space, 1024, seed=0)
+    v = space.sobol(1024, seed=0)
     res = space.digits[0]
     counts = np.array([(v[:, 0] == r).sum() for r in res.values])
     assert counts.max() - counts.min() <= 2  # 1024 points over 10 values: ~102 each (uniform draws vary by ~±20)
@@ -48,8 +47,8 @@ def test_sobol_spreads_each_digit_evenly() -> None:
 
 def test_sobol_continues_a_sequence_with_skip() -> None:
     space = load_space("gpunet-tiny")
-    whole = sobol_vectors(space, 64, seed=1)
-    np.testing.assert_array_equal(whole[32:], sobol_vectors(space, 32, seed=1, skip=32))
+    whole = space.sobol(64, seed=1)
+    np.testing.assert_array_equal(whole[32:], space.sobol(32, seed=1, skip=32))
 
 
 def test_canonical_vectors_merge_networks_that_differ_only_in_skipped_stages() -> None:
@@ -70,7 +69,7 @@ def test_grid_counts_unique_layer_keys_of_a_space() -> None:
     space = load_space("gpunet-tiny")
     grid = LayerGrid(space, TARGET)
     assert len(set(grid.digests.tolist())) == len(grid) > 0
-    needed = grid.needed_ids(sobol_vectors(space, 4096, seed=0))
+    needed = grid.needed_ids(space.sobol(4096, seed=0))
     assert 0.5 * len(grid) < len(needed) <= len(grid)  # many samples reach most of the grid
 
 
@@ -132,8 +131,8 @@ def test_cli_sample_writes_tier_counts_and_pools(tmp_path: Path, capsys: pytest.
     summary = json.loads(capsys.readouterr().out)
     written = json.loads(out_file.read_text())
     with LatencyTable(path, readonly=True) as table:
-        est = LatencyEstimator(space, table, TARGET).estimate(sobol_vectors(space, 2000, 0))
-    distinct = stratify(sobol_vectors(space, 2000, 0), est, tiers_from_targets([0.5, 0.8], 0.2), space=space)
+        est = LatencyEstimator(space, table, TARGET).estimate(space.sobol(2000, 0))
+    distinct = stratify(space.sobol(2000, 0), est, tiers_from_targets([0.5, 0.8], 0.2), space=space)
     assert [t["count"] for t in summary["tiers"]] == [p.count for p in distinct]
     assert sum(t["count"] for t in summary["tiers"]) > 0
     for tier in written["tiers"]:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import hashlib
+
 from gpunet import NotInSpaceError, SpaceError, load_space, preset_names
+from gpunet.sobol import sobol_chunks, sobol_unit
 from gpunet.space import VECTOR_LENGTH
 
 PRESETS = ["gpunet", "gpunet-small", "gpunet-tiny"]
@@ -52,6 +55,42 @@ def test_round_trip_over_thousands_of_random_architectures(preset):
         assert space.encode(arch) == v
         assert space.from_indices(space.to_indices(v)) == v
         assert type(arch).from_dict(arch.to_dict()) == arch
+
+
+def test_sobol_vectors_of_a_seed_are_the_ones_runs_were_stratified_with():
+    # Pinned from the sampler before issue 9 (gpunet.sampling.sobol_vectors): the controller's tiers depend on them.
+    space = load_space("gpunet")
+    assert space.sobol(2, seed=0).tolist() == [
+        [480, 32, 3, 0, 1, 64, 3, 3, 0, 1, 8, 112, 5, 6, 1, 1, 2, 96, 5, 5, 1, 0, 10, 112, 5, 5, 0, 0, 14, 128, 5, 2,
+         1, 1, 4, 576, 5, 2, 1, 0, 12],
+        [352, 24, 5, 1, 3, 32, 5, 5, 1, 0, 3, 64, 3, 3, 0, 0, 6, 192, 3, 2, 0, 1, 3, 224, 3, 2, 1, 1, 3, 384, 3, 5,
+         0, 0, 11, 256, 3, 4, 0, 1, 1]]
+    many = space.sobol(4096, seed=7, skip=5)
+    assert many.dtype == np.int64 and hashlib.blake2b(many.tobytes(), digest_size=8).hexdigest() == "d67f20f318dc5bde"
+    assert load_space("gpunet-tiny").sobol(1, seed=2, skip=1).tolist() == [
+        [32, 16, 3, 1, 1, 24, 3, 2, 0, 0, 1, 24, 5, 4, 0, 1, 2, 48, 5, 2, 1, 0, 1, 64, 3, 4, 0, 1, 1, 64, 3, 4, 0, 1,
+         2, 96, 5, 4, 0, 0, 2]]
+
+
+def test_sobol_unit_points_are_the_searchers_sequence_and_chunk_invariant():
+    # Pinned from gpunet.search.simple.sobol_points(d, seed, start, n) before issue 9.
+    np.testing.assert_array_equal(sobol_unit(3, 2, seed=5, skip=2), [
+        [0.12089159805327654, 0.4440922997891903, 0.896503884345293],
+        [0.8289507292211056, 0.5581781649962068, 0.09480105806142092]])
+    assert hashlib.blake2b(sobol_unit(41, 100, seed=9, skip=3).tobytes(), digest_size=8).hexdigest() == "0d9f46ae44541269"
+    np.testing.assert_array_equal(np.concatenate(list(sobol_chunks(5, 300, seed=1, skip=7, chunk=64))),
+                                  sobol_unit(5, 300, seed=1, skip=7))
+    assert sobol_unit(4, 0).shape == (0, 4) and load_space("gpunet-tiny").sobol(0).shape == (0, VECTOR_LENGTH)
+    from gpunet.search.simple import sobol_points  # the searchers' design: the same sequence
+
+    np.testing.assert_array_equal(sobol_points(41, 9, 3, 100), sobol_unit(41, 100, seed=9, skip=3))
+
+
+@pytest.mark.parametrize("n, skip, field", [(-1, 0, "sobol n"), (4, -2, "sobol skip")])
+def test_sobol_refuses_negative_counts(n, skip, field):
+    with pytest.raises(SpaceError) as info:
+        load_space("gpunet-tiny").sobol(n, skip=skip)
+    assert info.value.field == field
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -53,7 +53,7 @@ def build(args: argparse.Namespace) -> Output:
     from ..latency.backends import get_backend
     from ..latency.profiling import build_table, required_keys
     from ..latency.table import LatencyTable
-    from ..sampling import layer_grid, sobol_vectors
+    from ..sampling import layer_grid
     from .support import BUILD_META, backend_options, progress_bar, stop_on_sigterm
 
     if args.samples is not None and args.samples < 1:
@@ -66,7 +66,7 @@ def build(args: argparse.Namespace) -> Output:
     if args.samples is None:
         keys = sorted(layer_grid(space, target).keys(), key=lambda k: k.text)
     else:
-        keys = required_keys(target, vectors=sobol_vectors(space, args.samples, args.seed), space=space)
+        keys = required_keys(target, vectors=space.sobol(args.samples, args.seed), space=space)
     table.set_meta(BUILD_META, {"preset": args.preset, "target": target.to_dict(), "backend_options": {"backend": name, **opts},
                                 "samples": args.samples, "seed": args.seed})
     missing = len(table.missing(keys))

@@ -64,10 +64,8 @@ def _table_fill(run_dir: Path, state: Any, spec: Any, profiling: bool) -> dict[s
         fill["entries"] = len(table.medians(target)) if target else len(table)
         if profiling and target is not None and spec is not None:
             from ..latency import required_keys
-            from ..sampling import sobol_vectors
-
             space = spec.space()  # the controller's own plan: the layers of its Sobol samples (paper 3.2)
-            keys = required_keys(target, vectors=sobol_vectors(space, spec.latency.samples, seed=spec.algorithm.seed),
+            keys = required_keys(target, vectors=space.sobol(spec.latency.samples, seed=spec.algorithm.seed),
                                  space=space)
             fill["layers_needed"] = len(keys)
             fill["layers_measured"] = len(keys) - len(table.missing(keys))

@@ -69,7 +69,7 @@ def stratify(args: argparse.Namespace) -> Output:
 
     from ..latency.estimate import load_calibration
     from ..latency.table import LatencyTable
-    from ..sampling import LatencyEstimator, sobol_vectors, tiers_from_edges, tiers_from_targets
+    from ..sampling import LatencyEstimator, tiers_from_edges, tiers_from_targets
     from ..sampling import stratify as stratify_pools
     from .support import progress_bar, resolve_target
 
@@ -88,7 +88,7 @@ def stratify(args: argparse.Namespace) -> Output:
                          reason=f"table {args.table} has no calibration for {target.text}")
     start = time.perf_counter()
     estimator = LatencyEstimator(space, table, target, calibration=calibration)
-    vectors = sobol_vectors(space, args.n, args.seed)
+    vectors = space.sobol(args.n, args.seed)
     latency = np.empty(args.n)
     with progress_bar(f"estimating {args.n} networks", args.n, args.output == "table") as advance:
         for i in range(0, args.n, CHUNK):

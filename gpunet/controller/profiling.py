@@ -55,9 +55,7 @@ class ProfilingStage:
     def samples(self) -> "np.ndarray":
         """The Sobol-sampled networks of stage 1, an ``n x 41`` int64 array (``n = spec.latency.samples``)."""
         if self._samples is None:
-            from ..sampling import sobol_vectors
-
-            self._samples = sobol_vectors(self.space, self.spec.latency.samples, seed=self.spec.algorithm.seed)
+            self._samples = self.space.sobol(self.spec.latency.samples, seed=self.spec.algorithm.seed)
         return self._samples
 
     def target(self) -> "LatencyTarget | None":

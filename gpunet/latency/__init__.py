@@ -1,6 +1,7 @@
 """The per-layer latency table, its measuring backends and the profiling work (GPUNet paper, 3.2).
 
-Importing this package pulls in no torch and no onnxruntime; backends import them on use.
+Importing this package pulls in no torch, onnxruntime or tensorrt; each backend imports its library when it
+is created.
 
 Public API (what the controller and the profiler workers use):
 
@@ -13,19 +14,21 @@ Keys and table
     list of :class:`ProfileBatch` (``.to_dict()`` / ``.from_dict()``); also :func:`missing_layer_keys`,
     :func:`split_batches`.
 (b) Measuring a batch on a profiler
-    :func:`get_backend(name, **options) <get_backend>` (or :func:`backend_from_config`) then :func:`measure_keys(keys, backend) <measure_keys>`
+    :func:`get_backend(name, **options) <get_backend>` (or :func:`backend_from_config`; backends live in
+    :mod:`gpunet.latency.backends` and join with :func:`register_backend`) then :func:`measure_keys(keys, backend) <measure_keys>`
     -> ``[(LayerKey, Measurement)]``; or :func:`measure_batch(batch_dict, backend_config) <measure_batch>`
     -> JSON-ready dicts; :func:`results_from_dicts` turns them back for the table.
 (c) Storing
     :meth:`LatencyTable.put`, :meth:`LatencyTable.put_many` (one transaction).
 (d) Many estimates and tiers
-    :mod:`gpunet.sampling`: :func:`~gpunet.sampling.sobol_vectors`, :class:`~gpunet.sampling.LatencyEstimator`,
-    :func:`~gpunet.sampling.tiers_from_targets`, :func:`~gpunet.sampling.stratify`.
+    :meth:`SearchSpace.sobol <gpunet.space.SearchSpace.sobol>`, and in :mod:`gpunet.sampling`:
+    :class:`~gpunet.sampling.LatencyEstimator`, :func:`~gpunet.sampling.tiers_from_targets`,
+    :func:`~gpunet.sampling.stratify`.
 Estimates of single networks and calibration
     :func:`estimate_latency`, :func:`compare`, :class:`Calibration`.
 """
 
-from .backends import LatencyBackend, backend_from_config, get_backend
+from .backends import LatencyBackend, backend_from_config, get_backend, register_backend
 from .errors import (
     BackendUnavailableError,
     KeyFormatError,
@@ -67,6 +70,6 @@ __all__ = [
     "KeyFormatError", "LatencyBackend", "LatencyError", "LatencyTable", "LatencyTarget", "LayerKey", "Measurement",
     "MissingLayersError", "ProfileBatch", "TableError", "TargetMismatchError", "TierError", "build_table", "compare",
     "estimate_latency", "fit_calibration", "get_backend", "layer_keys", "load_calibration", "measure_batch",
-    "measure_keys", "missing_layer_keys", "network_features", "plan_profiling", "required_keys", "results_from_dicts",
-    "results_to_dicts", "save_calibration", "split_batches",
+    "measure_keys", "missing_layer_keys", "network_features", "plan_profiling", "register_backend", "required_keys",
+    "results_from_dicts", "results_to_dicts", "save_calibration", "split_batches",
 ]

@@ -102,10 +102,25 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Calibration":
-        if data.get("kind") not in CALIBRATION_KINDS:
-            raise LatencyError(f"calibration kind: got {data.get('kind')!r}; expected one of {list(CALIBRATION_KINDS)}")
-        return cls(data["kind"], tuple(float(c) for c in data["coef"]), float(data["intercept"]), int(data.get("n", 0)),
-                   dict(data.get("target", {})))
+        """Inverse of :meth:`to_dict` (a table's meta entry); raises :class:`LatencyError` naming a bad field."""
+        if not isinstance(data, Mapping):
+            raise LatencyError("calibration", data, "a mapping with kind, coef, intercept")
+        kind = data.get("kind")
+        if kind not in CALIBRATION_KINDS:
+            raise LatencyError("calibration kind", kind, CALIBRATION_KINDS)
+        coef, intercept = data.get("coef"), data.get("intercept")
+        size = len(_FEATURES[kind])
+        if not isinstance(coef, (list, tuple)) or len(coef) != size or not all(_is_number(c) for c in coef):
+            raise LatencyError("calibration coef", coef, f"{size} numbers for kind {kind!r}")
+        if not _is_number(intercept):
+            raise LatencyError("calibration intercept", intercept, "a number (ms)")
+        n, target = data.get("n", 0), data.get("target", {})
+        return cls(kind, tuple(float(c) for c in coef), float(intercept), int(n) if _is_number(n) else 0,
+                   dict(target) if isinstance(target, Mapping) else {})
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def fit_calibration(features: np.ndarray, measured_ms: Sequence[float], kind: str = "linear",
@@ -121,14 +136,14 @@ def fit_calibration(features: np.ndarray, measured_ms: Sequence[float], kind: st
         LatencyError: an unknown kind, too few networks, or non-positive measurements.
     """
     if kind not in CALIBRATION_KINDS:
-        raise LatencyError(f"calibration kind: got {kind!r}; expected one of {list(CALIBRATION_KINDS)}")
+        raise LatencyError("calibration kind", kind, CALIBRATION_KINDS)
     f = np.asarray(features, dtype=np.float64)
     y = np.asarray(measured_ms, dtype=np.float64)
     cols = _FEATURES[kind]
     if len(y) < len(cols) + 2:
-        raise LatencyError(f"calibration {kind}: got {len(y)} networks; expected at least {len(cols) + 2}")
+        raise LatencyError(f"calibration {kind} networks", len(y), f"at least {len(cols) + 2} measured networks")
     if not (y > 0).all():
-        raise LatencyError("measured_ms: expected positive latencies")
+        raise LatencyError("measured_ms", [float(v) for v in y[~(y > 0)][:3]], "positive latencies (ms)")
     design = np.column_stack([f[:, cols], np.ones(len(y))])
     w = 1.0 / y
     sol, *_ = np.linalg.lstsq(design * w[:, None], y * w, rcond=None)

@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
-from ..arch import ACTIVATIONS, LAYER_TYPES, LayerSpec
+from ..arch import ACTIVATIONS, LAYER_TYPES, NUM_STAGES, LayerSpec, layer_text
 from .errors import KeyFormatError
 
 #: Backends the table knows (see :mod:`gpunet.latency.backends`).
@@ -34,11 +34,12 @@ def key_text(
     type: str, n: int, c: int, h: int, w: int, out_chs: int, kernel: int, stride: int, expansion: int,
     se: bool | int, act: str, num_classes: int, backend: str, device: str, precision: str,
 ) -> str:
-    """The canonical text of a layer key (one function, so the bulk enumerators produce identical text)."""
-    text = f"{type} k{kernel} e{expansion} se{int(se)} {act} s{stride} {n}x{c}x{h}x{w}->{out_chs}"
-    if type == "head":
-        text += f" cls{num_classes}"
-    return f"{text} | {backend} {precision} @ {device}"
+    """The canonical text of a layer key: :func:`gpunet.arch.layer_text` plus the target.
+
+    The digests of stored tables hash this text, so its format never changes (``tests`` pin a few digests).
+    """
+    layer = layer_text(type, n, c, h, w, out_chs, kernel, stride, expansion, se, act, num_classes)
+    return f"{layer} | {backend} {precision} @ {device}"
 
 
 def text_digest(text: str) -> str:
@@ -134,11 +135,11 @@ class LayerKey:
         )
 
     def to_spec(self) -> LayerSpec:
-        """The :class:`LayerSpec` to build and measure (stage 0; the stage does not change latency)."""
+        """The :class:`LayerSpec` to build and measure (stage 0, or 8 for a head; the stage does not change latency)."""
         return LayerSpec(
             type=self.type, input_shape=tuple(self.input_shape), out_chs=self.out_chs, kernel=self.kernel,  # type: ignore[arg-type]
             stride=self.stride, expansion=self.expansion, se=self.se, act=self.act, num_classes=self.num_classes,
-            stage=8 if self.type == "head" else 0,
+            stage=NUM_STAGES if self.type == "head" else 0,
         )
 
     # --- identity ------------------------------------------------------------------------------

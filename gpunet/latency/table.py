@@ -57,7 +57,7 @@ class Measurement:
     Attributes:
         median_ms: median of the timed runs, in ms (the paper's TensorRT "GPU Compute Time" median).
         spread_ms: interquartile range of the timed runs, in ms (trtexec logs without per-run times:
-            ``percentile(90%) - median``, see :mod:`gpunet.latency.tensorrt`).
+            ``percentile(90%) - median``, see :mod:`gpunet.latency.backends.tensorrt`).
         runs: number of timed runs (warm-up runs excluded).
         backend: the backend's name.
         backend_version: e.g. ``"onnxruntime 1.17.1"``, ``"torch 2.4.0+cu121"``, ``"TensorRT 10.3.0"``.

@@ -10,7 +10,8 @@ shapes and a 10 GiB workspace (sections 3.2 and 4.1; TensorRT 10 spells the work
   "Performance summary" (:func:`parse_trtexec_log`); per-run times from ``--exportTimes`` give the IQR.
 
 Without TensorRT, a GPU or ``trtexec``, constructing the backend raises
-:class:`~gpunet.latency.errors.BackendUnavailableError` naming what is missing.
+:class:`~gpunet.latency.errors.BackendUnavailableError` naming what is missing. tensorrt and torch are imported
+when a backend is created.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .backends import LatencyBackend, summarize_ms
-from .errors import BackendUnavailableError, LatencyError
-from .table import Measurement
+from ..errors import BackendUnavailableError, LatencyError
+from ..table import Measurement
+from .base import LatencyBackend, register_backend, summarize_ms
 
 #: The paper's workspace: 10 GiB (NVIDIA's GPUNet release, ``--memPoolSize=workspace:10240``).
 DEFAULT_WORKSPACE_MIB = 10240
@@ -94,7 +95,7 @@ def parse_trtexec_log(text: str) -> TrtexecSummary:
     if "median" not in stats:
         errors = [ln.split("[E]", 1)[1].strip() for ln in text.splitlines() if "[E]" in ln]
         detail = f"; first error: {errors[0]}" if errors else ""
-        raise LatencyError(f"trtexec log: no 'GPU Compute Time' median in the performance summary{detail}")
+        raise LatencyError("trtexec log", reason=f"no 'GPU Compute Time' median in the performance summary{detail}")
     runs = re.search(r"Timing trace has (\d+) queries", text)
     version = re.search(r"TensorRT version:\s*([0-9.]+)", text)
     version_text = version.group(1) if version else None
@@ -115,6 +116,7 @@ def compute_times_from_export(path: str | Path) -> list[float]:
     return [float(row["computeMs"]) for row in data if isinstance(row, dict) and "computeMs" in row]
 
 
+@register_backend("tensorrt")
 class TensorRTBackend(LatencyBackend):
     """TensorRT FP16 engines at batch 1 with explicit shapes; median GPU compute time (paper 4.1).
 
@@ -130,16 +132,14 @@ class TensorRTBackend(LatencyBackend):
             torch with CUDA, or a GPU is missing.
     """
 
-    name = "tensorrt"
-
     def __init__(self, *, mode: str = "api", workspace_mib: int = DEFAULT_WORKSPACE_MIB, precision: str = "fp16",
                  trtexec: str = "trtexec", device: int = 0, **kwargs: Any) -> None:
         kwargs.setdefault("runs", 200)
         super().__init__(**kwargs)
         if mode not in ("api", "trtexec"):
-            raise LatencyError(f"mode: got {mode!r}; expected 'api' or 'trtexec'")
+            raise LatencyError("mode", mode, ("api", "trtexec"))
         if precision not in ("fp16", "fp32"):
-            raise LatencyError(f"precision: got {precision!r}; expected 'fp16' or 'fp32'")
+            raise LatencyError("precision", precision, ("fp16", "fp32"))
         self.mode, self.workspace_mib, self.precision, self.device_index = mode, workspace_mib, precision, device
         self.trtexec = trtexec
         self._version: str | None = None
@@ -187,7 +187,7 @@ class TensorRTBackend(LatencyBackend):
 
     # --- measuring -------------------------------------------------------------------------------------
     def export(self, module: Any, input_shape: tuple[int, int, int, int]) -> Path:  # pragma: no cover
-        from ..model import export_onnx
+        from ...model import export_onnx
 
         return export_onnx(module.float().cpu(), Path(self._tmp.name) / "model.onnx", input_shape, opset=ONNX_OPSET)
 
@@ -243,14 +243,14 @@ class TensorRTBackend(LatencyBackend):
         parser = trt.OnnxParser(network, logger)
         if not parser.parse(Path(path).read_bytes()):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise LatencyError(f"TensorRT could not parse {path}: {errors}")
+            raise LatencyError(f"ONNX file {path}", reason=f"TensorRT could not parse it: {errors}")
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_mib << 20)
         if self.precision == "fp16":
             config.set_flag(trt.BuilderFlag.FP16)
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
-            raise LatencyError(f"TensorRT could not build an engine for {path}")
+            raise LatencyError(f"ONNX file {path}", reason="TensorRT could not build an engine from it")
         engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
         context = engine.create_execution_context()
         device = torch.device("cuda", self.device_index)

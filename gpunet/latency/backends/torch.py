@@ -1,0 +1,134 @@
+"""The ``torch`` latency backend: eager PyTorch on the CPU, or FP16/FP32 on a CUDA GPU.
+
+On the CPU, with a fixed thread count, each run is timed with ``time.perf_counter_ns``. On CUDA the forward
+pass is captured once as a CUDA graph and replayed (no Python launch overhead), and each replay is timed with
+a pair of CUDA events: GPU time, like TensorRT's "GPU Compute Time". torch is imported when a backend is
+created.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..errors import BackendUnavailableError, LatencyError
+from .base import CPU_ROUNDS, LatencyBackend, cpu_thread_device, register_backend
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+
+@register_backend("torch")
+class TorchBackend(LatencyBackend):
+    """Eager PyTorch on the CPU or a CUDA GPU.
+
+    Args:
+        device: ``"cpu"`` or ``"cuda"`` (``"cuda:1"`` for another GPU).
+        precision: ``"fp32"``, or ``"fp16"`` (CUDA only).
+        threads: CPU intra-op threads (``torch.set_num_threads``; process-wide). Part of the CPU device name.
+        cuda_graphs: on CUDA, capture the forward pass once and time graph replays (no Python launch
+            overhead; closer to TensorRT's GPU compute time).
+        **kwargs: ``warmup``, ``runs``, ``rounds``, ``batch_size`` of :class:`LatencyBackend`.
+
+    Raises:
+        BackendUnavailableError: CUDA asked for but torch has no CUDA or sees no GPU.
+        LatencyError: FP16 asked for on the CPU, or an unknown device.
+
+    On CUDA every run is timed with a pair of CUDA events (``torch.cuda.Event(enable_timing=True)``): GPU
+    time, like TensorRT's "GPU Compute Time".
+    """
+
+    def __init__(self, *, device: str = "cpu", precision: str = "fp32", threads: int = 1, cuda_graphs: bool = True,
+                 **kwargs: Any) -> None:
+        kwargs.setdefault("rounds", CPU_ROUNDS)
+        super().__init__(**kwargs)
+        try:
+            import torch
+        except ImportError:  # pragma: no cover - torch is in the engine's dependencies
+            raise BackendUnavailableError("torch", "the Python package 'torch'", "pip install torch") from None
+
+        devices = "'cpu' or 'cuda[:index]'"
+        try:
+            self.torch_device = torch.device(device)
+        except RuntimeError:
+            raise LatencyError("device", device, devices) from None
+        if self.torch_device.type == "cuda":
+            if not torch.cuda.is_available():
+                missing = "a CUDA GPU" if torch.version.cuda else "a CUDA build of torch"
+                raise BackendUnavailableError("torch", f"{missing} (torch {torch.__version__}, device {device!r})",
+                                              "use --device cpu or run on a GPU node")
+        elif self.torch_device.type != "cpu":
+            raise LatencyError("device", device, devices)
+        if precision not in ("fp32", "fp16"):
+            raise LatencyError("precision", precision, ("fp32", "fp16"))
+        if precision == "fp16" and self.torch_device.type != "cuda":
+            raise LatencyError("precision", precision, ("fp32",), reason="FP16 timing needs a CUDA device, not the CPU")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise LatencyError("threads", threads, "an integer >= 1")
+        self.precision = precision
+        self.threads = threads
+        self.cuda_graphs = cuda_graphs
+        if self.torch_device.type == "cpu":
+            torch.set_num_threads(threads)
+
+    def device_name(self) -> str:
+        import torch
+
+        if self.torch_device.type == "cuda":
+            return torch.cuda.get_device_name(self.torch_device)
+        return cpu_thread_device(self.threads)
+
+    def version(self) -> str:
+        import torch
+
+        return f"torch {torch.__version__}"
+
+    def prepare(self, module: "nn.Module", input_shape: tuple[int, int, int, int]) -> Callable[[], float]:
+        import torch
+
+        dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        module = module.eval().to(self.torch_device, dtype)
+        x = torch.randn(*input_shape, device=self.torch_device, dtype=dtype)
+        if self.torch_device.type == "cuda":
+            return self._prepare_cuda(module, x)
+        clock = time.perf_counter_ns
+
+        def timer() -> float:
+            with torch.inference_mode():
+                t0 = clock()
+                module(x)
+                return (clock() - t0) / 1e6
+
+        return timer
+
+    def _prepare_cuda(self, module: "nn.Module", x: Any) -> Callable[[], float]:  # pragma: no cover - needs a GPU
+        import torch
+
+        torch.backends.cudnn.benchmark = True
+        with torch.inference_mode(), torch.cuda.device(self.torch_device):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up (and cuDNN autotuning) off the capture stream
+                for _ in range(3):
+                    module(x)
+            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.synchronize()
+            if self.cuda_graphs:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    module(x)
+                step: Callable[[], Any] = graph.replay
+            else:
+                def step() -> Any:
+                    with torch.inference_mode():
+                        return module(x)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+        def timer() -> float:
+            start.record()
+            step()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+
+        return timer

@@ -122,6 +122,7 @@ def fit_gp(X: np.ndarray, y: np.ndarray, seed: int, init: dict[str, list] | None
     import torch
     from botorch.fit import fit_gpytorch_mll
     from botorch.models import SingleTaskGP
+    from botorch.models.transforms.outcome import Standardize
     from gpytorch.mlls import ExactMarginalLogLikelihood
 
     tx = torch.as_tensor(X, dtype=torch.float64)
@@ -130,7 +131,7 @@ def fit_gp(X: np.ndarray, y: np.ndarray, seed: int, init: dict[str, list] | None
     error = None
     with warnings.catch_warnings(), model_threads():
         warnings.simplefilter("ignore")
-        model = SingleTaskGP(tx, ty)
+        model = SingleTaskGP(tx, ty, outcome_transform=Standardize(m=1), input_transform=None)
         if init:
             with torch.no_grad():
                 for name, param in model.named_parameters():

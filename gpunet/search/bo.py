@@ -69,7 +69,8 @@ class ModelSearcher(Searcher):
         """``n`` points by sequential-greedy (q)LogEI over candidates ``Z`` (an `m x D` array; their points
         ``pts``), the GP ``model`` having been fitted on ``(X, y)`` and ``Xpend`` (a `p x D` array) pending.
 
-        Discrete spaces use BoTorch's ``optimize_acqf_discrete`` with the observed and pending points avoided; a
+        Discrete spaces use BoTorch's ``optimize_acqf_discrete`` with ``X`` and ``Xpend`` as ``X_avoid`` (the
+        candidates hold no used point already; this also keeps the ask's own initial-design points out); a
         continuous space refines each step by gradient ascent inside ``[lb, ub]`` (and ``region``)."""
         best_f = float(np.max(y))
         if self.space.discrete:

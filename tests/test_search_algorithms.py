@@ -51,7 +51,7 @@ def test_model_based_searchers_beat_random_search_on_the_easy_problem(name):
 
 
 def test_turbo_trust_region_shrinks_on_failures_grows_on_successes_and_restarts():
-    from gpunet.search.bo import new_turbo_state, update_turbo_state
+    from gpunet.search.turbo import new_turbo_state, update_turbo_state
 
     s = new_turbo_state(dim=2)  # failure tolerance max(4, 2) = 4
     s = update_turbo_state(s, 1.0, 1)

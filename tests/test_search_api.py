@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from gpunet import search
+from gpunet.errors import GpunetError
 from gpunet.search import BoxSpace, CategoricalSpace, IntegerSpace, SearchError
 from gpunet.space import load_space
 
@@ -128,21 +129,24 @@ def test_tell_and_tell_failed_check_the_trial():
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda sp: search.create("cmaes", sp), r"algorithm: 'cmaes'; allowed: \['random'"),
-        (lambda sp: search.create("bo", sp, n_init=-1), r"option 'n_init' of 'bo': -1"),
-        (lambda sp: search.create("lamcts-bo", sp, leafsize=5), r"option of 'lamcts-bo': 'leafsize'; allowed: .*leaf_size"),
-        (lambda sp: search.create("lamcts-bo", sp, cp=0), r"option 'cp' of 'lamcts-bo': 0"),
-        (lambda sp: search.create("random", sp).ask(0), r"ask n: 0"),
-        (lambda sp: BoxSpace([1.0], [0.0]), r"box bounds"),
-        (lambda sp: IntegerSpace([0, 0], [1]), r"integer bounds"),
-        (lambda sp: CategoricalSpace([["a", "a"]]), r"categorical choices"),
-        (lambda sp: IntegerSpace([0], [3]).restrict([[4]]), r"integer point\[0\]: 4; allowed: 0..3"),
-        (lambda sp: BoxSpace([0.0], [1.0]).restrict([[0.5]]), r"pool"),
+        (lambda sp: search.create("cmaes", sp), r"algorithm: got 'cmaes'; expected one of \['random'"),
+        (lambda sp: search.create("bo", sp, n_init=-1), r"option 'n_init' of 'bo': got -1; expected an int >= 0$"),
+        (lambda sp: search.create("lamcts-bo", sp, leafsize=5), r"option of 'lamcts-bo': got 'leafsize'; expected one of .*leaf_size"),
+        (lambda sp: search.create("lamcts-bo", sp, cp=0), r"option 'cp' of 'lamcts-bo': got 0; expected a number > 0$"),
+        (lambda sp: search.create("random", sp).ask(0), r"ask n: got 0; expected an int >= 1$"),
+        (lambda sp: BoxSpace([1.0], [0.0]), r"box bounds: got .*; expected finite lower < upper in every dimension$"),
+        (lambda sp: IntegerSpace([0, 0], [1]), r"integer bounds: got .*; expected lower and upper of the same non-zero length$"),
+        (lambda sp: CategoricalSpace([["a", "a"]]), r"categorical choices: got .*; expected distinct choices in every dimension$"),
+        (lambda sp: IntegerSpace([0], [3]).restrict([[4]]), r"integer point\[0\]: got 4; expected an int in 0..3$"),
+        (lambda sp: BoxSpace([0.0], [1.0]).restrict([[0.5]]), r"pool of a box space: only integer and categorical"),
+        (lambda sp: search.create("bo", sp, strict_fit=1), r"option 'strict_fit' of 'bo': got 1; expected true or false$"),
     ],
 )
 def test_invalid_names_and_options_raise_a_clear_error(call, match):
-    with pytest.raises(SearchError, match=match):
+    with pytest.raises(SearchError, match=match) as info:
         call(BoxSpace([0.0, 0.0], [1.0, 1.0]))
+    assert isinstance(info.value, GpunetError) and isinstance(info.value, ValueError)
+    assert info.value.field and str(info.value).startswith(info.value.field)
 
 
 def test_cli_search_bench_json(capsys):

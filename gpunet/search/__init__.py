@@ -12,6 +12,10 @@ Usage::
 Algorithms (``ALGORITHMS``): ``random``, ``sobol``, ``evolution`` (Real et al. 2019), ``bo`` (BoTorch GP +
 qLogEI), ``turbo`` (TuRBO-1, Eriksson et al. 2019), ``lamcts-bo`` (the default; LA-MCTS, Wang, Fonseca & Tian,
 NeurIPS 2020, with BO in the selected region) and ``lamcts-turbo``. The model-based ones import torch lazily.
+
+Modules: :mod:`.spaces` (spaces and :class:`SearchError`), :mod:`.base` (the ask/tell contract), :mod:`.simple`
+(model-free searchers and the Sobol design), :mod:`.gp` (the GP and its fit), :mod:`.candidates` (candidate sets
+and the acquisition's optimisation), :mod:`.bo`, :mod:`.turbo` and :mod:`.lamcts` (the model-based searchers).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import warnings
 from typing import Any
 
 from .base import COMPLETE, FAILED, PENDING, Searcher, Trial
+from .gp import GPFitError
 from .spaces import BoxSpace, CategoricalSpace, IntegerSpace, SearchError, Space
 
 # linear_operator (under gpytorch and BoTorch) calls torch.jit.script when imported, which torch 2.14 answers
@@ -36,7 +41,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "sobol": ("simple", "SobolSearcher"),
     "evolution": ("simple", "EvolutionSearcher"),
     "bo": ("bo", "BOSearcher"),
-    "turbo": ("bo", "TurboSearcher"),
+    "turbo": ("turbo", "TurboSearcher"),
     "lamcts-bo": ("lamcts", "LamctsSearcher"),
     "lamcts-turbo": ("lamcts", "LamctsTurboSearcher"),
 }
@@ -60,7 +65,7 @@ def create(name: str = DEFAULT_ALGORITHM, space: Space | None = None, seed: int 
     """
     cls = searcher_class(name)
     if space is None:
-        raise SearchError("space", None, "BoxSpace, IntegerSpace or CategoricalSpace")
+        raise SearchError("space", None, "a BoxSpace, IntegerSpace or CategoricalSpace")
     return cls(space, seed=seed, **options)
 
 
@@ -72,6 +77,6 @@ def from_state_dict(state: dict[str, Any]) -> Searcher:
 
 
 __all__ = [
-    "ALGORITHMS", "DEFAULT_ALGORITHM", "BoxSpace", "CategoricalSpace", "IntegerSpace", "SearchError", "Searcher",
-    "Space", "Trial", "PENDING", "COMPLETE", "FAILED", "create", "from_state_dict", "searcher_class",
+    "ALGORITHMS", "DEFAULT_ALGORITHM", "BoxSpace", "CategoricalSpace", "GPFitError", "IntegerSpace", "SearchError",
+    "Searcher", "Space", "Trial", "PENDING", "COMPLETE", "FAILED", "create", "from_state_dict", "searcher_class",
 ]

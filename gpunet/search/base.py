@@ -38,7 +38,8 @@ class Trial:
 
 @dataclass(frozen=True)
 class Option:
-    """A searcher option: default value and a check that returns an error reason or None."""
+    """A searcher option: default value and a check that returns None for a valid value, else what was expected
+    (e.g. ``"an int >= 1"``; it ends up after "expected" in the :class:`SearchError`)."""
 
     default: Any
     check: Callable[[Any], str | None]
@@ -46,15 +47,19 @@ class Option:
 
 
 def positive_int(v: Any) -> str | None:
-    return None if isinstance(v, int) and not isinstance(v, bool) and v >= 1 else "need an int >= 1"
+    return None if isinstance(v, int) and not isinstance(v, bool) and v >= 1 else "an int >= 1"
 
 
 def nonneg_int(v: Any) -> str | None:
-    return None if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else "need an int >= 0"
+    return None if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else "an int >= 0"
 
 
 def positive_float(v: Any) -> str | None:
-    return None if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and math.isfinite(v) else "need a number > 0"
+    return None if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and math.isfinite(v) else "a number > 0"
+
+
+def boolean(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "true or false"
 
 
 class Searcher:
@@ -69,9 +74,9 @@ class Searcher:
 
     def __init__(self, space: Space, seed: int = 0, **options: Any) -> None:
         if not isinstance(space, Space):
-            raise SearchError("space", type(space).__name__, "BoxSpace, IntegerSpace or CategoricalSpace")
+            raise SearchError("space", type(space).__name__, "a BoxSpace, IntegerSpace or CategoricalSpace")
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise SearchError("seed", seed, reason="need an int >= 0")
+            raise SearchError("seed", seed, "an int >= 0")
         self.space, self.seed = space, seed
         self.options = self._check_options(options)
         self.trials: dict[int, Trial] = {}
@@ -91,9 +96,9 @@ class Searcher:
         for key, value in options.items():
             if key not in cls.OPTIONS:
                 raise SearchError(f"option of {cls.name!r}", key, sorted(cls.OPTIONS) or "no options")
-            reason = cls.OPTIONS[key].check(value)
-            if reason:
-                raise SearchError(f"option {key!r} of {cls.name!r}", value, reason=reason)
+            expected = cls.OPTIONS[key].check(value)
+            if expected:
+                raise SearchError(f"option {key!r} of {cls.name!r}", value, expected)
             out[key] = value
         return out
 
@@ -105,9 +110,10 @@ class Searcher:
             SearchError: ``n`` is not a positive int, or a discrete space has fewer than ``n`` unused points.
         """
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise SearchError("ask n", n, reason="need an int >= 1")
+            raise SearchError("ask n", n, "an int >= 1")
         if self.space.discrete and self.space.size - len(self._seen) < n:
-            raise SearchError("ask n", n, reason=f"only {int(self.space.size - len(self._seen))} unused points left in the space")
+            left = int(self.space.size - len(self._seen))
+            raise SearchError("ask n", n, f"at most {left}", reason=f"only {left} unused points left in the space")
         rng = np.random.default_rng([self.seed, self._asks])
         self._asks += 1
         proposed = self._propose(n, rng)
@@ -199,7 +205,8 @@ class Searcher:
         if state.get("algorithm") != self.name:
             raise SearchError("state algorithm", state.get("algorithm"), (self.name,))
         if Space.from_dict(state["space"]).to_dict() != self.space.to_dict():
-            raise SearchError("state space", state["space"].get("kind"), reason="the state was saved for another space")
+            raise SearchError("state space", state["space"].get("kind"), f"this searcher's {self.space.kind} space",
+                              reason="the state was saved for another space")
         self.seed = int(state["seed"])
         self.options = self._check_options(state.get("options", {}))
         self._next_id, self._asks = int(state["next_id"]), int(state["asks"])
@@ -242,7 +249,7 @@ class Searcher:
                     keys.add(k)
                     if len(out) == n:
                         return out
-        raise SearchError("ask", n, reason="could not find unused points by sampling; the space is nearly exhausted")
+        raise SearchError("ask n", n, reason="could not find unused points by sampling; the space is nearly exhausted")
 
     def unused_pool_indices(self) -> np.ndarray:
         """Indices into ``space.pool`` of points never asked, an int64 array."""
@@ -280,7 +287,7 @@ class Searcher:
         if trial is None:
             raise SearchError("trial id", trial_id, reason="no such trial")
         if trial.status != PENDING:
-            raise SearchError("trial id", trial_id, reason=f"the trial is already {trial.status}")
+            raise SearchError("trial id", trial_id, "the id of a pending trial", reason=f"the trial is already {trial.status}")
         self._tell_order[trial_id] = len(self._tell_order)
         return trial
 

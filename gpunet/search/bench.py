@@ -38,7 +38,7 @@ def run(problem: Problem, algo: str, budget: int, seed: int, batch: int = 1) -> 
     if algo not in ALL_ALGORITHMS:
         raise SearchError("algorithm", algo, list(ALL_ALGORITHMS))
     if not isinstance(budget, int) or budget < 1:
-        raise SearchError("budget", budget, reason="need an int >= 1")
+        raise SearchError("budget", budget, "an int >= 1")
     t0 = time.perf_counter()
     if algo in OPTUNA_ALGORITHMS:
         values, extra = _run_optuna(problem, algo, budget, seed)
@@ -60,7 +60,7 @@ def _run_ours(problem: Problem, algo: str, budget: int, seed: int, batch: int) -
             v = problem.evaluate(trial.params)
             searcher.tell(trial.id, v)
             values.append(v)
-    return values, {"max_ask_seconds": max(ask_s)}
+    return values, {"max_ask_seconds": max(ask_s), "gp_fit_failures": getattr(searcher, "fit_failures", 0)}
 
 
 def _run_optuna(problem: Problem, algo: str, budget: int, seed: int) -> tuple[list[float], dict]:

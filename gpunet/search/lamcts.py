@@ -17,7 +17,8 @@ Search", NeurIPS 2020; the searcher the GPUNet paper chose (its section 3.3.1). 
    leaf's best point, intersected with the region, for ``lamcts-turbo``.
 4. The initial design is a scrambled Sobol sequence (the reference used a Latin hypercube).
 
-scikit-learn provides k-means and the SVM; BoTorch/gpytorch the GP and the acquisition.
+scikit-learn provides k-means and the SVM; the GP, the candidate sets and the trust region come from
+:mod:`.gp`, :mod:`.candidates` and :mod:`.turbo`.
 """
 
 from __future__ import annotations
@@ -30,16 +31,10 @@ from typing import Any
 import numpy as np
 
 from .base import Option, positive_float, positive_int
-from .bo import (
-    LOCAL_SIGMAS,
-    TrustRegionMixin,
-    _ModelSearcher,
-    candidates,
-    new_turbo_state,
-    select_training,
-    trust_region,
-    update_turbo_state,
-)
+from .bo import ModelSearcher
+from .candidates import LOCAL_SIGMAS, candidates
+from .gp import select_training
+from .turbo import TrustRegionMixin, trust_region, update_turbo_state
 
 #: Samples a leaf may hold before it is split (LA-MCTS reference default: 20).
 LEAF_SIZE = 20
@@ -144,12 +139,12 @@ def leaf_of(root: Node, path: list[tuple[Node, int]]) -> Node:
     return path[-1][0].children[path[-1][1]] if path else root
 
 
-class LamctsSearcher(_ModelSearcher):
+class LamctsSearcher(ModelSearcher):
     """LA-MCTS with BO in the selected region (``lamcts-bo``, the default searcher of the system)."""
 
     name = "lamcts-bo"
     OPTIONS = {
-        **_ModelSearcher.OPTIONS,
+        **ModelSearcher.OPTIONS,
         "leaf_size": Option(LEAF_SIZE, positive_int, "samples a leaf may hold before it is split"),
         "cp": Option(CP, positive_float, "exploration constant as a fraction of the observed range of f"),
     }
@@ -181,7 +176,7 @@ class LamctsSearcher(_ModelSearcher):
 class LamctsTurboSearcher(TrustRegionMixin, LamctsSearcher):
     """LA-MCTS with a TuRBO-1 trust region in the selected region (``lamcts-turbo``).
 
-    One trust-region state (length, counters; :class:`~gpunet.search.bo.TurboState`) is kept across asks; the
+    One trust-region state (length, counters; :class:`~gpunet.search.turbo.TurboState`) is kept across asks; the
     region is centred on the best sample of the selected leaf and intersected with the leaf's region.
     """
 

@@ -66,7 +66,7 @@ def parse_nb201(arch_str: str) -> list[str]:
     """The 6 edge operations of a NAS-Bench-201 string ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|``, in order."""
     ops = [tok.split("~")[0] for tok in arch_str.replace("+", "").split("|") if tok]
     if len(ops) != 6 or any(op not in NB201_OPS for op in ops):
-        raise SearchError("NAS-Bench-201 architecture", arch_str, reason="need 6 edges of known operations")
+        raise SearchError("NAS-Bench-201 architecture", arch_str, f"6 edges, each one of {', '.join(NB201_OPS)}")
     return ops
 
 
@@ -76,7 +76,7 @@ def load_nb201(path: str | Path, quantile: float = NB201_TIER_QUANTILE) -> Probl
     if p.is_dir():
         p = p / "nb201.csv"
     if not p.is_file():
-        raise SearchError("NAS-Bench-201 data path", str(path), reason="no such file; pass the path of nb201.csv")
+        raise SearchError("NAS-Bench-201 data path", str(path), "the path of nb201.csv or of its folder", reason="no such file")
     with p.open(newline="") as f:
         rows = list(csv.DictReader(f))
     ops = [parse_nb201(r["arch_str"]) for r in rows]
@@ -108,7 +108,7 @@ def make_problem(name: str, data: str | Path | None = None) -> Problem:
         return Problem(name, BoxSpace([-10.0] * 20, [10.0] * 20), _torch_function("Levy", 20), 0.0)
     if name == "nb201":
         if data is None:
-            raise SearchError("data path", None, reason="the nb201 problem needs --data PATH to nb201.csv")
+            raise SearchError("data path", None, "the path of nb201.csv (--data PATH)", reason="the nb201 problem needs the benchmark's table")
         return load_nb201(data)
     raise SearchError("problem", name, list(PROBLEMS))
 

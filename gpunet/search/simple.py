@@ -26,7 +26,12 @@ class RandomSearcher(Searcher):
 
 
 def sobol_points(num_features: int, seed: int, start: int, n: int) -> np.ndarray:
-    """Points ``start .. start+n-1`` of a scrambled Sobol sequence in ``[0, 1]^d``, an `n x d` array."""
+    """Points ``start .. start+n-1`` of a scrambled Sobol sequence in ``[0, 1]^d``, an `n x d` array.
+
+    The searchers' one entry to Sobol sampling: initial designs, the Sobol searcher and candidate sets all call
+    it, and nothing else in :mod:`gpunet.search` uses scipy's ``qmc.Sobol``; the same ``(d, seed, start, n)``
+    gives the same array (searcher state stores only positions in the sequence).
+    """
     engine = qmc.Sobol(d=num_features, scramble=True, seed=seed)
     if start:
         engine.fast_forward(start)

@@ -23,18 +23,16 @@ from typing import Any, Hashable, Sequence
 
 import numpy as np
 
+from ..errors import GpunetError
 
-class SearchError(ValueError):
-    """An invalid searcher name, option, space or call; names the field, the value and what is allowed."""
 
-    def __init__(self, field: str, value: Any, allowed: Any = None, reason: str | None = None) -> None:
-        self.field, self.value, self.allowed, self.reason = field, value, allowed, reason
-        msg = f"invalid {field}: {value!r}"
-        if reason:
-            msg += f" ({reason})"
-        if allowed is not None:
-            msg += f"; allowed: {allowed}"
-        super().__init__(msg)
+class SearchError(GpunetError, ValueError):
+    """An invalid searcher name, option, space, point or call.
+
+    The message has :class:`gpunet.errors.GpunetError`'s one format, naming the field, the value and what was
+    expected, e.g. ``option 'leaf_size' of 'lamcts-bo': got -1; expected an int >= 1``. A ``ValueError`` too, so
+    that callers catching that keep working.
+    """
 
 
 class Space:
@@ -78,7 +76,7 @@ class Space:
     def pool_features(self) -> np.ndarray:
         """Features of the pool, an `N x num_features` array (cached)."""
         if self.pool is None:
-            raise SearchError("pool", None, reason="the space is not pool-restricted")
+            raise SearchError("pool", reason="the space is not pool-restricted")
         cached = getattr(self, "_pool_z", None)
         if cached is None:
             cached = self.to_features(self.pool)
@@ -95,10 +93,10 @@ class Space:
     def restrict(self, pool: Sequence[Sequence[Any]]) -> "Space":
         """A copy of this discrete space whose asks come only from ``pool`` (a list of points)."""
         if not self.discrete:
-            raise SearchError("pool", "given", reason="only integer and categorical spaces can be pool-restricted")
+            raise SearchError(f"pool of a {self.kind} space", reason="only integer and categorical spaces can be pool-restricted")
         checked = [self.validate(p) for p in pool]
         if not checked:
-            raise SearchError("pool", [], reason="a pool needs at least one point")
+            raise SearchError("pool", [], "at least one point")
         seen: dict[Hashable, list[Any]] = {}
         for p in checked:
             seen.setdefault(self.key(p), p)
@@ -137,9 +135,9 @@ class BoxSpace(Space):
     def __init__(self, lower: Sequence[float], upper: Sequence[float]) -> None:
         lo, up = np.asarray(lower, dtype=float).ravel(), np.asarray(upper, dtype=float).ravel()
         if lo.shape != up.shape or lo.size == 0:
-            raise SearchError("box bounds", (list(lo), list(up)), reason="lower and upper need the same non-zero length")
+            raise SearchError("box bounds", (list(lo), list(up)), "lower and upper of the same non-zero length")
         if not np.all(np.isfinite(lo)) or not np.all(np.isfinite(up)) or np.any(up <= lo):
-            raise SearchError("box bounds", (list(lo), list(up)), reason="need finite lower < upper in every dimension")
+            raise SearchError("box bounds", (list(lo), list(up)), "finite lower < upper in every dimension")
         self.lower, self.upper = lo, up
         self.dim = self.num_features = int(lo.size)
 
@@ -162,7 +160,7 @@ class BoxSpace(Space):
     def validate(self, params):
         x = np.asarray(params, dtype=float).ravel()
         if x.size != self.dim or np.any(x < self.lower) or np.any(x > self.upper) or not np.all(np.isfinite(x)):
-            raise SearchError("box point", list(params), reason=f"need {self.dim} floats inside the bounds")
+            raise SearchError("box point", list(params), f"{self.dim} floats inside the bounds")
         return x.tolist()
 
     def to_dict(self):
@@ -189,14 +187,14 @@ class IntegerSpace(Space):
     ) -> None:
         if values is None:
             if lower is None or upper is None or len(lower) != len(upper) or len(lower) == 0:
-                raise SearchError("integer bounds", (lower, upper), reason="lower and upper need the same non-zero length")
+                raise SearchError("integer bounds", (lower, upper), "lower and upper of the same non-zero length")
             for i, (lo, up) in enumerate(zip(lower, upper)):
                 if int(lo) != lo or int(up) != up or up < lo:
-                    raise SearchError(f"integer bounds[{i}]", (lo, up), reason="need integers with lower <= upper")
+                    raise SearchError(f"integer bounds[{i}]", (lo, up), "integers with lower <= upper")
             values = [tuple(range(int(lo), int(up) + 1)) for lo, up in zip(lower, upper)]
         vals = [tuple(int(v) for v in vs) for vs in values]
         if not vals or any(len(v) == 0 or len(set(v)) != len(v) for v in vals):
-            raise SearchError("integer values", values, reason="every dimension needs distinct allowed values")
+            raise SearchError("integer values", values, "distinct allowed values in every dimension")
         self.values = [tuple(sorted(v)) for v in vals]
         self._index = [{v: i for i, v in enumerate(vs)} for vs in self.values]
         self.lower = [v[0] for v in self.values]
@@ -235,11 +233,11 @@ class IntegerSpace(Space):
 
     def validate(self, params):
         if len(params) != self.dim:
-            raise SearchError("integer point length", len(params), (self.dim,))
+            raise SearchError("integer point length", len(params), self.dim)
         out = []
         for j, v in enumerate(params):
             if int(v) != v or int(v) not in self._index[j]:
-                allowed = f"{self.lower[j]}..{self.upper[j]}" if self._contiguous else self.values[j]
+                allowed = f"an int in {self.lower[j]}..{self.upper[j]}" if self._contiguous else self.values[j]
                 raise SearchError(f"integer point[{j}]", v, allowed)
             out.append(int(v))
         return out
@@ -259,11 +257,11 @@ class CategoricalSpace(Space):
 
     def __init__(self, choices: Sequence[Sequence[Any]]) -> None:
         if not choices or any(len(c) == 0 for c in choices):
-            raise SearchError("categorical choices", choices, reason="every dimension needs at least one choice")
+            raise SearchError("categorical choices", choices, "at least one choice per dimension")
         self.choices = [list(c) for c in choices]
         self._index = [{self._h(v): i for i, v in enumerate(c)} for c in self.choices]
         if any(len(ix) != len(c) for ix, c in zip(self._index, self.choices)):
-            raise SearchError("categorical choices", choices, reason="choices of a dimension must be distinct")
+            raise SearchError("categorical choices", choices, "distinct choices in every dimension")
         self.cards = np.array([len(c) for c in self.choices])
         self.offsets = np.concatenate([[0], np.cumsum(self.cards)[:-1]])
         self.dim = len(self.choices)
@@ -300,7 +298,7 @@ class CategoricalSpace(Space):
 
     def validate(self, params):
         if len(params) != self.dim:
-            raise SearchError("categorical point length", len(params), (self.dim,))
+            raise SearchError("categorical point length", len(params), self.dim)
         for j, v in enumerate(params):
             if self._h(v) not in self._index[j]:
                 raise SearchError(f"categorical point[{j}]", v, self.choices[j])

@@ -136,17 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: Error classes of the engine that do not derive from GpunetError yet (module, class). Transitional: the latency and
-#: search packages are being moved onto GpunetError; this list goes when they are.
-_NOT_YET_GPUNET_ERRORS = (("gpunet.latency.errors", "LatencyError"), ("gpunet.search.spaces", "SearchError"))
-
-
-def _is_user_error(exc: BaseException) -> bool:
-    """``exc`` is a GpunetError, or one of :data:`_NOT_YET_GPUNET_ERRORS` (only a loaded module can have raised it)."""
-    legacy = (getattr(sys.modules.get(module), name, None) for module, name in _NOT_YET_GPUNET_ERRORS)
-    return isinstance(exc, (GpunetError, *(cls for cls in legacy if isinstance(cls, type))))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -159,9 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gpunet: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:
-        if not _is_user_error(exc):
-            raise
+    except GpunetError as exc:
         print(f"gpunet: error: {exc}", file=sys.stderr)
         return 2
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import warnings
-
 import numpy as np
-from scipy.stats import qmc
+
+from ..sobol import sobol_unit
 
 from .base import Option, Searcher, positive_float, positive_int
 
@@ -28,16 +27,11 @@ class RandomSearcher(Searcher):
 def sobol_points(num_features: int, seed: int, start: int, n: int) -> np.ndarray:
     """Points ``start .. start+n-1`` of a scrambled Sobol sequence in ``[0, 1]^d``, an `n x d` array.
 
-    The searchers' one entry to Sobol sampling: initial designs, the Sobol searcher and candidate sets all call
-    it, and nothing else in :mod:`gpunet.search` uses scipy's ``qmc.Sobol``; the same ``(d, seed, start, n)``
-    gives the same array (searcher state stores only positions in the sequence).
+    The searchers' one entry to Sobol sampling (initial designs, the Sobol searcher, candidate sets), on the
+    project's one scipy wrapper :func:`gpunet.sobol.sobol_unit`; the same ``(d, seed, start, n)`` gives the same
+    array (searcher state stores only positions in the sequence).
     """
-    engine = qmc.Sobol(d=num_features, scramble=True, seed=seed)
-    if start:
-        engine.fast_forward(start)
-    with warnings.catch_warnings():  # balance needs powers of 2; asks come in any size, so accept the warning
-        warnings.simplefilter("ignore", UserWarning)
-        return engine.random(n)
+    return sobol_unit(num_features, n, seed=seed, skip=start)
 
 
 class SobolSearcher(Searcher):

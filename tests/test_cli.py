@@ -255,7 +255,7 @@ def test_status_of_a_folder_without_a_search_exits_2(tmp_path, capsys):
     assert capsys.readouterr().err.startswith(f"gpunet: error: RUN_DIR: got '{tmp_path}'; no search state here; expected")
     (tmp_path / "state.sqlite").write_bytes(b"not a database at all, just bytes" * 10)
     assert main(["status", str(tmp_path)]) == 2
-    assert "unreadable search state" in capsys.readouterr().err
+    assert "state.sqlite: not a SQLite database" in capsys.readouterr().err  # the state store's own refusal
 
 
 def test_results_prints_the_hub(tmp_path, capsys):

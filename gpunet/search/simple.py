@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 
 from ..sobol import sobol_unit
-
 from .base import Option, Searcher, positive_float, positive_int
 
 

@@ -33,7 +33,9 @@ def gpunet_run(spec: Path, out: Path, *extra: str) -> list[str]:
 
 def test_full_local_run_survives_ctrl_c_and_resumes(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "search.yaml", name="local-run", budget=2, epochs=2, train_subset=400, val_subset=200,
-                      tiers=(0.1, 1.0), tolerance=0.9, algorithm="lamcts-bo")
+                      tiers=(0.3, 1.0), tolerance=0.9, algorithm="lamcts-bo")
+    # Real onnxruntime latencies of the micro space are 0.15-0.35 ms on these machines, more under load; both tiers
+    # (0.03-0.57 ms and 0.1-1.9 ms) hold them whatever the load.
     out = tmp_path / "out"
     first = subprocess.Popen(gpunet_run(spec, out), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 150
@@ -50,7 +52,7 @@ def test_full_local_run_survives_ctrl_c_and_resumes(tmp_path: Path) -> None:
     second = subprocess.run(gpunet_run(spec, out, "--json"), cwd=tmp_path, capture_output=True, text=True, timeout=200)
     assert second.returncode == 0, second.stderr[-3000:]
     hub = json.loads(second.stdout)
-    assert [t["target_ms"] for t in hub["tiers"]] == [0.1, 1.0]
+    assert [t["target_ms"] for t in hub["tiers"]] == [0.3, 1.0]
     for tier in hub["tiers"]:
         if tier["candidate_id"] is None:
             continue

@@ -69,12 +69,14 @@ class ModelSearcher(Searcher):
         """``n`` points by sequential-greedy (q)LogEI over candidates ``Z`` (an `m x D` array; their points
         ``pts``), the GP ``model`` having been fitted on ``(X, y)`` and ``Xpend`` (a `p x D` array) pending.
 
-        Discrete spaces use BoTorch's ``optimize_acqf_discrete`` with ``X`` and ``Xpend`` as ``X_avoid`` (the
-        candidates hold no used point already; this also keeps the ask's own initial-design points out); a
-        continuous space refines each step by gradient ascent inside ``[lb, ub]`` (and ``region``)."""
+        Discrete spaces use BoTorch's ``optimize_acqf_discrete`` with the pending points (this ask's own
+        initial-design points included) as ``X_avoid``; observed points are not among the candidates already, and
+        avoiding them again would cost 10-15 % of the selection time (measured: 0.06-0.2 s CPU per ask with 200
+        training points and 2,000 candidates of the GPUNet space). A continuous space refines each step by
+        gradient ascent inside ``[lb, ub]`` (and ``region``)."""
         best_f = float(np.max(y))
         if self.space.discrete:
-            return [pts[i] for i in optimize_discrete(model, best_f, Z, n, seed, Xpend, X_avoid=X)]
+            return [pts[i] for i in optimize_discrete(model, best_f, Z, n, seed, Xpend)]
         idx, feats = optimize_continuous(model, best_f, Z, n, seed, Xpend, lb, ub, region)
         return [pts[i] if i >= 0 else self.space.from_features(f[None, :])[0] for i, f in zip(idx, feats)]
 

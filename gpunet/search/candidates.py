@@ -160,15 +160,15 @@ def optimize_discrete(model: Any, best_f: float, Z: np.ndarray, q: int, seed: in
     With nothing pending the first point is the argmax of the analytic LogEI (exact, where qLogEI would estimate
     the same by MC); the others, or all of them when trials are pending, come from one ``optimize_acqf_discrete``
     call on ``qLogExpectedImprovement``, which adds each chosen point to ``X_pending`` and drops it from the
-    choices (``unique=True``). ``X_avoid`` rows are never chosen: the guard that no observed or pending point is
-    proposed again lives in the acquisition step itself.
+    choices (``unique=True``). Neither a pending point nor an ``X_avoid`` row is ever chosen (BoTorch drops them
+    from the choices).
 
     Args:
         model: A fitted GP on `D` features.
         best_f: The incumbent value (the best observed).
         Z: An `m x D` array of distinct candidate features.
         X_pending: A `p x D` array of features of pending trials (may be empty).
-        X_avoid: An optional `a x D` array of features that must not be chosen (observed and pending points).
+        X_avoid: An optional `a x D` array of more features that must not be chosen.
 
     Returns:
         At most ``q`` indices into ``Z``, in the order chosen (fewer when ``X_avoid`` leaves fewer candidates).

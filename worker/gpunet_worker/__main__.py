@@ -5,6 +5,11 @@ Configuration comes from flags or the environment (what the operator's pods set)
 - ``--controller`` / ``GPUNET_CONTROLLER``: ``host:port`` of the search controller.
 - ``GPUNET_TOKEN``: the search's token (``--token-file`` reads it from a file instead).
 - ``--worker-id`` / ``GPUNET_WORKER_ID`` (else ``POD_NAME``, else ``<hostname>-<pid>``): stable worker id.
+- TLS (:mod:`gpunet.rpc.tls`): ``--tls-ca`` / ``GPUNET_TLS_CA`` (the CA of the controller's certificate),
+  ``--tls-cert`` / ``GPUNET_TLS_CERT`` and ``--tls-key`` / ``GPUNET_TLS_KEY`` (this worker's certificate, when the
+  controller requires mutual TLS), ``--tls-server-name`` / ``GPUNET_TLS_SERVER_NAME`` (check the controller's
+  certificate against this name instead of the address's host), ``--tls`` / ``GPUNET_TLS=1`` (TLS with the
+  system's CA roots). Any of them makes the channel TLS; none is plaintext.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from gpunet.rpc import ADDRESS_ENV, TOKEN_ENV
+from gpunet.rpc import tls
 
 from .client import ControllerClient
 
@@ -42,6 +48,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-device", default=os.environ.get("GPUNET_LATENCY_DEVICE", "cpu"))
     p.add_argument("--batch-size", type=int, default=int(os.environ.get("GPUNET_LATENCY_BATCH_SIZE", "1")))
     p.add_argument("--give-up-after", type=float, default=None, help="seconds without the controller before exiting 1")
+    env = os.environ.get
+    p.add_argument("--tls", action="store_true", default=env(tls.TLS_ENV, "") in ("1", "true"),
+                   help=f"TLS with the system's CA roots (${tls.TLS_ENV}=1; implied by the other --tls-* options)")
+    p.add_argument("--tls-ca", type=Path, default=env(tls.TLS_CA_ENV) or None,
+                   help=f"PEM CA certificates of the controller's certificate (${tls.TLS_CA_ENV})")
+    p.add_argument("--tls-cert", type=Path, default=env(tls.TLS_CERT_ENV) or None,
+                   help=f"this worker's PEM certificate, for mutual TLS (${tls.TLS_CERT_ENV})")
+    p.add_argument("--tls-key", type=Path, default=env(tls.TLS_KEY_ENV) or None,
+                   help=f"this worker's PEM private key, for mutual TLS (${tls.TLS_KEY_ENV})")
+    p.add_argument("--tls-server-name", default=env(tls.TLS_SERVER_NAME_ENV) or None,
+                   help=f"name the controller's certificate is checked against (${tls.TLS_SERVER_NAME_ENV})")
     p.add_argument("--log-level", default=os.environ.get("GPUNET_LOG_LEVEL", "INFO"))
     return p
 
@@ -54,7 +71,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not token:
         print(f"gpunet_worker: error: no token: set ${TOKEN_ENV} or --token-file", file=sys.stderr)
         return 2
-    client = ControllerClient(args.controller, token, give_up_s=args.give_up_after)
+    try:
+        credentials = None
+        if args.tls or args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name:
+            credentials = tls.channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+    except tls.TLSError as exc:
+        print(f"gpunet_worker: error: {exc}", file=sys.stderr)
+        return 2
+    client = ControllerClient(args.controller, token, give_up_s=args.give_up_after, credentials=credentials,
+                              options=tls.channel_options(args.tls_server_name) if credentials else None)
     if args.role == "trainer":
         import torch
 
@@ -69,11 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from .profiler import ProfilerWorker
 
-        options = {"runs": args.runs, "warmup": args.warmup, "batch_size": args.batch_size}
+        # Every backend takes the device and the precision (and refuses what it cannot measure), so the layer keys
+        # a profiler is sent always match the target it measures.
+        options = {"runs": args.runs, "warmup": args.warmup, "batch_size": args.batch_size,
+                   "device": args.latency_device, "precision": args.precision}
         if args.backend in ("onnxruntime", "torch") and args.latency_device == "cpu":
             options["threads"] = args.threads or 1
-        if args.backend == "torch":
-            options.update(device=args.latency_device, precision=args.precision)
         worker = ProfilerWorker(client, args.worker_id, get_backend(args.backend, **options))
 
     def on_sigterm(signum: int, frame: object) -> None:

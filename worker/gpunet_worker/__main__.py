@@ -21,7 +21,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from gpunet.rpc import ADDRESS_ENV, TOKEN_ENV
 from gpunet.rpc import tls
@@ -29,7 +29,7 @@ from gpunet.rpc import tls
 from .client import ControllerClient
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m gpunet_worker", description="Trainer or profiler worker of a gpunet search.")
     p.add_argument("role", choices=("trainer", "profiler"))
     p.add_argument("--controller", default=os.environ.get(ADDRESS_ENV, "127.0.0.1:50051"), help="controller host:port")
@@ -63,8 +63,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def profiler_backend(args: argparse.Namespace) -> Any:
+    """The latency backend of a profiler's flags (``--backend``, ``--latency-device``, ``--precision``, ...).
+
+    Every backend is given the device and the precision (and refuses what it cannot measure), so the layer keys a
+    profiler is sent, which name the spec's precision, always match the target it measures.
+    """
+    from gpunet.latency import get_backend
+
+    options = {"runs": args.runs, "warmup": args.warmup, "batch_size": args.batch_size,
+               "device": args.latency_device, "precision": args.precision}
+    if args.backend in ("onnxruntime", "torch") and args.latency_device == "cpu":
+        options["threads"] = args.threads or 1
+    return get_backend(args.backend, **options)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s {args.role} {args.worker_id} %(levelname)s %(message)s")
     token = args.token_file.read_text().strip() if args.token_file else os.environ.get(TOKEN_ENV)
@@ -90,17 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         worker = TrainerWorker(client, args.worker_id, device=device, seed=args.seed)
     else:
-        from gpunet.latency import get_backend
-
         from .profiler import ProfilerWorker
 
-        # Every backend takes the device and the precision (and refuses what it cannot measure), so the layer keys
-        # a profiler is sent always match the target it measures.
-        options = {"runs": args.runs, "warmup": args.warmup, "batch_size": args.batch_size,
-                   "device": args.latency_device, "precision": args.precision}
-        if args.backend in ("onnxruntime", "torch") and args.latency_device == "cpu":
-            options["threads"] = args.threads or 1
-        worker = ProfilerWorker(client, args.worker_id, get_backend(args.backend, **options))
+        worker = ProfilerWorker(client, args.worker_id, profiler_backend(args))
 
     def on_sigterm(signum: int, frame: object) -> None:
         logging.getLogger("gpunet_worker").warning("SIGTERM: saving and releasing the lease (preempted)")

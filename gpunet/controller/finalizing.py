@@ -38,6 +38,7 @@ from ..rpc import pb, phase_name
 from ..spec import SearchSpec
 from .errors import check_id, require
 from .leases import Lease, LeaseBook
+from .measurements import FINALIZING_FILE, FINALIZING_FORMAT, NetworkJob, read_progress
 from .state import PHASE_SUCCEEDED, ControllerState
 
 log = logging.getLogger(__name__)
@@ -46,40 +47,10 @@ log = logging.getLogger(__name__)
 PHASE_FINALIZING = phase_name(pb.SEARCH_PHASE_FINALIZING)
 #: Lease kind of a whole-network measurement (next to ``leases.CANDIDATE`` and ``leases.BATCH``).
 NETWORK = "network"
-FINALIZING_FILE = "finalizing.json"
-FINALIZING_FORMAT = "gpunet-finalizing/v1"
 #: Tries of one measurement (lease expiries and reported errors) before it is given up.
 MAX_ATTEMPTS = 3
 #: Default wait for profilers to measure every tier winner, in seconds (a GPU node may have to be scheduled first).
 DEFAULT_MEASURE_TIMEOUT_S = 1800.0
-
-
-@dataclass
-class NetworkJob:
-    """One end-to-end measurement: tier ``tier``'s best network.
-
-    ``result`` (once measured): ``{"latency_ms", "spread_ms", "runs", "backend", "backend_version", "device",
-    "precision", "batch_size", "worker_id", "measured_unix_s"}``; ``error`` the last error, and ``given_up`` set
-    when no more tries are made.
-    """
-
-    id: str
-    tier: int
-    candidate_id: str
-    architecture: dict[str, Any]
-    attempts: int = 0
-    result: dict[str, Any] | None = None
-    error: str = ""
-    given_up: bool = False
-
-    @property
-    def done(self) -> bool:
-        return self.result is not None or self.given_up
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "NetworkJob":
-        """A job as ``finalizing.json`` holds it (unknown keys are ignored; TypeError/KeyError if one is missing)."""
-        return cls(**{f: data[f] for f in cls.__dataclass_fields__ if f in data})
 
 
 class FinalizingStep(Protocol):
@@ -87,32 +58,6 @@ class FinalizingStep(Protocol):
 
     def run(self, now: float) -> bool:
         """Do (part of) the step outside the controller's lock; True once the step is done."""
-
-
-def _read_progress(state_dir: str | Path) -> dict[str, Any]:
-    """``finalizing.json`` of a state directory; empty when there is none or it is not ours (logged)."""
-    path = Path(state_dir) / FINALIZING_FILE
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        log.warning("%s is unreadable (%s); phase Finalizing starts over", path, exc)
-        return {}
-    if not isinstance(data, dict) or data.get("format") != FINALIZING_FORMAT:
-        log.warning("%s is not a %s file; phase Finalizing starts over", path, FINALIZING_FORMAT)
-        return {}
-    return data
-
-
-def read_network_measurements(state_dir: str | Path) -> dict[int, NetworkJob]:
-    """The end-to-end measurements of a state directory's ``finalizing.json``, by tier; empty when there is none."""
-    try:
-        jobs = [NetworkJob.from_dict(j) for j in _read_progress(state_dir).get("networks", [])]
-    except (TypeError, KeyError, AttributeError) as exc:
-        log.warning("%s holds a malformed measurement (%s); ignored", Path(state_dir) / FINALIZING_FILE, exc)
-        return {}
-    return {job.tier: job for job in jobs}
 
 
 class NetworkMeasurements:
@@ -306,7 +251,7 @@ class FinalizingStage:
         if self._planned or not self.steps:
             return
         self._planned = True
-        data = _read_progress(self.dir)
+        data = read_progress(self.dir)
         try:
             self.steps_done = [str(name) for name in data.get("steps_done", [])]
             self.measure.jobs = {j["id"]: NetworkJob.from_dict(j) for j in data.get("networks", [])}

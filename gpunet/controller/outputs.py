@@ -38,7 +38,7 @@ from typing import Any
 from ..errors import GpunetError
 from ..fileio import write_atomic, write_json_atomic
 from ..spec import SearchSpec
-from .finalizing import FINALIZING_FILE, NetworkJob, read_network_measurements
+from .measurements import FINALIZING_FILE, NetworkJob, read_network_measurements
 from .state import FINISHED, Candidate, ControllerState
 
 log = logging.getLogger(__name__)

@@ -142,19 +142,21 @@ def model_stats(arch: Architecture, model: nn.Module | None = None) -> ModelStat
     return ModelStats(params=count_params(model), flops=int(counter.get_total_flops()))
 
 
-def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int, int, int], opset: int = 17) -> Path:
+def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int, int, int], opset: int = 17,
+                dtype: torch.dtype = torch.float32) -> Path:
     """Export ``model`` (in eval mode) to ONNX with a fixed input shape ``N x C x H x W``.
 
     Uses the TorchScript-based exporter: measured here, it exports a gpunet-tiny network in 0.12 s where
     the torch.export-based exporter takes 3.3 s, and the latency profiler exports every layer it measures.
-    Returns the written path.
+    ``dtype`` is the graph's type, weights and input alike (``torch.float16`` for a strongly typed FP16 TensorRT
+    engine); the model is converted to it in place. Returns the written path.
     """
     import warnings
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
-    x = torch.randn(*input_shape)
+    model = model.eval().to(dtype)
+    x = torch.randn(*input_shape, dtype=dtype)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["output"], opset_version=opset, dynamo=False)

@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> Output | int:
     from ..controller.local import LocalRun, render_status, status_line
-    from ..controller.outputs import write_outputs
+    from ..controller.outputs import HubError, read_hub, write_outputs
     from ..fileio import write_atomic
     from ..rpc import TERMINAL_PHASES, pb, phase_name
     from ..spec import load_spec
@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> Output | int:
                     threads=args.threads, profiler_runs=args.profiler_runs, metrics_port=args.metrics_port)
     machine_readable = args.output != "table"
     say = (lambda *a: print(*a, file=sys.stderr)) if machine_readable else print
-    say(f"gpunet run: search {spec.name!r}, state in {run_.out}, controller on {run_.server.address}"
+    say(f"gpunet run: search {spec.name!r}, state in {run_.out}, controller on {run_.server.address} "
+        "(plaintext gRPC on loopback; a fresh token per run)"
         + (f", metrics on :{run_.server.metrics_port}/metrics" if run_.server.metrics_port else ""))
     interrupted = False
     status = None
@@ -89,6 +90,10 @@ def run(args: argparse.Namespace) -> Output | int:
     if status.phase == pb.SEARCH_PHASE_FAILED:
         print(f"gpunet: error: search failed: {status.message}", file=sys.stderr)
         return 1
-    hub = write_outputs(spec, run_.out, threads=run_.threads)
-    written = f"wrote {', '.join(Path(p).name for p in hub['files'].values())}, the weights and the ONNX files in {run_.out}"
+    try:  # written by the controller in phase Finalizing, before it said Succeeded
+        hub = read_hub(run_.out)
+    except HubError:  # a search that ended before phase Finalizing existed, or a deleted hub
+        hub = write_outputs(spec, run_.out)
+        hub.pop("files", None)
+    written = f"results (hub.json, hub.md, candidates.jsonl, weights/, onnx/, pareto.png) in {run_.out}"
     return Output(hub, lambda d: [*hub_view(d), written])

@@ -1,11 +1,17 @@
 """``python -m gpunet.controller``: run one search controller as a process (the controller pod).
 
     GPUNET_TOKEN=... python -m gpunet.controller --spec search.yaml --state-dir /data/state --port 50051 \\
-        --metrics-port 9090
+        --metrics-port 9090 --tls-cert /etc/gpunet/tls/tls.crt --tls-key /etc/gpunet/tls/tls.key
 
 The spec file is the ``NASSearch`` (or just its ``spec`` wrapped by the operator into a full document). The
-process serves until the search reaches a terminal phase, writes the result files into the state directory,
-and then keeps serving status (``--exit-when-done`` exits instead). SIGTERM stops it cleanly; a restart resumes.
+process serves until the search reaches a terminal phase and then keeps serving status (``--exit-when-done``
+exits instead). The result files are written into the state directory in phase Finalizing, before the search is
+Succeeded; profilers measure the tier winners for them (see :mod:`gpunet.controller.finalizing`). SIGTERM stops
+it cleanly; a restart resumes.
+
+TLS (:mod:`gpunet.rpc.tls`): ``--tls-cert``/``--tls-key`` (``GPUNET_TLS_CERT``/``GPUNET_TLS_KEY``) serve the port with
+TLS; ``--tls-client-ca`` (``GPUNET_TLS_CLIENT_CA``) also requires every client to present a certificate signed by
+that CA (mutual TLS). The token is checked on every call either way. Without them the port is plaintext.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ..rpc import TERMINAL_PHASES, TOKEN_ENV
+from ..rpc import TERMINAL_PHASES, TOKEN_ENV, tls
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,7 +41,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--exit-when-done", action="store_true",
                    help="exit 0 once the search has finished (after --linger-seconds, so polling workers hear 'done')")
     p.add_argument("--linger-seconds", type=float, default=10.0)
-    p.add_argument("--no-outputs", action="store_true", help="do not write hub/candidates/ONNX files at the end")
+    p.add_argument("--no-outputs", action="store_true",
+                   help="do not measure the tier winners nor write hub/candidates/ONNX files in phase Finalizing")
+    p.add_argument("--finalize-timeout-seconds", type=float,
+                   default=float(os.environ.get("GPUNET_FINALIZE_TIMEOUT_SECONDS", "1800")),
+                   help="how long phase Finalizing waits for profilers to measure the tier winners (default 1800)")
+    p.add_argument("--tls-cert", type=Path, help=f"PEM certificate chain of the gRPC port (${tls.TLS_CERT_ENV})")
+    p.add_argument("--tls-key", type=Path, help=f"PEM private key of that certificate (${tls.TLS_KEY_ENV})")
+    p.add_argument("--tls-client-ca", type=Path,
+                   help=f"PEM CA that client certificates must chain to: mutual TLS (${tls.TLS_CLIENT_CA_ENV})")
     p.add_argument("--log-level", default=os.environ.get("GPUNET_LOG_LEVEL", "INFO"))
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s controller %(levelname)s %(message)s")
@@ -44,34 +58,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gpunet.controller: error: no token: set ${TOKEN_ENV} or --token-file", file=sys.stderr)
         return 2
 
+    try:
+        credentials = tls.server_credentials_from_env(args.tls_cert, args.tls_key, args.tls_client_ca)
+    except tls.TLSError as exc:
+        print(f"gpunet.controller: error: {exc}", file=sys.stderr)
+        return 2
+
     from ..spec import load_spec
     from .core import SearchController
     from .service import ControllerServer
-    from .state import PHASE_SUCCEEDED
 
     spec = load_spec(args.spec)
-    controller = SearchController(spec, args.state_dir, lease_s=args.lease_seconds, searcher_processes=True)
-    server = ControllerServer(controller, token, f"{args.host}:{args.port}", metrics_port=args.metrics_port).start()
-    logging.info("serving search %s on %s:%d (phase %s)", spec.name, args.host, server.port, controller.state.phase)
+    controller = SearchController(spec, args.state_dir, lease_s=args.lease_seconds, searcher_processes=True,
+                                  results=not args.no_outputs, finalize_timeout_s=args.finalize_timeout_seconds)
+    server = ControllerServer(controller, token, f"{args.host}:{args.port}", metrics_port=args.metrics_port,
+                              credentials=credentials).start()
+    transport = ("TLS with client certificates (mutual TLS)" if args.tls_client_ca or os.environ.get(tls.TLS_CLIENT_CA_ENV)
+                 else "TLS") if credentials else "plaintext"
+    logging.info("serving search %s on %s:%d over %s (phase %s)", spec.name, args.host, server.port, transport,
+                 controller.state.phase)
+    if credentials is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.warning("the gRPC port is plaintext: the token and all messages cross the network in clear; "
+                        "serve TLS with --tls-cert and --tls-key")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    wrote = False
     done_at = None
     while not stop.wait(0.5):
         if done_at is not None and time.monotonic() - done_at >= args.linger_seconds:
             break
-        if controller.state.phase in TERMINAL_PHASES and not wrote:
-            wrote = True
-            if controller.state.phase == PHASE_SUCCEEDED and not args.no_outputs:
-                from .outputs import write_outputs
-
-                try:
-                    write_outputs(spec, args.state_dir)
-                except Exception:  # noqa: BLE001 - the search itself is done and saved
-                    logging.exception("writing the result files failed")
-            if args.exit_when_done:
-                done_at = time.monotonic()
+        if controller.state.phase in TERMINAL_PHASES and done_at is None and args.exit_when_done:
+            done_at = time.monotonic()
     server.stop()
     return 0
 

@@ -7,7 +7,9 @@ It runs the search as a phase machine and hands out work under leases:
 2. **Stratifying** (:mod:`.searching`): estimate every sampled network from the table and group them into the
    latency tiers of ``spec.latency.tiers``.
 3. **Searching** (:mod:`.searching`, :mod:`.trainers`): one searcher per tier proposes candidates; trainers train
-   them and report top-1 per epoch; the early-stopping rule ends poor ones. Then **Succeeded** (or **Failed**).
+   them and report top-1 per epoch; the early-stopping rule ends poor ones.
+4. **Finalizing** (:mod:`.finalizing`): profilers measure each tier's best network end to end on the target device,
+   then the result files are written. Then **Succeeded** (or **Failed** at any point).
 
 Fault tolerance:
 
@@ -42,6 +44,7 @@ from ..latency.profiling import DEFAULT_BATCH_SIZE
 from ..rpc import TERMINAL_PHASES, pb
 from ..spec import SearchSpec
 from .errors import check_id, require
+from .finalizing import DEFAULT_MEASURE_TIMEOUT_S, NETWORK, PHASE_FINALIZING, FinalizingStage, NetworkMeasurements
 from .leases import BATCH, CANDIDATE, LeaseBook, Roster
 from .metrics import ControllerMetrics
 from .profiling import ProfilingStage
@@ -77,6 +80,10 @@ class SearchController:
         round_interval_s: least time between two searcher rounds of a tier (``clock`` seconds).
         searcher_processes: run each tier's searcher in its own process (:class:`~.proposer.ProcessSearcher`) so
             that its model fits never hold this process's GIL; servers should, tests need not.
+        results: in phase Finalizing, have profilers measure each tier winner end to end and write the result
+            files into ``state_dir`` (:mod:`.finalizing`); False passes through Finalizing at once (no files).
+            The servers (``gpunet run``, ``python -m gpunet.controller``) do; unit tests of the core need not.
+        finalize_timeout_s: how long Finalizing waits for profilers to measure the tier winners, in seconds.
 
     Call :meth:`start` to run the driver thread, :meth:`close` to stop it.
     """
@@ -84,7 +91,8 @@ class SearchController:
     def __init__(self, spec: SearchSpec, state_dir: str | Path, *, lease_s: float = 60.0,
                  clock: Callable[[], float] = time.time, max_pool: int = MAX_POOL,
                  profile_batch_size: int = DEFAULT_BATCH_SIZE, metrics: ControllerMetrics | None = None,
-                 round_interval_s: float = MIN_ROUND_INTERVAL_S, searcher_processes: bool = False) -> None:
+                 round_interval_s: float = MIN_ROUND_INTERVAL_S, searcher_processes: bool = False,
+                 results: bool = False, finalize_timeout_s: float = DEFAULT_MEASURE_TIMEOUT_S) -> None:
         from ..latency import LatencyTable
 
         self.spec = spec
@@ -109,8 +117,10 @@ class SearchController:
         self.trainers = TrainerDesk(spec, self.state, self.dir, self.leases, self.roster, self.metrics, self._should_stop, now)
         self.searching = SearchStage(spec, self.state, self.dir, self.trainers, self.roster, self.lock, self._save,
                                      max_pool=max_pool, round_interval_s=round_interval_s, searcher_processes=searcher_processes)
+        self.finalizing = FinalizingStage(spec, self.state, self.dir, self.leases, self.lock, results=results,
+                                          measure_timeout_s=finalize_timeout_s)
         phase = self.state.phase
-        if phase in (PHASE_SEARCHING, *TERMINAL_PHASES) and self.searching.path.exists():
+        if phase in (PHASE_SEARCHING, PHASE_FINALIZING, *TERMINAL_PHASES) and self.searching.path.exists():
             self.searching.load()
         elif phase in (PHASE_STRATIFYING, PHASE_SEARCHING):
             self.state.phase = PHASE_PROFILING  # the stratification was not written: redo it
@@ -224,7 +234,15 @@ class SearchController:
             self.searching.drive(self.clock())
             with self.lock:
                 if self.state.phase == PHASE_SEARCHING and self.searching.done():
-                    self._set_phase(PHASE_SUCCEEDED, "search finished")
+                    self._set_phase(PHASE_FINALIZING, "search finished; measuring the tier winners, writing results")
+        if self.state.phase == PHASE_FINALIZING:
+            finished = self.finalizing.drive(self.clock())
+            with self.lock:
+                if finished:
+                    self._set_phase(PHASE_SUCCEEDED, "search finished; results written")
+                elif self.finalizing.message() != self.state.message:
+                    self.state.message = self.finalizing.message()
+                    self._save()
         with self.lock:
             refresh_metrics(self.metrics, self.state, self.profiling, len(self.spec.latency.tiers))
 
@@ -237,6 +255,8 @@ class SearchController:
             for lease in expired:
                 if lease.kind == CANDIDATE:
                     changed.append(self.trainers.expire(lease, now))
+                elif lease.kind == NETWORK:
+                    self.finalizing.expire(lease)
                 else:
                     self.leases.release(lease)  # the batch waits for the next profiler
                 self.state.lease_expiries += 1
@@ -262,6 +282,8 @@ class SearchController:
                     response, cand = self.trainers.work(req, now)
                     if cand is not None:
                         self._save(cand)
+                elif self.state.phase == PHASE_FINALIZING:
+                    response = self.finalizing.work(req, now)
                 else:
                     response, changed = self.profiling.work(req, now)
                     if changed:
@@ -269,7 +291,7 @@ class SearchController:
                         self._wake.set()
         kind_name = "trainer" if req.kind == pb.WORKER_KIND_TRAINER else "profiler"
         self.metrics.work_requests.labels(kind_name, response.WhichOneof("work")).inc()
-        if response.WhichOneof("work") in ("candidate", "layers"):
+        if response.WhichOneof("work") in ("candidate", "layers", "network"):
             self._wake.set()
         return response
 
@@ -280,6 +302,12 @@ class SearchController:
         self.leases.renew(lease, now)
         if lease.kind == CANDIDATE:
             return pb.WorkResponse(candidate=self.trainers.assignment(lease))
+        if lease.kind == NETWORK:
+            network = self.finalizing.assignment(lease)
+            if network is not None:
+                return pb.WorkResponse(network=network)
+            self.leases.release(lease)
+            return None
         assignment = self.profiling.assignment(lease)
         if assignment is not None:
             return pb.WorkResponse(layers=assignment)
@@ -305,7 +333,17 @@ class SearchController:
         return response
 
     def report_latencies(self, req: pb.LatencyReport) -> pb.LatencyResponse:
-        """Store a batch's measured layer latencies in the latency table."""
+        """Store a batch's measured layer latencies in the latency table, or a network's end-to-end latency."""
+        if req.HasField("network"):
+            NetworkMeasurements.parse(req)
+            with self.lock:
+                response = self.finalizing.measure.store(req, self.clock())
+                if not response.accepted:
+                    self.metrics.reports_ignored.labels("latencies").inc()
+                    return response
+                self.roster.saw(req.worker_id, pb.WORKER_KIND_PROFILER, self.clock())
+            self._wake.set()
+            return response
         parsed = self.profiling.parse(req)
         with self.lock:
             response = self.profiling.store(req, parsed)
@@ -331,8 +369,8 @@ class SearchController:
             if req.reason == pb.RELEASE_REASON_PREEMPTED:
                 self.state.preemptions += 1
                 self.metrics.preemptions.inc()
-            if lease.kind == BATCH:
-                self.leases.release(lease)  # the batch waits for the next profiler
+            if lease.kind in (BATCH, NETWORK):
+                self.leases.release(lease)  # the batch or network waits for the next profiler
                 self._save()
                 return pb.ReleaseResponse(released=True, work_id=lease.work_id, requeued=True)
             response, cand = self.trainers.release(lease, req, self.clock())

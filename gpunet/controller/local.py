@@ -4,6 +4,10 @@ The controller runs in this process (gRPC on 127.0.0.1, a random port, a fresh t
 trainers run as ``python -m gpunet_worker`` subprocesses. Everything lives in the output directory, so rerunning
 with the same directory resumes the search. Ctrl-C sends SIGTERM to the workers (they release their leases as
 ``preempted``), saves the controller's state and exits.
+
+The gRPC port is plaintext: it listens on 127.0.0.1 only, and the token is fresh per run and handed to the workers
+in their environment. Profilers run while the latency table fills and again, one of them, in phase Finalizing to
+measure each tier's best network end to end (one at a time, so that CPU measurements do not disturb each other).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from ..rpc import TERMINAL_PHASES, TOKEN_ENV, pb, phase_name
 from ..spec import SearchSpec
 from .core import SearchController
 from .errors import WorkersCrashedError
+from .finalizing import PHASE_FINALIZING
 from .service import ControllerServer
 from .state import PHASE_PROFILING
 
@@ -67,11 +72,12 @@ class LocalRun:
         lease_s: lease duration of the controller, in seconds.
         threads: CPU threads per trainer (default: the machine's cores divided among the trainers).
         profiler_runs: timed runs per layer measurement (None: the backend's default).
+        finalize_timeout_s: how long phase Finalizing waits for the tier winners' end-to-end measurements.
     """
 
     def __init__(self, spec: SearchSpec, out_dir: str | Path, *, workers: int = 2, profilers: int = 2,
                  lease_s: float = 30.0, threads: int | None = None, profiler_runs: int | None = None,
-                 metrics_port: int | None = None) -> None:
+                 metrics_port: int | None = None, finalize_timeout_s: float = 600.0) -> None:
         from ..data import available_cpus
 
         self.spec, self.out = spec, Path(out_dir).resolve()
@@ -81,7 +87,9 @@ class LocalRun:
         self.profiler_runs = profiler_runs
         self.token = secrets.token_urlsafe(24)
         worker_command()  # fail before the controller starts, not in every worker
-        self.controller = SearchController(spec, self.out, lease_s=lease_s, searcher_processes=True)
+        self.controller = SearchController(spec, self.out, lease_s=lease_s, searcher_processes=True, results=True,
+                                           finalize_timeout_s=finalize_timeout_s)
+        self._finalizing_spawns = 0
         self.server = ControllerServer(self.controller, self.token, "127.0.0.1:0", metrics_port=metrics_port)
         self.procs: list[WorkerProcess] = []
         self.started = time.time()
@@ -112,7 +120,9 @@ class LocalRun:
             return self
         if self.controller.state.phase == PHASE_PROFILING:
             self.procs += [self._spawn("profiler", i) for i in range(self.n_profilers)]
-        self.procs += [self._spawn("trainer", i) for i in range(self.n_workers)]
+        if self.controller.state.phase != PHASE_FINALIZING:
+            self.procs += [self._spawn("trainer", i) for i in range(self.n_workers)]
+        self.supervise()
         return self
 
     def supervise(self) -> None:
@@ -132,6 +142,29 @@ class LocalRun:
             fresh = self._spawn(w.role, int(w.worker_id.rsplit("-", 1)[1]))
             fresh.restarts, fresh.exit_codes = w.restarts + 1, w.exit_codes
             self.procs[i] = fresh
+        if phase == PHASE_FINALIZING:
+            self._finalizing_profiler()
+
+    def _finalizing_profiler(self) -> None:
+        """Keep one profiler running while phase Finalizing has tier winners to measure; give the measurements up
+        (the search then succeeds without them) when it keeps crashing."""
+        with self.controller.lock:
+            needed = self.controller.finalizing.needs_profiler()
+        if not needed or any(w.role == "profiler" and w.proc.poll() is None for w in self.procs):
+            return
+        if self._finalizing_spawns > MAX_WORKER_RESTARTS:
+            with self.controller.lock:
+                self.controller.finalizing.measure.abandon(
+                    f"the profiler of phase Finalizing exited {self._finalizing_spawns} times; see {self.out / 'logs'}")
+            return
+        self._finalizing_spawns += 1
+        old = next((i for i, w in enumerate(self.procs) if w.role == "profiler"), None)
+        fresh = self._spawn("profiler", 0)
+        if old is None:
+            self.procs.append(fresh)
+        else:
+            self.procs[old].log.close()
+            self.procs[old] = fresh
 
     def alive(self) -> int:
         return sum(w.proc.poll() is None for w in self.procs)

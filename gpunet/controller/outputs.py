@@ -3,9 +3,15 @@
 - ``candidates.jsonl``: one JSON object per candidate (every line has an ``"id"``).
 - ``hub.json`` (format :data:`HUB_FORMAT`): ``{"format", "search", "phase", "target", "preprocessing": {"mean",
   "std"}, "tiers": [{"target_ms", "candidate_id", "vector", "top1" (fraction, the best epoch), "latency_ms_estimated",
-  "latency_ms_measured", "params_m", "gflops", "architecture", "weights", "weights_top1", "weights_ema", "onnx"},
-  ...]}``, one entry per latency tier in ``spec.latency.tiers`` order (``candidate_id`` null for a tier without a
-  result). Paths are relative to the hub's folder.
+  "latency_ms_measured", "latency_measured_on", "latency_measurement_error", "params_m", "gflops", "architecture",
+  "weights", "weights_top1", "weights_ema", "onnx"}, ...]}``, one entry per latency tier in ``spec.latency.tiers``
+  order (``candidate_id`` null for a tier without a result). Paths are relative to the hub's folder.
+  Where each latency was measured: ``latency_ms_estimated`` is the sum of the latency table's layer latencies,
+  measured by profilers on ``target`` (``{"backend", "device", "precision", "batch_size"}``);
+  ``latency_ms_measured`` is the whole network's median latency measured by a profiler in phase Finalizing
+  (:mod:`.finalizing`), and ``latency_measured_on`` says where and how: ``{"backend", "backend_version", "device"
+  (the device's name), "precision", "batch_size", "runs", "worker_id"}``. Without a measurement both are null and
+  ``latency_measurement_error`` says why.
 - ``weights/<candidate>.safetensors``: the state dict of each tier winner's network as trained (the last epoch's
   checkpoint; its EMA weights when they scored the higher top-1), with the architecture in the file's metadata.
   ``weights_top1`` is that checkpoint's top-1. :func:`gpunet.hub.load` turns it back into a module.
@@ -14,9 +20,9 @@
 - ``onnx/tier-<t>-<candidate>.onnx``: the best network of each tier with its trained weights.
 
 Every file is written atomically (:mod:`gpunet.fileio`). Training checkpoints are read with
-``torch.load(weights_only=True)``: nothing is unpickled. Needs torch (weights, ONNX, FLOPs), matplotlib and a latency
-backend for the measured latency; each of these parts is skipped with a note when it fails, so the JSON outputs are
-always written. :func:`read_hub` and :func:`select_tier` read a hub back without torch.
+``torch.load(weights_only=True)``: nothing is unpickled. Needs torch (weights, ONNX, FLOPs) and matplotlib; each of
+these parts is skipped with a note when it fails, so the JSON outputs are always written. Nothing is timed here: the
+controller that writes these files may run on another machine than the target device. :func:`read_hub` and :func:`select_tier` read a hub back without torch.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import Any
 from ..errors import GpunetError
 from ..fileio import write_atomic, write_json_atomic
 from ..spec import SearchSpec
+from .measurements import FINALIZING_FILE, NetworkJob, read_network_measurements
 from .state import FINISHED, Candidate, ControllerState
 
 log = logging.getLogger(__name__)
@@ -112,13 +119,15 @@ def _export_onnx(model: Any, arch: Any, path: Path) -> None:
 
 
 def write_outputs(spec: SearchSpec, state_dir: str | Path, out_dir: str | Path | None = None, *,
-                  measure: bool = True, export: bool = True, threads: int = 1) -> dict[str, Any]:
+                  measure: bool = True, export: bool = True, phase: str | None = None) -> dict[str, Any]:
     """Write the result files of the search in ``state_dir`` into ``out_dir`` (default: ``state_dir``).
 
     Args:
-        measure: measure each tier winner's end-to-end latency with the spec's backend.
+        measure: record each tier winner's end-to-end latency as phase Finalizing measured it on a profiler
+            (``finalizing.json`` in ``state_dir``); False leaves ``latency_ms_measured`` null.
         export: also export each tier winner to ONNX (its weights are written whenever its checkpoint is readable).
-        threads: CPU threads of the latency backend.
+        phase: the phase to record in ``hub.json`` (default: the state's). Finalizing writes the files just before
+            it sets ``Succeeded`` and records that.
 
     Returns the hub (``hub.json``'s content) with the written paths under ``"files"``.
     """
@@ -134,24 +143,13 @@ def write_outputs(spec: SearchSpec, state_dir: str | Path, out_dir: str | Path |
     files["candidates"] = str(out / "candidates.jsonl")
 
     space = spec.space()
-    backend = None
-    if measure:
-        try:
-            from ..latency import get_backend
-
-            options: dict[str, Any] = {"batch_size": spec.latency.batch_size}
-            if spec.latency.device == "cpu":
-                options["threads"] = threads
-            if spec.latency.backend == "torch":
-                options.update(device=spec.latency.device, precision=spec.latency.precision)
-            backend = get_backend(spec.latency.backend, **options)
-        except Exception as exc:  # noqa: BLE001 - the hub is written without measured latencies
-            log.warning("no latency backend for measured latencies: %s", exc)
+    measured = read_network_measurements(state_dir) if measure else {}
 
     tiers = []
     for t, best in enumerate(best_per_tier(candidates, len(spec.latency.tiers))):
         entry: dict[str, Any] = {"target_ms": spec.latency.tiers[t], "candidate_id": None, "vector": None, "top1": None,
-                                 "latency_ms_estimated": None, "latency_ms_measured": None, "params_m": None,
+                                 "latency_ms_estimated": None, "latency_ms_measured": None,
+                                 "latency_measured_on": None, "latency_measurement_error": None, "params_m": None,
                                  "gflops": None, "architecture": None, "weights": None, "weights_top1": None,
                                  "weights_ema": None, "onnx": None}
         if best is not None:
@@ -164,17 +162,11 @@ def write_outputs(spec: SearchSpec, state_dir: str | Path, out_dir: str | Path |
                 entry.update(params_m=round(stats.params_m, 4), gflops=round(stats.gflops, 6))
             except Exception as exc:  # noqa: BLE001
                 log.warning("model stats of %s failed: %s", best.id, exc)
-            if backend is not None:
-                try:
-                    entry["latency_ms_measured"] = _num(backend.measure_network(arch).median_ms)
-                except Exception as exc:  # noqa: BLE001
-                    log.warning("measuring %s failed: %s", best.id, exc)
+            entry.update(_measured_latency(measured.get(t), best.id, measure))
             if best.checkpoint and Path(best.checkpoint).exists():
                 _write_winner(best, t, out, entry, export)
         tiers.append(entry)
-    if backend is not None:
-        backend.close()
-    hub = {"format": HUB_FORMAT, "search": spec.name, "phase": state.phase, "target": state.target,
+    hub = {"format": HUB_FORMAT, "search": spec.name, "phase": phase or state.phase, "target": state.target,
            "preprocessing": _preprocessing(spec), "tiers": tiers}
     write_json_atomic(out / HUB_FILE, hub)
     files["hub_json"] = str(out / HUB_FILE)
@@ -186,6 +178,20 @@ def write_outputs(spec: SearchSpec, state_dir: str | Path, out_dir: str | Path |
     except Exception as exc:  # noqa: BLE001
         log.warning("pareto plot failed: %s", exc)
     return {**hub, "files": files}
+
+
+def _measured_latency(job: NetworkJob | None, candidate_id: str, measure: bool) -> dict[str, Any]:
+    """The ``latency_ms_measured``, ``latency_measured_on`` and ``latency_measurement_error`` of a tier winner."""
+    if not measure:
+        return {"latency_measurement_error": "not recorded (measure=False)"}
+    if job is None or job.candidate_id != candidate_id:
+        return {"latency_measurement_error": "not measured end to end: no measurement of this network in "
+                                             f"{FINALIZING_FILE} (the search did not pass through phase Finalizing)"}
+    if job.result is None:
+        return {"latency_measurement_error": job.error or "not measured end to end"}
+    r = job.result
+    on = {k: r.get(k) for k in ("backend", "backend_version", "device", "precision", "batch_size", "runs", "worker_id")}
+    return {"latency_ms_measured": _num(r.get("latency_ms")), "latency_measured_on": on}
 
 
 def _write_winner(best: Candidate, tier: int, out: Path, entry: dict[str, Any], export: bool) -> None:
@@ -305,6 +311,15 @@ def hub_markdown(hub: dict[str, Any], spec: SearchSpec) -> str:
             f"| {fmt(e['latency_ms_estimated'], '.4f')} | {fmt(e['latency_ms_measured'], '.4f')} | {fmt(e['params_m'], '.3f')} "
             f"| {fmt(e['gflops'], '.4f')} | {e['weights'] or '–'} | {e['onnx'] or '–'} | `{e['vector'] if e['vector'] else '–'}` |"
         )
+    lines.append("")
+    for e in hub["tiers"]:
+        if not e.get("candidate_id"):
+            continue
+        on = e.get("latency_measured_on")
+        where = (f"{on.get('backend_version') or on.get('backend')} {on.get('precision')}, batch {on.get('batch_size')}, "
+                 f"on {on.get('device')} ({on.get('runs')} runs, profiler {on.get('worker_id')})") if on else \
+            f"not measured: {e.get('latency_measurement_error') or 'unknown'}"
+        lines.append(f"- {e['candidate_id']}: end-to-end latency {where}")
     return "\n".join(lines) + "\n"
 
 

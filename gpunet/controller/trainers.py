@@ -21,6 +21,7 @@ from ..spec import SearchSpec
 from .errors import UnknownWorkError, check_id, require
 from .leases import CANDIDATE, Lease, LeaseBook, Roster
 from .metrics import ControllerMetrics
+from .finalizing import PHASE_FINALIZING
 from .state import COMPLETED, FAILED, FINISHED, PHASE_SEARCHING, QUEUED, RUNNING, STOPPED, Candidate, ControllerState
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,8 @@ class TrainerDesk:
     def work(self, req: pb.WorkRequest, now: float) -> tuple[pb.WorkResponse, Candidate | None]:
         """A free trainer's request: the next queued candidate under a new lease, Wait or Done."""
         phase = self.state.phase
-        if phase in TERMINAL_PHASES:
-            return pb.WorkResponse(done=pb.Done(reason=f"search {phase.lower()}")), None
+        if phase in TERMINAL_PHASES or phase == PHASE_FINALIZING:
+            return pb.WorkResponse(done=pb.Done(reason=f"search {phase.lower()}: no candidate left to train")), None
         if phase != PHASE_SEARCHING:
             return pb.WorkResponse(wait=pb.Wait(retry_after_s=2.0, reason=f"latency table being prepared ({phase})")), None
         queued = list(self._queued.values())

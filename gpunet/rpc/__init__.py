@@ -103,13 +103,18 @@ class _Details(grpc.ClientCallDetails):
         self.compression = getattr(base, "compression", None)
 
 
-def connect(address: str, token: str | None, options: list[tuple[str, Any]] | None = None) -> pb_grpc.SearchControllerServiceStub:
-    """A stub of the controller at ``address`` (``host:port``, plaintext) that sends ``token`` on every call.
+def connect(address: str, token: str | None, options: list[tuple[str, Any]] | None = None,
+            credentials: grpc.ChannelCredentials | None = None) -> pb_grpc.SearchControllerServiceStub:
+    """A stub of the controller at ``address`` (``host:port``) that sends ``token`` on every call.
 
+    ``credentials`` (:func:`gpunet.rpc.tls.channel_credentials`) make it a TLS channel; None is plaintext.
     ``token=None`` sends no token (the controller then answers UNAUTHENTICATED). The channel is reachable as
     ``stub.channel`` for closing.
     """
-    channel = grpc.insecure_channel(address, options=options or [])
+    if credentials is not None:
+        channel = grpc.secure_channel(address, credentials, options=options or [])
+    else:
+        channel = grpc.insecure_channel(address, options=options or [])
     if token is not None:
         channel = grpc.intercept_channel(channel, _TokenInterceptor(token))
     stub = pb_grpc.SearchControllerServiceStub(channel)

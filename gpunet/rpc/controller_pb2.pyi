@@ -37,6 +37,7 @@ class SearchPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SEARCH_PHASE_SEARCHING: _ClassVar[SearchPhase]
     SEARCH_PHASE_SUCCEEDED: _ClassVar[SearchPhase]
     SEARCH_PHASE_FAILED: _ClassVar[SearchPhase]
+    SEARCH_PHASE_FINALIZING: _ClassVar[SearchPhase]
 WORKER_KIND_UNSPECIFIED: WorkerKind
 WORKER_KIND_TRAINER: WorkerKind
 WORKER_KIND_PROFILER: WorkerKind
@@ -55,6 +56,7 @@ SEARCH_PHASE_STRATIFYING: SearchPhase
 SEARCH_PHASE_SEARCHING: SearchPhase
 SEARCH_PHASE_SUCCEEDED: SearchPhase
 SEARCH_PHASE_FAILED: SearchPhase
+SEARCH_PHASE_FINALIZING: SearchPhase
 
 class WorkRequest(_message.Message):
     __slots__ = ("worker_id", "kind", "device")
@@ -67,16 +69,18 @@ class WorkRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., kind: _Optional[_Union[WorkerKind, str]] = ..., device: _Optional[str] = ...) -> None: ...
 
 class WorkResponse(_message.Message):
-    __slots__ = ("candidate", "layers", "wait", "done")
+    __slots__ = ("candidate", "layers", "wait", "done", "network")
     CANDIDATE_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
     candidate: TrainingAssignment
     layers: ProfilingAssignment
     wait: Wait
     done: Done
-    def __init__(self, candidate: _Optional[_Union[TrainingAssignment, _Mapping]] = ..., layers: _Optional[_Union[ProfilingAssignment, _Mapping]] = ..., wait: _Optional[_Union[Wait, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ...) -> None: ...
+    network: NetworkMeasurementAssignment
+    def __init__(self, candidate: _Optional[_Union[TrainingAssignment, _Mapping]] = ..., layers: _Optional[_Union[ProfilingAssignment, _Mapping]] = ..., wait: _Optional[_Union[Wait, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., network: _Optional[_Union[NetworkMeasurementAssignment, _Mapping]] = ...) -> None: ...
 
 class TrainingAssignment(_message.Message):
     __slots__ = ("candidate_id", "lease_id", "tier_index", "target_ms", "vector", "architecture_json", "training_json", "resume_checkpoint", "checkpoint_path", "lease_deadline_unix_s", "lease_duration_s", "attempt", "start_epoch")
@@ -129,6 +133,28 @@ class ProfilingAssignment(_message.Message):
     lease_deadline_unix_s: float
     lease_duration_s: float
     def __init__(self, batch_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., layer_keys_json: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., precision: _Optional[str] = ..., batch_size: _Optional[int] = ..., lease_deadline_unix_s: _Optional[float] = ..., lease_duration_s: _Optional[float] = ...) -> None: ...
+
+class NetworkMeasurementAssignment(_message.Message):
+    __slots__ = ("measurement_id", "lease_id", "lease_deadline_unix_s", "lease_duration_s", "backend", "device", "precision", "batch_size", "architecture_json")
+    MEASUREMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_DEADLINE_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    LEASE_DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_JSON_FIELD_NUMBER: _ClassVar[int]
+    measurement_id: str
+    lease_id: str
+    lease_deadline_unix_s: float
+    lease_duration_s: float
+    backend: str
+    device: str
+    precision: str
+    batch_size: int
+    architecture_json: str
+    def __init__(self, measurement_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., lease_deadline_unix_s: _Optional[float] = ..., lease_duration_s: _Optional[float] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., precision: _Optional[str] = ..., batch_size: _Optional[int] = ..., architecture_json: _Optional[str] = ...) -> None: ...
 
 class Wait(_message.Message):
     __slots__ = ("retry_after_s", "reason")
@@ -227,18 +253,36 @@ class LayerMeasurement(_message.Message):
     def __init__(self, layer_key_json: _Optional[str] = ..., latency_ms: _Optional[float] = ..., error: _Optional[str] = ..., spread_ms: _Optional[float] = ..., runs: _Optional[int] = ..., backend_version: _Optional[str] = ...) -> None: ...
 
 class LatencyReport(_message.Message):
-    __slots__ = ("worker_id", "batch_id", "lease_id", "measurements", "device")
+    __slots__ = ("worker_id", "batch_id", "lease_id", "measurements", "device", "network")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     MEASUREMENTS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     batch_id: str
     lease_id: str
     measurements: _containers.RepeatedCompositeFieldContainer[LayerMeasurement]
     device: str
-    def __init__(self, worker_id: _Optional[str] = ..., batch_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., measurements: _Optional[_Iterable[_Union[LayerMeasurement, _Mapping]]] = ..., device: _Optional[str] = ...) -> None: ...
+    network: NetworkMeasurement
+    def __init__(self, worker_id: _Optional[str] = ..., batch_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., measurements: _Optional[_Iterable[_Union[LayerMeasurement, _Mapping]]] = ..., device: _Optional[str] = ..., network: _Optional[_Union[NetworkMeasurement, _Mapping]] = ...) -> None: ...
+
+class NetworkMeasurement(_message.Message):
+    __slots__ = ("latency_ms", "spread_ms", "runs", "backend_version", "device_name", "error")
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    SPREAD_MS_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    latency_ms: float
+    spread_ms: float
+    runs: int
+    backend_version: str
+    device_name: str
+    error: str
+    def __init__(self, latency_ms: _Optional[float] = ..., spread_ms: _Optional[float] = ..., runs: _Optional[int] = ..., backend_version: _Optional[str] = ..., device_name: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class LatencyResponse(_message.Message):
     __slots__ = ("accepted", "stored", "reason")

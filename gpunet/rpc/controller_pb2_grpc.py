@@ -75,9 +75,9 @@ class SearchControllerServiceServicer:
     """
 
     def RequestWork(self, request, context):
-        """A free worker asks for work. The answer is a candidate to train, a batch of layers to profile, "wait"
-        (nothing to do right now, ask again later) or "done" (the search is over; exit). Asking again while
-        holding a lease returns the same assignment with its lease renewed.
+        """A free worker asks for work. The answer is a candidate to train, a batch of layers to profile, a whole
+        network to measure (phase Finalizing), "wait" (nothing to do right now, ask again later) or "done" (the
+        search is over; exit). Asking again while holding a lease returns the same assignment with its lease renewed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -99,7 +99,8 @@ class SearchControllerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportLatencies(self, request, context):
-        """A profiler reports the measured latencies of its batch of layers.
+        """A profiler reports the measured latencies of its batch of layers, or the end-to-end latency of the whole
+        network it was given (LatencyReport.network).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

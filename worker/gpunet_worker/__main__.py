@@ -5,6 +5,11 @@ Configuration comes from flags or the environment (what the operator's pods set)
 - ``--controller`` / ``GPUNET_CONTROLLER``: ``host:port`` of the search controller.
 - ``GPUNET_TOKEN``: the search's token (``--token-file`` reads it from a file instead).
 - ``--worker-id`` / ``GPUNET_WORKER_ID`` (else ``POD_NAME``, else ``<hostname>-<pid>``): stable worker id.
+- TLS (:mod:`gpunet.rpc.tls`): ``--tls-ca`` / ``GPUNET_TLS_CA`` (the CA of the controller's certificate),
+  ``--tls-cert`` / ``GPUNET_TLS_CERT`` and ``--tls-key`` / ``GPUNET_TLS_KEY`` (this worker's certificate, when the
+  controller requires mutual TLS), ``--tls-server-name`` / ``GPUNET_TLS_SERVER_NAME`` (check the controller's
+  certificate against this name instead of the address's host), ``--tls`` / ``GPUNET_TLS=1`` (TLS with the
+  system's CA roots). Any of them makes the channel TLS; none is plaintext.
 """
 
 from __future__ import annotations
@@ -16,14 +21,15 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from gpunet.rpc import ADDRESS_ENV, TOKEN_ENV
+from gpunet.rpc import tls
 
 from .client import ControllerClient
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m gpunet_worker", description="Trainer or profiler worker of a gpunet search.")
     p.add_argument("role", choices=("trainer", "profiler"))
     p.add_argument("--controller", default=os.environ.get(ADDRESS_ENV, "127.0.0.1:50051"), help="controller host:port")
@@ -42,19 +48,53 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-device", default=os.environ.get("GPUNET_LATENCY_DEVICE", "cpu"))
     p.add_argument("--batch-size", type=int, default=int(os.environ.get("GPUNET_LATENCY_BATCH_SIZE", "1")))
     p.add_argument("--give-up-after", type=float, default=None, help="seconds without the controller before exiting 1")
+    env = os.environ.get
+    p.add_argument("--tls", action="store_true", default=env(tls.TLS_ENV, "") in ("1", "true"),
+                   help=f"TLS with the system's CA roots (${tls.TLS_ENV}=1; implied by the other --tls-* options)")
+    p.add_argument("--tls-ca", type=Path, default=env(tls.TLS_CA_ENV) or None,
+                   help=f"PEM CA certificates of the controller's certificate (${tls.TLS_CA_ENV})")
+    p.add_argument("--tls-cert", type=Path, default=env(tls.TLS_CERT_ENV) or None,
+                   help=f"this worker's PEM certificate, for mutual TLS (${tls.TLS_CERT_ENV})")
+    p.add_argument("--tls-key", type=Path, default=env(tls.TLS_KEY_ENV) or None,
+                   help=f"this worker's PEM private key, for mutual TLS (${tls.TLS_KEY_ENV})")
+    p.add_argument("--tls-server-name", default=env(tls.TLS_SERVER_NAME_ENV) or None,
+                   help=f"name the controller's certificate is checked against (${tls.TLS_SERVER_NAME_ENV})")
     p.add_argument("--log-level", default=os.environ.get("GPUNET_LOG_LEVEL", "INFO"))
     return p
 
 
+def profiler_backend(args: argparse.Namespace) -> Any:
+    """The latency backend of a profiler's flags (``--backend``, ``--latency-device``, ``--precision``, ...).
+
+    Every backend is given the device and the precision (and refuses what it cannot measure), so the layer keys a
+    profiler is sent, which name the spec's precision, always match the target it measures.
+    """
+    from gpunet.latency import get_backend
+
+    options = {"runs": args.runs, "warmup": args.warmup, "batch_size": args.batch_size,
+               "device": args.latency_device, "precision": args.precision}
+    if args.backend in ("onnxruntime", "torch") and args.latency_device == "cpu":
+        options["threads"] = args.threads or 1
+    return get_backend(args.backend, **options)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s {args.role} {args.worker_id} %(levelname)s %(message)s")
     token = args.token_file.read_text().strip() if args.token_file else os.environ.get(TOKEN_ENV)
     if not token:
         print(f"gpunet_worker: error: no token: set ${TOKEN_ENV} or --token-file", file=sys.stderr)
         return 2
-    client = ControllerClient(args.controller, token, give_up_s=args.give_up_after)
+    try:
+        credentials = None
+        if args.tls or args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name:
+            credentials = tls.channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+    except tls.TLSError as exc:
+        print(f"gpunet_worker: error: {exc}", file=sys.stderr)
+        return 2
+    client = ControllerClient(args.controller, token, give_up_s=args.give_up_after, credentials=credentials,
+                              options=tls.channel_options(args.tls_server_name) if credentials else None)
     if args.role == "trainer":
         import torch
 
@@ -65,16 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         worker = TrainerWorker(client, args.worker_id, device=device, seed=args.seed)
     else:
-        from gpunet.latency import get_backend
-
         from .profiler import ProfilerWorker
 
-        options = {"runs": args.runs, "warmup": args.warmup, "batch_size": args.batch_size}
-        if args.backend in ("onnxruntime", "torch") and args.latency_device == "cpu":
-            options["threads"] = args.threads or 1
-        if args.backend == "torch":
-            options.update(device=args.latency_device, precision=args.precision)
-        worker = ProfilerWorker(client, args.worker_id, get_backend(args.backend, **options))
+        worker = ProfilerWorker(client, args.worker_id, profiler_backend(args))
 
     def on_sigterm(signum: int, frame: object) -> None:
         logging.getLogger("gpunet_worker").warning("SIGTERM: saving and releasing the lease (preempted)")

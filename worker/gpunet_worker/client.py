@@ -33,14 +33,17 @@ class ControllerClient:
         backoff_s: first retry delay; it doubles up to ``max_backoff_s`` (each delay jittered by +-25%).
         give_up_s: stop retrying after this many seconds without an answer (None: never).
         stop: an event that aborts retrying (e.g. set on SIGTERM) with :class:`ControllerUnreachable`.
+        credentials: TLS channel credentials (:func:`gpunet.rpc.tls.channel_credentials`); None: plaintext.
+        options: gRPC channel options (e.g. :func:`gpunet.rpc.tls.channel_options`).
     """
 
     def __init__(self, address: str, token: str | None, *, timeout_s: float = 10.0, backoff_s: float = 0.2,
-                 max_backoff_s: float = 10.0, give_up_s: float | None = None, stop: threading.Event | None = None) -> None:
+                 max_backoff_s: float = 10.0, give_up_s: float | None = None, stop: threading.Event | None = None,
+                 credentials: grpc.ChannelCredentials | None = None, options: list[tuple[str, Any]] | None = None) -> None:
         self.address, self.timeout_s = address, timeout_s
         self.backoff_s, self.max_backoff_s, self.give_up_s = backoff_s, max_backoff_s, give_up_s
         self.stop = stop
-        self.stub = rpc.connect(address, token)
+        self.stub = rpc.connect(address, token, options=options, credentials=credentials)
         self.retries = 0
 
     def call(self, method: str, request: Any, *, give_up_s: float | None = None) -> Any:
@@ -72,15 +75,16 @@ class ControllerClient:
         self.stub.channel.close()
 
 
-def work_loop(client: ControllerClient, request: Any, expected: str, handle: Callable[[Any], object],
+def work_loop(client: ControllerClient, request: Any, expected: str | tuple[str, ...], handle: Callable[[Any], object],
               stop: threading.Event) -> int:
     """The pull loop shared by trainers and profilers (GPUNet paper 3.3.3: a free client asks for work).
 
     Sends ``request`` (a ``WorkRequest``) until the controller says done (returns 0), ``stop`` is set by SIGTERM
     (returns 0) or the controller stays unreachable (returns 1). ``Wait`` sleeps ``retry_after_s``; an
-    assignment of the ``expected`` oneof field (``"candidate"`` or ``"layers"``) goes to ``handle``; any other
-    kind is logged and retried after a second.
+    assignment of an ``expected`` oneof field (``"candidate"``, or ``("layers", "network")``) goes to ``handle``;
+    any other kind is logged and retried after a second.
     """
+    kinds = (expected,) if isinstance(expected, str) else expected
     while not stop.is_set():
         try:
             response = client.call("RequestWork", request)
@@ -93,8 +97,8 @@ def work_loop(client: ControllerClient, request: Any, expected: str, handle: Cal
             return 0
         if work == "wait":
             stop.wait(max(0.05, response.wait.retry_after_s))
-        elif work == expected:
-            handle(getattr(response, expected))
+        elif work in kinds:
+            handle(getattr(response, work))
         else:
             log.warning("unexpected work %r (expected %r); waiting", work, expected)
             stop.wait(1.0)

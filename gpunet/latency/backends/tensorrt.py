@@ -1,12 +1,15 @@
-"""The TensorRT backend: ONNX -> FP16 engine at batch 1 with explicit shapes, median GPU compute time.
+"""The TensorRT backend: ONNX -> engine at batch 1 with explicit shapes, median GPU compute time.
 
 The paper measured "FP16 GPU compute time" with ``trtexec --onnx=M.onnx --fp16`` at batch size 1, explicit
 shapes and a 10 GiB workspace (sections 3.2 and 4.1; TensorRT 10 spells the workspace option
-``--memPoolSize=workspace:10240``). Two modes, same numbers:
+``--memPoolSize=workspace:10240``). TensorRT 11 (the pinned ``tensorrt`` extra) has no ``--fp16`` any more: every
+network is strongly typed, so an FP16 measurement exports its ONNX in FP16 and the engine runs it as given
+(:mod:`.tensorrt_api` cites the migration notes). Two modes, same numbers:
 
-- ``mode="api"``: TensorRT's Python API builds the engine (``BuilderFlag.FP16``, workspace memory-pool limit)
-  and each ``execute_async_v3`` is timed with a pair of CUDA events (torch's CUDA events and buffers);
-- ``mode="trtexec"``: runs NVIDIA's ``trtexec`` and parses its "GPU Compute Time" median from the
+- ``mode="api"``: TensorRT's Python API builds the engine (:func:`.tensorrt_api.build_engine`: strongly typed,
+  workspace memory-pool limit) on GPU ``device``, and each ``execute_async_v3`` is timed there with a pair of CUDA
+  events (torch's CUDA events and buffers); every TensorRT call's result is checked;
+- ``mode="trtexec"``: runs NVIDIA's ``trtexec --device=<device>`` and parses its "GPU Compute Time" median from the
   "Performance summary" (:func:`parse_trtexec_log`); per-run times from ``--exportTimes`` give the IQR.
 
 Without TensorRT, a GPU or ``trtexec``, constructing the backend raises
@@ -28,6 +31,7 @@ from typing import Any
 from ..errors import BackendUnavailableError, LatencyError
 from ..table import Measurement
 from .base import LatencyBackend, register_backend, summarize_ms
+from .tensorrt_api import build_engine, engine_timer, error_logger, require_version
 
 #: The paper's workspace: 10 GiB (NVIDIA's GPUNet release, ``--memPoolSize=workspace:10240``).
 DEFAULT_WORKSPACE_MIB = 10240
@@ -118,29 +122,32 @@ def compute_times_from_export(path: str | Path) -> list[float]:
 
 @register_backend("tensorrt")
 class TensorRTBackend(LatencyBackend):
-    """TensorRT FP16 engines at batch 1 with explicit shapes; median GPU compute time (paper 4.1).
+    """TensorRT engines at batch 1 with explicit shapes; median GPU compute time (paper 4.1).
 
     Args:
         mode: ``"api"`` (TensorRT Python API + CUDA events) or ``"trtexec"`` (run the binary, parse its log).
         workspace_mib: the builder's workspace memory-pool limit (paper: 10240 MiB).
-        precision: ``"fp16"`` (paper) or ``"fp32"``.
+        precision: ``"fp16"`` (paper) or ``"fp32"``: the type of the exported ONNX graph, which the strongly typed
+            engine keeps.
         trtexec: path or name of the trtexec binary (mode ``trtexec``).
-        device: CUDA device index.
+        device: the GPU: ``"cuda"`` (GPU 0), ``"cuda:<index>"`` or an index. Engines are built and timed there.
 
     Raises:
-        BackendUnavailableError: the ``tensorrt`` package (mode api), the ``trtexec`` binary (mode trtexec),
+        BackendUnavailableError: the ``tensorrt`` package (mode api, >= 10), the ``trtexec`` binary (mode trtexec),
             torch with CUDA, or a GPU is missing.
+        LatencyError: a bad mode, precision or device (``"cpu"``, or an index this machine does not have).
     """
 
     def __init__(self, *, mode: str = "api", workspace_mib: int = DEFAULT_WORKSPACE_MIB, precision: str = "fp16",
-                 trtexec: str = "trtexec", device: int = 0, **kwargs: Any) -> None:
+                 trtexec: str = "trtexec", device: int | str = 0, **kwargs: Any) -> None:
         kwargs.setdefault("runs", 200)
         super().__init__(**kwargs)
         if mode not in ("api", "trtexec"):
             raise LatencyError("mode", mode, ("api", "trtexec"))
         if precision not in ("fp16", "fp32"):
             raise LatencyError("precision", precision, ("fp16", "fp32"))
-        self.mode, self.workspace_mib, self.precision, self.device_index = mode, workspace_mib, precision, device
+        self.mode, self.workspace_mib, self.precision = mode, workspace_mib, precision
+        self.device_index = cuda_index(device)
         self.trtexec = trtexec
         self._version: str | None = None
         self._device: str | None = None
@@ -152,10 +159,11 @@ class TensorRTBackend(LatencyBackend):
             self.trtexec = found
         else:
             try:
-                import tensorrt  # noqa: F401
+                import tensorrt
             except ImportError:
                 raise BackendUnavailableError("tensorrt", "the Python package 'tensorrt'",
-                                              "pip install tensorrt on a CUDA machine, or use mode trtexec") from None
+                                              "pip install '.[tensorrt]' on a CUDA machine, or use mode trtexec") from None
+            require_version(tensorrt)
         try:
             import torch
         except ImportError:  # pragma: no cover - torch is in the engine extra
@@ -163,6 +171,10 @@ class TensorRTBackend(LatencyBackend):
         if not torch.cuda.is_available():
             raise BackendUnavailableError("tensorrt", "a CUDA GPU (torch.cuda.is_available() is False)",
                                           "run the profiler on a GPU node, or use the onnxruntime/torch backend")
+        count = torch.cuda.device_count()
+        if self.device_index >= count:
+            raise LatencyError("device", device, f"one of cuda:0..cuda:{count - 1}",
+                               reason=f"this machine has {count} CUDA device{'s' if count != 1 else ''}")
         self._tmp = tempfile.TemporaryDirectory(prefix="gpunet-trt-")
 
     # --- identity (GPU needed from here on) --------------------------------------------------------  # pragma: no cover
@@ -187,9 +199,13 @@ class TensorRTBackend(LatencyBackend):
 
     # --- measuring -------------------------------------------------------------------------------------
     def export(self, module: Any, input_shape: tuple[int, int, int, int]) -> Path:  # pragma: no cover
+        """ONNX of ``module`` in this backend's precision (an FP16 graph for fp16: strong typing keeps it)."""
+        import torch
+
         from ...model import export_onnx
 
-        return export_onnx(module.float().cpu(), Path(self._tmp.name) / "model.onnx", input_shape, opset=ONNX_OPSET)
+        dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        return export_onnx(module.cpu(), Path(self._tmp.name) / "model.onnx", input_shape, opset=ONNX_OPSET, dtype=dtype)
 
     def measure_modules(self, items: list[tuple[Any, tuple[int, int, int, int]]]) -> list[Measurement]:  # pragma: no cover
         """trtexec: one engine build and timing per module, in order; api: interleaved rounds (base class)."""
@@ -201,7 +217,7 @@ class TensorRTBackend(LatencyBackend):
         return self._prepare_api(self.export(module, input_shape))
 
     def measure_onnx(self, path: Path) -> Measurement:  # pragma: no cover - needs a GPU and TensorRT
-        """Median GPU compute time (ms) of an ONNX file with static shapes."""
+        """Median GPU compute time (ms) of an ONNX file with static shapes (its types are the engine's)."""
         if self.mode == "trtexec":
             return self._measure_trtexec(path)
         timer = self._prepare_api(path)
@@ -209,19 +225,26 @@ class TensorRTBackend(LatencyBackend):
             timer()
         return summarize_ms([timer() for _ in range(self.runs)], self.name, self.version())
 
-    def trtexec_command(self, path: Path, times_json: Path) -> list[str]:
-        """The trtexec command line (paper 4.1), e.g. ``trtexec --onnx=M.onnx --fp16 --memPoolSize=workspace:10240``."""
+    def trtexec_command(self, path: Path, times_json: Path, major: int = 11) -> list[str]:
+        """The trtexec command line (paper 4.1), e.g. ``trtexec --onnx=M.onnx --memPoolSize=workspace:10240 ...``.
+
+        TensorRT ``major`` < 11 gets ``--fp16`` for an fp16 backend (weak typing; the FP16 graph runs in FP16
+        either way); 11.x removed the flag and runs the graph's own types.
+        """
         cmd = [self.trtexec, f"--onnx={path}", f"--memPoolSize=workspace:{self.workspace_mib}",
                f"--iterations={self.runs}", f"--warmUp={max(self.warmup, 1) * 10}", "--avgRuns=1",
                "--duration=0", f"--device={self.device_index}", f"--exportTimes={times_json}"]
-        if self.precision == "fp16":
+        if self.precision == "fp16" and major < 11:
             cmd.insert(2, "--fp16")
         return cmd
 
     def _measure_trtexec(self, path: Path) -> Measurement:  # pragma: no cover
         times_json = Path(self._tmp.name) / "times.json"
-        proc = subprocess.run(self.trtexec_command(path, times_json), capture_output=True, text=True, timeout=1800)
+        major = int(re.sub(r"\D.*", "", self.version().removeprefix("TensorRT ")) or 11)
+        proc = subprocess.run(self.trtexec_command(path, times_json, major), capture_output=True, text=True, timeout=1800)
         summary = parse_trtexec_log(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            raise LatencyError("trtexec", proc.returncode, reason=f"exited with {proc.returncode} on {path}")
         if summary.tensorrt_version:
             self._version = f"TensorRT {summary.tensorrt_version}"
         times = compute_times_from_export(times_json) if times_json.exists() else []
@@ -231,51 +254,33 @@ class TensorRTBackend(LatencyBackend):
         return Measurement(summary.median_ms, summary.spread_ms, summary.runs or self.runs, self.name, self.version())
 
     def _prepare_api(self, path: Path) -> Any:  # pragma: no cover
-        """Build an engine from ONNX (FP16 flag, workspace limit, explicit shapes) and return a timer (ms per
-        ``execute_async_v3``, between two CUDA events on the engine's stream)."""
+        """Build an engine from ONNX on this backend's GPU and return its timer (:mod:`.tensorrt_api`)."""
         import tensorrt as trt
         import torch
 
-        logger = trt.Logger(trt.Logger.WARNING)
-        builder = trt.Builder(logger)
-        flags = 0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-        network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse(Path(path).read_bytes()):
-            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise LatencyError(f"ONNX file {path}", reason=f"TensorRT could not parse it: {errors}")
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_mib << 20)
-        if self.precision == "fp16":
-            config.set_flag(trt.BuilderFlag.FP16)
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise LatencyError(f"ONNX file {path}", reason="TensorRT could not build an engine from it")
-        engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
-        context = engine.create_execution_context()
-        device = torch.device("cuda", self.device_index)
-        buffers = []
-        for i in range(engine.num_io_tensors):
-            name = engine.get_tensor_name(i)
-            shape = tuple(engine.get_tensor_shape(name))
-            dtype = torch.float16 if engine.get_tensor_dtype(name) == trt.DataType.HALF else torch.float32
-            buf = torch.randn(shape, device=device, dtype=dtype)
-            context.set_tensor_address(name, buf.data_ptr())
-            buffers.append(buf)
-        stream = torch.cuda.Stream(device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        keep = (engine, context, buffers)  # the timer owns the engine and its buffers
-
-        def timer() -> float:
-            start.record(stream)
-            keep[1].execute_async_v3(stream.cuda_stream)
-            end.record(stream)
-            end.synchronize()
-            return start.elapsed_time(end)
-
-        return timer
+        logger = error_logger(trt)
+        with torch.cuda.device(self.device_index):  # TensorRT builds for the current device
+            serialized = build_engine(trt, Path(path).read_bytes(), self.workspace_mib, logger, what=f"ONNX file {path}")
+        return engine_timer(trt, serialized, self.device_index, logger)
 
     def close(self) -> None:
         tmp = getattr(self, "_tmp", None)
         if tmp is not None:
             tmp.cleanup()
+
+
+def cuda_index(device: int | str) -> int:
+    """The GPU index of a ``device`` option: ``"cuda"`` -> 0, ``"cuda:1"`` -> 1, ``1`` -> 1.
+
+    Raises:
+        LatencyError: ``"cpu"`` or anything else (TensorRT runs on CUDA GPUs only).
+    """
+    expected = "'cuda', 'cuda:<index>' or an index >= 0 (TensorRT runs on CUDA GPUs only)"
+    if isinstance(device, int) and not isinstance(device, bool):
+        if device < 0:
+            raise LatencyError("device", device, expected)
+        return device
+    match = re.fullmatch(r"cuda(?::(\d+))?", str(device))
+    if match is None:
+        raise LatencyError("device", device, expected)
+    return int(match.group(1) or 0)

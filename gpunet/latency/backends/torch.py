@@ -23,7 +23,8 @@ class TorchBackend(LatencyBackend):
     """Eager PyTorch on the CPU or a CUDA GPU.
 
     Args:
-        device: ``"cpu"`` or ``"cuda"`` (``"cuda:1"`` for another GPU).
+        device: ``"cpu"`` or ``"cuda"`` (GPU 0; ``"cuda:1"`` for another GPU). Warm-up, capture and timing all run
+            on that GPU, whichever is current.
         precision: ``"fp32"``, or ``"fp16"`` (CUDA only).
         threads: CPU intra-op threads (``torch.set_num_threads``; process-wide). Part of the CPU device name.
         cuda_graphs: on CUDA, capture the forward pass once and time graph replays (no Python launch
@@ -57,6 +58,13 @@ class TorchBackend(LatencyBackend):
                 missing = "a CUDA GPU" if torch.version.cuda else "a CUDA build of torch"
                 raise BackendUnavailableError("torch", f"{missing} (torch {torch.__version__}, device {device!r})",
                                               "use --device cpu or run on a GPU node")
+            # "cuda" means GPU 0, not whichever GPU is current when a measurement happens to run.
+            index = 0 if self.torch_device.index is None else self.torch_device.index
+            count = torch.cuda.device_count()
+            if index >= count:
+                raise LatencyError("device", device, f"one of cuda:0..cuda:{count - 1}",
+                                   reason=f"this machine has {count} CUDA device{'s' if count != 1 else ''}")
+            self.torch_device = torch.device("cuda", index)
         elif self.torch_device.type != "cpu":
             raise LatencyError("device", device, devices)
         if precision not in ("fp32", "fp16"):
@@ -122,13 +130,14 @@ class TorchBackend(LatencyBackend):
                 def step() -> Any:
                     with torch.inference_mode():
                         return module(x)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
         def timer() -> float:
-            start.record()
-            step()
-            end.record()
-            end.synchronize()
+            with torch.cuda.device(self.torch_device):  # events and replay on this backend's GPU
+                start.record()
+                step()
+                end.record()
+                end.synchronize()
             return start.elapsed_time(end)
 
         return timer

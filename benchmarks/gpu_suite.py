@@ -50,6 +50,7 @@ class Sizes:
     precision: str  # of the latency backend
     preset: str
     networks: int  # fidelity networks (issue: N >= 100)
+    cudnn_benchmark: bool  # of the fidelity table and networks (False: cuDNN's heuristics, fast to profile)
     layer_timing: tuple[int, int, int]  # runs, warmup, rounds of each layer
     network_timing: tuple[int, int, int]  # the same for the fidelity networks end to end
     released_timing: tuple[int, int, int]  # the same for GPUNet-0/1/2
@@ -68,14 +69,16 @@ class Sizes:
 
 
 GPU = Sizes(
-    device="cuda", precision="fp16", preset="gpunet", networks=128, layer_timing=(25, 5, 5), network_timing=(50, 10, 5),
+    device="cuda", precision="fp16", preset="gpunet", networks=128, cudnn_benchmark=False, layer_timing=(25, 5, 5),
+    network_timing=(50, 10, 5),
     released_timing=(200, 50, 10), samples=1_000_000, train_resolution=224, train_batch=256, train_steps=48,
     train_workers=8, trainer_images=(100, 128, 8, 256), trainer_batch=256, trainer_workers=12, profiler_runs=20,
     write_processes=16, total_budget_s=300.0,
-    budgets={"fidelity_table": 70, "fidelity_e2e": 35, "gpunets": 15, "sampling": 30, "training": 60, "trainer": 80},
+    budgets={"fidelity_table": 75, "fidelity_e2e": 50, "gpunets": 15, "sampling": 25, "training": 60, "trainer": 70},
 )
 SMOKE = Sizes(
-    device="cpu", precision="fp32", preset="gpunet-tiny", networks=10, layer_timing=(3, 1, 1), network_timing=(5, 1, 5),
+    device="cpu", precision="fp32", preset="gpunet-tiny", networks=10, cudnn_benchmark=False, layer_timing=(3, 1, 1),
+    network_timing=(5, 1, 5),
     released_timing=(1, 0, 1), samples=20_000, train_resolution=28, train_batch=2, train_steps=2, train_workers=0,
     trainer_images=(3, 4, 2, 36), trainer_batch=4, trainer_workers=0, profiler_runs=3, write_processes=1,
     total_budget_s=240.0,  # generous: the shared 2-core machines can be loaded many times over
@@ -155,12 +158,12 @@ class Suite:
         self.write()
 
 
-def backend(sizes: Sizes, timing: tuple[int, int, int]) -> Any:
+def backend(sizes: Sizes, timing: tuple[int, int, int], cudnn_benchmark: bool = True) -> Any:
     from gpunet.latency import get_backend
 
     runs, warmup, rounds = timing
     options: dict[str, Any] = {"device": sizes.device, "precision": sizes.precision, "runs": runs, "warmup": warmup,
-                               "rounds": rounds}
+                               "rounds": rounds, "cudnn_benchmark": cudnn_benchmark}
     if sizes.device == "cpu":
         options["threads"] = 1
     return get_backend("torch", **options)
@@ -276,7 +279,8 @@ def run_suite(args: argparse.Namespace) -> int:
     suite = Suite(args, sizes, Path(args.out))
     with tempfile.TemporaryDirectory() as tmp:
         table = LatencyTable(args.table or Path(tmp) / "latency.sqlite")
-        layers, networks = backend(sizes, sizes.layer_timing), backend(sizes, sizes.network_timing)
+        layers = backend(sizes, sizes.layer_timing, sizes.cudnn_benchmark)
+        networks = backend(sizes, sizes.network_timing, sizes.cudnn_benchmark)
         state: dict[str, Any] = {"calibration": None, "layers_per_minute": None}
 
         def fidelity() -> dict[str, Any]:
@@ -284,7 +288,7 @@ def run_suite(args: argparse.Namespace) -> int:
                 layers, networks, table, sizes.preset, sizes.networks, SEED,
                 suite.section_deadline("fidelity_table"), suite.section_deadline("fidelity_table", "fidelity_e2e"))
             state["layers_per_minute"] = out.get("layers_per_minute")
-            return out
+            return {**out, "cudnn_benchmark": sizes.cudnn_benchmark}
 
         suite.run("fidelity", fidelity)
         suite.run("gpunets", lambda: latency.released(backend(sizes, sizes.released_timing)))

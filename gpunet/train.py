@@ -268,6 +268,8 @@ def train_candidate(
     train_ds, val_ds, num_classes = datasets or build_datasets(training.dataset, training.recipe, arch.resolution, arch.in_chans, seed)
     arch = recipe_architecture(arch, training, num_classes)
     precision = precision or precision_policy(dev, training.recipe.amp)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN autotunes each convolution once (timm's train.py)
     model = precision.model(build_model(arch).to(dev))
     optimizer, scheduler = make_optimizer_and_scheduler(model, training)
     ema = None

@@ -105,6 +105,8 @@ def plain_timm_loop(arch: Architecture, training: TrainingSpec, train_ds: Any, n
 
     r = training.recipe
     torch.manual_seed(0)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as timm's train.py
     model = build_model(recipe_architecture(arch, training, num_classes)).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

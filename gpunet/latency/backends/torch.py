@@ -32,6 +32,9 @@ class TorchBackend(LatencyBackend):
         cuda_graphs: on CUDA, capture the forward pass once and time graph replays (no Python launch
             overhead; closer to TensorRT's GPU compute time); a module whose capture fails is timed as eager
             launches and counted in :attr:`graph_fallbacks` (see :func:`cuda_timer`).
+        cudnn_benchmark: on CUDA, let cuDNN time its candidate kernels for each new shape and keep the fastest
+            (``torch.backends.cudnn.benchmark``; the analogue of TensorRT's tactic selection, but it costs time per
+            new layer); False uses cuDNN's heuristics, which profiles many layers faster.
         **kwargs: ``warmup``, ``runs``, ``rounds``, ``batch_size`` of :class:`LatencyBackend`.
 
     Raises:
@@ -43,7 +46,7 @@ class TorchBackend(LatencyBackend):
     """
 
     def __init__(self, *, device: str = "cpu", precision: str = "fp32", threads: int = 1, cuda_graphs: bool = True,
-                 **kwargs: Any) -> None:
+                 cudnn_benchmark: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("rounds", CPU_ROUNDS)
         super().__init__(**kwargs)
         try:
@@ -72,6 +75,7 @@ class TorchBackend(LatencyBackend):
         self.precision = precision
         self.threads = threads
         self.cuda_graphs = cuda_graphs
+        self.cudnn_benchmark = bool(cudnn_benchmark)
         #: Modules whose CUDA-graph capture failed and that were timed as eager launches instead.
         self.graph_fallbacks = 0
         if self.torch_device.type == "cpu":
@@ -110,7 +114,7 @@ class TorchBackend(LatencyBackend):
     def _prepare_cuda(self, module: "nn.Module", x: Any) -> Callable[[], float]:  # pragma: no cover - needs a GPU
         import torch
 
-        torch.backends.cudnn.benchmark = True  # pick the fastest kernels per shape, as TensorRT picks tactics
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark  # process-wide, like torch.set_num_threads
 
         def run() -> Any:
             with torch.inference_mode():

@@ -3,7 +3,12 @@
 The recipe is :class:`gpunet.spec.RecipeSpec` (defaults: the GPUNet paper's supplement Table 5): timm's
 ``create_optimizer_v2`` (RMSprop-TF, lr 0.06, eps 1e-3, weight decay 1e-5) and ``create_scheduler_v2`` (step
 decay 0.97 every 2.4 epochs, warmup), ``ModelEmaV3`` weight averaging (decay 0.9999, with timm's warmup of the
-decay so that short runs still get useful averages), dropout / drop-connect from the recipe, AMP on CUDA.
+decay so that short runs still get useful averages), dropout / drop-connect from the recipe.
+
+Precision (:func:`precision_policy`): on CUDA, automatic mixed precision (``torch.autocast``; bfloat16 on GPUs of
+compute capability 8.0 and later, else float16 with a ``GradScaler``) and channels_last memory format; on the CPU,
+FP32 in NCHW. Pass a :class:`Precision` to :func:`train_candidate` to choose otherwise (e.g. to compare both AMP
+dtypes, as ``benchmarks/gpu_suite.py`` does).
 
 After every epoch the trainer evaluates top-1 on the validation split and writes a checkpoint atomically
 (temporary file, fsync, rename) before telling the caller, so a report always points at a complete file.
@@ -13,6 +18,7 @@ outcome records why.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -34,6 +40,113 @@ from .spec import TrainingSpec
 CHECKPOINT_FORMAT = "gpunet-train-checkpoint/v1"
 #: What ``on_epoch`` may answer: the controller's ``pb.ProgressAction`` values, so a trainer passes its answer through.
 CONTINUE, STOP, ABANDON = pb.PROGRESS_ACTION_CONTINUE, pb.PROGRESS_ACTION_STOP, pb.PROGRESS_ACTION_ABANDON
+
+
+#: AMP dtypes by name: bfloat16 needs no loss scaling; float16 needs a GradScaler.
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+_DEVICES = "auto, cpu, cuda or cuda:<index>"
+
+
+class DeviceError(GpunetError, ValueError):
+    """A training device or precision that this process cannot use (an unknown name, CUDA without a GPU)."""
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How training steps run on one device type.
+
+    Attributes:
+        device_type: ``"cuda"`` or ``"cpu"`` (what ``torch.autocast`` and ``GradScaler`` are made for).
+        amp_dtype: the autocast dtype (``torch.bfloat16`` or ``torch.float16``), or None for plain FP32.
+        channels_last: models and ``N x C x H x W`` image batches in channels_last (NHWC) memory format, the layout
+            cuDNN's tensor-core convolutions prefer.
+    """
+
+    device_type: str
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    @property
+    def grad_scaler(self) -> bool:
+        """Loss scaling is needed with float16 only (bfloat16 has float32's exponent range)."""
+        return self.amp_dtype == torch.float16
+
+    def autocast(self) -> Any:
+        """The autocast context of one forward pass (disabled without an AMP dtype)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.amp_dtype)
+
+    def scaler(self) -> "torch.amp.GradScaler | None":
+        """A fresh ``GradScaler`` for float16, else None."""
+        return torch.amp.GradScaler(self.device_type) if self.grad_scaler else None
+
+    def model(self, model: nn.Module) -> nn.Module:
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def images(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def describe(self) -> str:
+        dtype = str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype is not None else "fp32"
+        return f"{self.device_type} {dtype}{' + GradScaler' if self.grad_scaler else ''}{', channels_last' if self.channels_last else ''}"
+
+
+def precision_policy(device: str | torch.device, amp: bool = True, amp_dtype: str = "auto",
+                     channels_last: bool | None = None, cuda: Any = None) -> Precision:
+    """The precision a recipe trains with on ``device``: AMP and channels_last on CUDA, FP32 and NCHW on the CPU.
+
+    Args:
+        amp: the recipe's AMP switch (``spec.training.recipe.amp``); used on CUDA only.
+        amp_dtype: ``"auto"`` (bfloat16 on compute capability >= 8.0, i.e. Ampere, Hopper and later; float16
+            before), ``"bfloat16"`` or ``"float16"``.
+        channels_last: None for the device's default (on for CUDA, off for the CPU).
+        cuda: the ``torch.cuda`` module (a stand-in in tests).
+
+    Raises:
+        DeviceError: an unknown ``amp_dtype``.
+    """
+    if amp_dtype != "auto" and amp_dtype not in AMP_DTYPES:
+        raise DeviceError("amp_dtype", amp_dtype, ("auto", *AMP_DTYPES))
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return Precision(dev.type, None, bool(channels_last))
+    cuda = cuda if cuda is not None else torch.cuda
+    dtype = None
+    if amp:
+        if amp_dtype == "auto":
+            amp_dtype = "bfloat16" if tuple(cuda.get_device_capability(dev)) >= (8, 0) else "float16"
+        dtype = AMP_DTYPES[amp_dtype]
+    return Precision("cuda", dtype, True if channels_last is None else channels_last)
+
+
+def resolve_device(name: str, cuda: Any = None) -> str:
+    """The training device for ``name``: ``"auto"`` is ``"cuda"`` when torch sees a GPU, else ``"cpu"``.
+
+    Args:
+        name: ``auto``, ``cpu``, ``cuda`` or ``cuda:<index>`` (``--device`` / ``GPUNET_DEVICE`` of a trainer).
+        cuda: the ``torch.cuda`` module (a stand-in in tests).
+
+    Raises:
+        DeviceError: an unknown device, CUDA asked for where torch sees no GPU, or a GPU index it does not have.
+    """
+    cuda = cuda if cuda is not None else torch.cuda
+    if name == "auto":
+        return "cuda" if cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise DeviceError("device", name, _DEVICES) from None
+    if dev.type == "cpu":
+        return name
+    if dev.type != "cuda":
+        raise DeviceError("device", name, _DEVICES)
+    if not cuda.is_available():
+        missing = "sees no GPU" if torch.version.cuda else "is not a CUDA build"
+        raise DeviceError("device", name, "cpu or auto", reason=f"torch {torch.__version__} {missing}")
+    if dev.index is not None and dev.index >= cuda.device_count():
+        raise DeviceError("device", name, f"a GPU index below {cuda.device_count()}")
+    return name
 
 
 class CheckpointError(GpunetError, RuntimeError):
@@ -114,15 +227,17 @@ def make_optimizer_and_scheduler(model: nn.Module, training: TrainingSpec) -> tu
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, device: torch.device) -> float:
-    """Top-1 accuracy (a fraction) of ``model`` over ``loader``."""
+def evaluate(model: nn.Module, loader: Any, device: torch.device, precision: Precision | None = None) -> float:
+    """Top-1 accuracy (a fraction) of ``model`` over ``loader`` (with ``precision``'s autocast and memory format)."""
+    precision = precision or Precision(torch.device(device).type)
     model.eval()
-    correct = total = 0
+    correct, total = torch.zeros((), dtype=torch.int64, device=device), 0
     for images, labels in loader:
-        logits = model(images.to(device, non_blocking=True))
-        correct += int((logits.argmax(1).cpu() == labels).sum())
+        with precision.autocast():
+            logits = model(precision.images(images.to(device, non_blocking=True)))
+        correct += (logits.argmax(1) == labels.to(device, non_blocking=True)).sum()
         total += int(labels.numel())
-    return correct / max(total, 1)
+    return int(correct) / max(total, 1)
 
 
 def train_candidate(
@@ -135,6 +250,7 @@ def train_candidate(
     should_stop: Callable[[], bool] | None = None,
     seed: int = 0,
     datasets: tuple[Any, Any, int] | None = None,
+    precision: Precision | None = None,
 ) -> TrainOutcome:
     """Train ``arch`` for ``training.epochs`` epochs, resuming from ``resume_checkpoint`` when it is usable.
 
@@ -144,21 +260,24 @@ def train_candidate(
         should_stop: polled between batches; when true, training stops at once (the last epoch checkpoint stays
             the resume point) and the outcome is ``interrupted``.
         datasets: ``(train, val, num_classes)`` to reuse; default :func:`gpunet.data.build_datasets`.
+        precision: AMP dtype and memory format; default :func:`precision_policy` of ``device`` and the recipe.
     """
     start = time.perf_counter()
     dev = torch.device(device)
     torch.manual_seed(seed)
     train_ds, val_ds, num_classes = datasets or build_datasets(training.dataset, training.recipe, arch.resolution, arch.in_chans, seed)
     arch = recipe_architecture(arch, training, num_classes)
-    model = build_model(arch).to(dev)
+    precision = precision or precision_policy(dev, training.recipe.amp)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN autotunes each convolution once (timm's train.py)
+    model = precision.model(build_model(arch).to(dev))
     optimizer, scheduler = make_optimizer_and_scheduler(model, training)
     ema = None
     if training.recipe.ema > 0:
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(model, decay=training.recipe.ema, use_warmup=True, device=dev)
-    use_amp = training.recipe.amp and dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    scaler = precision.scaler()
     loss_fn = nn.CrossEntropyLoss(label_smoothing=training.recipe.label_smoothing)
 
     epoch, best, history, step = 0, 0.0, [], 0
@@ -176,7 +295,7 @@ def train_candidate(
         except (CheckpointError, KeyError, RuntimeError, ValueError) as exc:
             restarted, reason = True, str(exc)
             torch.manual_seed(seed)
-            model = build_model(arch).to(dev)
+            model = precision.model(build_model(arch).to(dev))
             optimizer, scheduler = make_optimizer_and_scheduler(model, training)
             if ema is not None:
                 from timm.utils import ModelEmaV3
@@ -184,8 +303,9 @@ def train_candidate(
                 ema = ModelEmaV3(model, decay=training.recipe.ema, use_warmup=True, device=dev)
     scheduler.step(epoch)
 
+    pin = dev.type == "cuda"  # page-locked batches: the copies to the GPU overlap with compute
     val_loader = torch.utils.data.DataLoader(val_ds, batch_size=max(256, training.batch_size), shuffle=False,
-                                             num_workers=training.recipe.workers)
+                                             num_workers=training.recipe.workers, pin_memory=pin)
 
     def outcome(status: str) -> TrainOutcome:
         return TrainOutcome(status, epoch, best, time.perf_counter() - start, str(checkpoint_path) if epoch else "",
@@ -195,14 +315,14 @@ def train_candidate(
         t0 = time.perf_counter()
         generator = torch.Generator().manual_seed(seed * 1000 + epoch)
         loader = torch.utils.data.DataLoader(train_ds, batch_size=training.batch_size, shuffle=True, drop_last=len(train_ds) > training.batch_size,
-                                             num_workers=training.recipe.workers, generator=generator)
+                                             num_workers=training.recipe.workers, generator=generator, pin_memory=pin)
         model.train()
-        loss_sum, seen = 0.0, 0
+        loss_sum, seen = torch.zeros((), device=dev), 0  # summed on the device: no GPU sync per step
         for images, labels in loader:
             if should_stop is not None and should_stop():
                 return outcome("interrupted")
-            images, labels = images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
-            with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
+            images, labels = precision.images(images.to(dev, non_blocking=True)), labels.to(dev, non_blocking=True)
+            with precision.autocast():
                 loss = loss_fn(model(images), labels)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -215,15 +335,16 @@ def train_candidate(
             step += 1
             if ema is not None:
                 ema.update(model, step=step)
-            loss_sum += float(loss.detach()) * labels.numel()
+            loss_sum += loss.detach() * labels.numel()
             seen += labels.numel()
+        train_loss = float(loss_sum) / max(seen, 1)  # waits for the GPU, so train_s covers its work
         train_s = time.perf_counter() - t0
         epoch += 1
         scheduler.step(epoch)
-        top1 = evaluate(model, val_loader, dev)
+        top1 = evaluate(model, val_loader, dev, precision)
         ema_better = False
         if ema is not None:
-            top1_ema = evaluate(ema.module, val_loader, dev)
+            top1_ema = evaluate(ema.module, val_loader, dev, precision)
             ema_better = top1_ema > top1
             top1 = max(top1, top1_ema)
         history.append(top1)
@@ -236,7 +357,7 @@ def train_candidate(
             "scaler": scaler.state_dict() if scaler is not None else None, "ema_better": ema_better,
         })
         checkpoint_s = time.perf_counter() - t_ckpt
-        report = EpochReport(epoch, top1, loss_sum / max(seen, 1), time.perf_counter() - t0, seen / max(train_s, 1e-9),
+        report = EpochReport(epoch, top1, train_loss, time.perf_counter() - t0, seen / max(train_s, 1e-9),
                              str(checkpoint_path), checkpoint_s)
         answer = on_epoch(report) if on_epoch is not None else CONTINUE
         if answer == STOP and epoch < training.epochs:

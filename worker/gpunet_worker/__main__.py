@@ -38,7 +38,7 @@ def parser() -> argparse.ArgumentParser:
                    or f"{socket.gethostname()}-{os.getpid()}")
     p.add_argument("--threads", type=int, default=int(os.environ.get("GPUNET_THREADS", "0")),
                    help="CPU threads for torch / ONNX Runtime (0: library default; profilers default to 1)")
-    p.add_argument("--device", default=os.environ.get("GPUNET_DEVICE", "auto"), help="trainer device: auto, cpu or cuda")
+    p.add_argument("--device", default=os.environ.get("GPUNET_DEVICE", "auto"), help="trainer device: auto, cpu, cuda or cuda:<index>")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", type=int, default=None, help="profiler: timed runs per layer (backend default)")
     p.add_argument("--warmup", type=int, default=None, help="profiler: untimed runs per layer (backend default)")
@@ -98,11 +98,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.role == "trainer":
         import torch
 
+        from gpunet.train import DeviceError, resolve_device
+
         from .trainer import TrainerWorker
 
         if args.threads > 0:
             torch.set_num_threads(args.threads)
-        device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            device = resolve_device(args.device)
+        except DeviceError as exc:
+            print(f"gpunet_worker: error: {exc}", file=sys.stderr)
+            return 2
         worker = TrainerWorker(client, args.worker_id, device=device, seed=args.seed)
     else:
         from .profiler import ProfilerWorker

@@ -27,6 +27,8 @@ from gpunet.rpc import pb
 from .client import ControllerClient, ControllerUnreachable, work_loop
 
 log = logging.getLogger("gpunet_worker")
+#: The log line of a finished epoch (benchmarks/gpu_suite.py reads the epoch and checkpoint seconds from it).
+EPOCH_LOG = "%s epoch %d: top-1 %.4f, %.0f images/s, epoch %.3f s, checkpoint %.3f s -> %s"
 
 
 class TrainerWorker:
@@ -76,8 +78,8 @@ class TrainerWorker:
                     epoch_s=report.epoch_s, images_per_s=report.images_per_s))
             except ControllerUnreachable:
                 return pb.PROGRESS_ACTION_ABANDON
-            log.info("%s epoch %d: top-1 %.4f, %.0f images/s -> %s", task.candidate_id, report.epoch, report.top1,
-                     report.images_per_s, pb.ProgressAction.Name(answer.action))
+            log.info(EPOCH_LOG, task.candidate_id, report.epoch, report.top1, report.images_per_s, report.epoch_s,
+                     report.checkpoint_s, pb.ProgressAction.Name(answer.action))
             if answer.action == pb.PROGRESS_ACTION_ABANDON:
                 abandoned.set()
             return answer.action

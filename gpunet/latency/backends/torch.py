@@ -8,6 +8,7 @@ created.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -16,6 +17,8 @@ from .base import CPU_ROUNDS, LatencyBackend, cpu_thread_device, register_backen
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 @register_backend("torch")
@@ -28,7 +31,11 @@ class TorchBackend(LatencyBackend):
         precision: ``"fp32"``, or ``"fp16"`` (CUDA only).
         threads: CPU intra-op threads (``torch.set_num_threads``; process-wide). Part of the CPU device name.
         cuda_graphs: on CUDA, capture the forward pass once and time graph replays (no Python launch
-            overhead; closer to TensorRT's GPU compute time).
+            overhead; closer to TensorRT's GPU compute time); a module whose capture fails is timed as eager
+            launches and counted in :attr:`graph_fallbacks` (see :func:`cuda_timer`).
+        cudnn_benchmark: on CUDA, let cuDNN time its candidate kernels for each new shape and keep the fastest
+            (``torch.backends.cudnn.benchmark``; the analogue of TensorRT's tactic selection, but it costs time per
+            new layer); False uses cuDNN's heuristics, which profiles many layers faster.
         **kwargs: ``warmup``, ``runs``, ``rounds``, ``batch_size`` of :class:`LatencyBackend`.
 
     Raises:
@@ -40,7 +47,7 @@ class TorchBackend(LatencyBackend):
     """
 
     def __init__(self, *, device: str = "cpu", precision: str = "fp32", threads: int = 1, cuda_graphs: bool = True,
-                 **kwargs: Any) -> None:
+                 cudnn_benchmark: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("rounds", CPU_ROUNDS)
         super().__init__(**kwargs)
         try:
@@ -76,6 +83,9 @@ class TorchBackend(LatencyBackend):
         self.precision = precision
         self.threads = threads
         self.cuda_graphs = cuda_graphs
+        self.cudnn_benchmark = bool(cudnn_benchmark)
+        #: Modules whose CUDA-graph capture failed and that were timed as eager launches instead.
+        self.graph_fallbacks = 0
         if self.torch_device.type == "cpu":
             torch.set_num_threads(threads)
 
@@ -112,32 +122,67 @@ class TorchBackend(LatencyBackend):
     def _prepare_cuda(self, module: "nn.Module", x: Any) -> Callable[[], float]:  # pragma: no cover - needs a GPU
         import torch
 
-        torch.backends.cudnn.benchmark = True
-        with torch.inference_mode(), torch.cuda.device(self.torch_device):
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up (and cuDNN autotuning) off the capture stream
-                for _ in range(3):
-                    module(x)
-            torch.cuda.current_stream().wait_stream(side)
-            torch.cuda.synchronize()
-            if self.cuda_graphs:
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    module(x)
-                step: Callable[[], Any] = graph.replay
-            else:
-                def step() -> Any:
-                    with torch.inference_mode():
-                        return module(x)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark  # process-wide, like torch.set_num_threads
 
-        def timer() -> float:
-            with torch.cuda.device(self.torch_device):  # events and replay on this backend's GPU
-                start.record()
-                step()
-                end.record()
-                end.synchronize()
-            return start.elapsed_time(end)
+        def run() -> Any:
+            with torch.inference_mode():
+                return module(x)
 
-        return timer
+        with torch.cuda.device(self.torch_device):
+            timer, captured = cuda_timer(run, torch.cuda, graphs=self.cuda_graphs)
+        if self.cuda_graphs and not captured:
+            self.graph_fallbacks += 1
+        device = self.torch_device
+
+        def on_device() -> float:
+            with torch.cuda.device(device):  # events and replays on this backend's GPU, not the current one
+                return timer()
+
+        return on_device
+
+
+def cuda_timer(run: Callable[[], Any], cuda: Any, *, graphs: bool = True, warmup: int = 3) -> tuple[Callable[[], float], bool]:
+    """A timer of one call of ``run`` on the current CUDA device, in ms of GPU time.
+
+    ``run`` is first called ``warmup`` times on a side stream (cuDNN autotuning and lazy allocations happen there,
+    not on the capture stream), then, with ``graphs``, captured once as a CUDA graph whose replays the timer
+    launches; a capture that fails (an operation CUDA graphs cannot hold) falls back to launching ``run`` eagerly,
+    with a warning. Each timed call sits between two CUDA events (``Event(enable_timing=True)``), so the time is
+    the GPU's, like TensorRT's "GPU Compute Time".
+
+    Args:
+        run: launches the work once (e.g. a module's forward pass on a fixed input).
+        cuda: the ``torch.cuda`` module (a stand-in in tests).
+
+    Returns:
+        ``(timer, captured)``: ``timer()`` runs once and returns its time in ms; ``captured`` says whether
+        replays of a CUDA graph are timed.
+    """
+    side = cuda.Stream()
+    side.wait_stream(cuda.current_stream())
+    with cuda.stream(side):
+        for _ in range(warmup):
+            run()
+    cuda.current_stream().wait_stream(side)
+    cuda.synchronize()
+    step, captured = run, False
+    if graphs:
+        graph = cuda.CUDAGraph()
+        try:
+            with cuda.graph(graph):
+                run()
+        except RuntimeError as exc:
+            log.warning("CUDA graph capture failed, timing eager launches instead: %s", exc)
+            cuda.synchronize()
+        else:
+            step, captured = graph.replay, True
+    start, end = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
+
+    def timer() -> float:
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end))
+
+    return timer, captured

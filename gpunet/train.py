@@ -27,11 +27,12 @@ from .arch import Architecture
 from .data import build_datasets
 from .fileio import write_atomic
 from .model import build_model
+from .rpc import pb
 from .spec import TrainingSpec
 
 CHECKPOINT_FORMAT = "gpunet-train-checkpoint/v1"
-#: What ``on_epoch`` may answer.
-CONTINUE, STOP, ABANDON = "continue", "stop", "abandon"
+#: What ``on_epoch`` may answer: the controller's ``pb.ProgressAction`` values, so a trainer passes its answer through.
+CONTINUE, STOP, ABANDON = pb.PROGRESS_ACTION_CONTINUE, pb.PROGRESS_ACTION_STOP, pb.PROGRESS_ACTION_ABANDON
 
 
 class CheckpointError(RuntimeError):
@@ -127,7 +128,7 @@ def train_candidate(
     checkpoint_path: str | Path,
     resume_checkpoint: str | Path | None = None,
     device: str = "cpu",
-    on_epoch: Callable[[EpochReport], str] | None = None,
+    on_epoch: Callable[[EpochReport], int] | None = None,
     should_stop: Callable[[], bool] | None = None,
     seed: int = 0,
     datasets: tuple[Any, Any, int] | None = None,

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from gpunet.controller.state import PHASE_PROFILING
 from gpunet.rpc import pb
 from gpunet.spec import API_VERSION, KIND, SearchSpec, load_spec
 
@@ -65,7 +66,7 @@ def fake_profile(controller: Any, device: str = "test-cpu", worker_id: str = "fa
     controller stratify and propose. Returns the number of layers reported."""
     reported = 0
     for _ in range(1000):
-        if controller.state.phase != "Profiling":
+        if controller.state.phase != PHASE_PROFILING:
             break
         response = controller.request_work(pb.WorkRequest(worker_id=worker_id, kind=pb.WORKER_KIND_PROFILER, device=device))
         work = response.WhichOneof("work")

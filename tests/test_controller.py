@@ -248,7 +248,7 @@ def test_status_is_bounded_and_counts_states(tmp_path: Path, clock: Clock) -> No
     ctl.report_result(result(task, "w1", 0.66))
     ctl.step()
     status = ctl.status(pb.StatusRequest(max_candidates=1))
-    assert status.phase == "Searching" and status.search_name == "micro"
+    assert status.phase == pb.SEARCH_PHASE_SEARCHING and status.search_name == "micro"
     assert status.candidates.completed == 1 and status.candidates.budget == 6
     assert len(status.records) == 1 and status.records_truncated
     assert status.tiers[0].best_candidate_id == task.candidate_id and status.tiers[0].best_top1 == pytest.approx(0.66)

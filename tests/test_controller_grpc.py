@@ -49,7 +49,7 @@ def test_missing_or_wrong_token_is_unauthenticated(server: ControllerServer, tok
 def test_right_token_is_served(server: ControllerServer) -> None:
     stub = rpc.connect(server.address, TOKEN)
     status = stub.GetStatus(pb.StatusRequest(max_candidates=5), timeout=5)
-    assert status.phase == "Searching" and status.search_name == "micro"
+    assert status.phase == pb.SEARCH_PHASE_SEARCHING and status.search_name == "micro"
     work = stub.RequestWork(trainer_request("w1"), timeout=5)
     assert work.WhichOneof("work") == "candidate" and len(work.candidate.vector) == 41
     stub.channel.close()

@@ -28,12 +28,41 @@ def test_stubs_import_without_torch() -> None:
         "import sys\n"
         "from gpunet import rpc\n"
         "from gpunet.spec import load_spec\n"
-        "s = rpc.pb.SearchStatus(phase='Searching')\n"
+        "s = rpc.pb.SearchStatus(phase=rpc.pb.SEARCH_PHASE_SEARCHING)\n"
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))\n"
-        "print(s.phase)\n"
+        "print(rpc.phase_name(s.phase))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "Searching"
+
+
+def test_phase_names_are_the_camel_case_of_the_proto_enum_and_round_trip() -> None:
+    from gpunet import rpc
+    from gpunet.errors import GpunetError
+
+    assert rpc.PHASES == ("Pending", "Profiling", "Stratifying", "Searching", "Succeeded", "Failed")
+    assert rpc.phase_name(rpc.pb.SEARCH_PHASE_PROFILING) == "Profiling"
+    assert rpc.phase_name(rpc.pb.SEARCH_PHASE_UNSPECIFIED) == ""
+    for name in rpc.PHASES:
+        assert rpc.phase_name(rpc.phase_value(name)) == name
+        assert rpc.pb.SearchPhase.Name(rpc.phase_value(name)) == "SEARCH_PHASE_" + name.upper()
+    assert rpc.TERMINAL_PHASES == {"Succeeded", "Failed"}
+    assert rpc.ACTIVE_PHASES == {"Pending", "Profiling", "Stratifying", "Searching"}
+    assert not rpc.TERMINAL_PHASES & rpc.ACTIVE_PHASES and rpc.TERMINAL_PHASES | rpc.ACTIVE_PHASES == set(rpc.PHASES)
+    with pytest.raises(GpunetError, match=r"phase: got 'profiling'; expected one of \['Pending', 'Profiling'"):
+        rpc.phase_value("profiling")
+    with pytest.raises(GpunetError, match=r"SearchStatus.phase: got 99"):
+        rpc.phase_name(99)
+
+
+def test_a_status_from_a_newer_controller_with_an_unknown_phase_still_parses() -> None:
+    from gpunet import rpc
+
+    wire = rpc.pb.SearchStatus(phase=rpc.pb.SEARCH_PHASE_SEARCHING, search_name="x").SerializeToString()
+    newer = bytearray(wire)
+    newer[newer.index(bytes([14 << 3, rpc.pb.SEARCH_PHASE_SEARCHING]))  + 1] = 9  # a phase number this version lacks
+    status = rpc.pb.SearchStatus.FromString(bytes(newer))
+    assert status.phase == 9 and status.search_name == "x"
 
 
 def test_every_rpc_message_and_field_is_commented() -> None:

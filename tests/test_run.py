@@ -87,7 +87,7 @@ def test_live_display_renders_phase_table_fill_states_tiers_and_eta() -> None:
     from gpunet.controller.local import eta_seconds, render_status, status_line
     from gpunet.rpc import pb
 
-    status = pb.SearchStatus(phase="Searching", search_name="demo",
+    status = pb.SearchStatus(phase=pb.SEARCH_PHASE_SEARCHING, search_name="demo",
                              latency_table=pb.LatencyTableProgress(layers_needed=100, layers_measured=100),
                              candidates=pb.CandidateCounts(queued=1, running=2, completed=3, stopped=1, total=7, budget=12),
                              tiers=[pb.TierStatus(index=0, target_ms=0.2, pool_size=50, evaluated=4, best_candidate_id="t0-c0002",

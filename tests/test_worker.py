@@ -136,7 +136,7 @@ def test_client_reconnects_with_backoff_until_the_controller_is_up(tmp_path: Pat
     srv = ControllerServer(ctl, TOKEN, f"127.0.0.1:{port}").start()
     try:
         t.join(30)
-        assert answers and answers[0].phase == "Profiling"
+        assert answers and answers[0].phase == pb.SEARCH_PHASE_PROFILING
         assert client.retries >= 1
     finally:
         client.close()

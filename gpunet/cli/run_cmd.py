@@ -33,6 +33,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..controller.local import LocalRun, render_status, status_line
     from ..controller.outputs import write_outputs
+    from ..rpc import TERMINAL_PHASES, pb, phase_name
     from ..spec import load_spec
 
     if args.workers < 1 or args.profilers < 1:
@@ -75,10 +76,10 @@ def run(args: argparse.Namespace) -> int:
         run_.close()
     status = run_.controller.status()
     say(status_line(status, run_.started))
-    if interrupted or status.phase not in ("Succeeded", "Failed"):
-        say(f"gpunet run: stopped in phase {status.phase}; rerun with --out {run_.out} to resume")
+    if interrupted or phase_name(status.phase) not in TERMINAL_PHASES:
+        say(f"gpunet run: stopped in phase {phase_name(status.phase)}; rerun with --out {run_.out} to resume")
         return 130 if interrupted else 1
-    if status.phase == "Failed":
+    if status.phase == pb.SEARCH_PHASE_FAILED:
         print(f"gpunet: error: search failed: {status.message}", file=sys.stderr)
         return 1
     hub = write_outputs(spec, run_.out, threads=run_.threads)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ..rpc import TOKEN_ENV
+from ..rpc import TERMINAL_PHASES, TOKEN_ENV
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,8 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     from ..spec import load_spec
-    from .core import TERMINAL_PHASES, SearchController
+    from .core import SearchController
     from .service import ControllerServer
+    from .state import PHASE_SUCCEEDED
 
     spec = load_spec(args.spec)
     controller = SearchController(spec, args.state_dir, lease_s=args.lease_seconds, searcher_processes=True)
@@ -62,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             break
         if controller.state.phase in TERMINAL_PHASES and not wrote:
             wrote = True
-            if controller.state.phase == "Succeeded" and not args.no_outputs:
+            if controller.state.phase == PHASE_SUCCEEDED and not args.no_outputs:
                 from .outputs import write_outputs
 
                 try:

@@ -43,11 +43,12 @@ from typing import Any, Callable
 import numpy as np
 
 from ..fileio import write_json_atomic
-from ..rpc import pb
+from ..rpc import TERMINAL_PHASES, pb, phase_value
 from ..spec import SearchSpec
 from .errors import InvalidRequestError, UnknownWorkError
 from .metrics import ControllerMetrics
-from .state import (CANDIDATE_STATES, COMPLETED, FAILED, FINISHED, QUEUED, RUNNING, STATE_FILE, STOPPED, Candidate,
+from .state import (CANDIDATE_STATES, COMPLETED, FAILED, FINISHED, PHASE_FAILED, PHASE_PENDING, PHASE_PROFILING,  # noqa: F401
+                    PHASE_SEARCHING, PHASE_STRATIFYING, PHASE_SUCCEEDED, QUEUED, RUNNING, STATE_FILE, STOPPED, Candidate,
                     ControllerState, StateStore)
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,6 @@ TELL_PERIOD_S = 1.0
 MIN_ROUND_INTERVAL_S = 0.5
 #: How often the driver thread wakes up, in seconds.
 DRIVER_PERIOD_S = 0.1
-PHASE_PENDING, PHASE_PROFILING, PHASE_STRATIFYING, PHASE_SEARCHING, PHASE_SUCCEEDED, PHASE_FAILED = (
-    "Pending", "Profiling", "Stratifying", "Searching", "Succeeded", "Failed")
-TERMINAL_PHASES = (PHASE_SUCCEEDED, PHASE_FAILED)
 MAX_ID_LENGTH = 253
 
 
@@ -779,7 +777,7 @@ class SearchController:
             queued_batches = sum(b.state == QUEUED for b in self.batches.values())
             leased_batches = sum(b.state == RUNNING for b in self.batches.values())
             status = pb.SearchStatus(
-                phase=self.state.phase, message=self.state.message, search_name=self.state.name,
+                phase=phase_value(self.state.phase), message=self.state.message, search_name=self.state.name,
                 latency_table=pb.LatencyTableProgress(layers_needed=self.layers_needed, layers_measured=max(0, self.layers_measured),
                                                       batches_queued=queued_batches, batches_leased=leased_batches),
                 candidates=pb.CandidateCounts(queued=counts[QUEUED], running=counts[RUNNING], completed=counts[COMPLETED],

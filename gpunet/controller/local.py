@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable
 
-from ..rpc import TOKEN_ENV, pb
+from ..rpc import TERMINAL_PHASES, TOKEN_ENV, pb, phase_name
 from ..spec import SearchSpec
-from .core import PHASE_PROFILING, TERMINAL_PHASES, SearchController
+from .core import SearchController
 from .service import ControllerServer
+from .state import PHASE_PROFILING
 
 log = logging.getLogger(__name__)
 #: Restarts of a crashed worker process before the run gives up on that slot.
@@ -152,7 +153,7 @@ class LocalRun:
             status = self.controller.status(pb.StatusRequest(max_candidates=50))
             if on_tick is not None:
                 on_tick(status)
-            if status.phase in TERMINAL_PHASES:
+            if phase_name(status.phase) in TERMINAL_PHASES:
                 return status
             if timeout_s is not None and time.time() - start > timeout_s:
                 return status
@@ -166,7 +167,7 @@ def eta_seconds(status: pb.SearchStatus, started: float, now: float) -> float | 
     """A rough ETA of the search (seconds), from the pace of finished candidates so far; None when unknown."""
     c = status.candidates
     finished = c.completed + c.stopped + c.failed
-    if status.phase != "Searching" or finished == 0:
+    if status.phase != pb.SEARCH_PHASE_SEARCHING or finished == 0:
         return None
     remaining = max(c.budget - finished, 0)
     return (now - started) / finished * remaining
@@ -180,7 +181,7 @@ def render_status(status: pb.SearchStatus, started: float) -> Any:
     t = Table(title=f"gpunet search [bold]{status.search_name}[/]", show_header=False, expand=False)
     t.add_column(style="bold")
     t.add_column()
-    t.add_row("phase", f"{status.phase} {status.message}".strip())
+    t.add_row("phase", f"{phase_name(status.phase)} {status.message}".strip())
     lt = status.latency_table
     if lt.layers_needed:
         frac = lt.layers_measured / lt.layers_needed
@@ -204,6 +205,6 @@ def status_line(status: pb.SearchStatus, started: float) -> str:
     """One plain line of the status, for logs and non-terminal output."""
     c, lt = status.candidates, status.latency_table
     best = ", ".join(f"{t.target_ms:g}ms:{100 * t.best_top1:.1f}%" for t in status.tiers if t.best_candidate_id) or "-"
-    return (f"[{time.time() - started:5.0f}s] {status.phase}: table {lt.layers_measured}/{lt.layers_needed}, "
+    return (f"[{time.time() - started:5.0f}s] {phase_name(status.phase)}: table {lt.layers_measured}/{lt.layers_needed}, "
             f"candidates {c.completed + c.stopped}/{c.budget} done ({c.running} running, {c.queued} queued, {c.failed} failed), "
             f"preemptions {status.preemptions}, best {best}")

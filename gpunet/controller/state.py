@@ -25,12 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..rpc import pb, phase_name, phase_value
+
 STATE_FORMAT = "gpunet-controller-state/v1"
 #: Candidate states (SearchStatus / CandidateRecord.state).
 QUEUED, RUNNING, COMPLETED, STOPPED, FAILED = "queued", "running", "completed", "stopped", "failed"
 CANDIDATE_STATES = (QUEUED, RUNNING, COMPLETED, STOPPED, FAILED)
 #: States with a result (top-1) that the searcher has seen.
 FINISHED = (COMPLETED, STOPPED)
+#: Search phases as the state stores them: the names of ``pb.SearchPhase`` (:func:`gpunet.rpc.phase_name`), so that
+#: state files stay readable across proto changes.
+PHASE_PENDING, PHASE_PROFILING, PHASE_STRATIFYING, PHASE_SEARCHING, PHASE_SUCCEEDED, PHASE_FAILED = (
+    phase_name(v) for v in (pb.SEARCH_PHASE_PENDING, pb.SEARCH_PHASE_PROFILING, pb.SEARCH_PHASE_STRATIFYING,
+                            pb.SEARCH_PHASE_SEARCHING, pb.SEARCH_PHASE_SUCCEEDED, pb.SEARCH_PHASE_FAILED))
 #: Events kept per candidate.
 MAX_EVENTS = 20
 
@@ -92,7 +99,8 @@ class ControllerState:
     """Everything the controller must not lose (see the module docstring for the other files)."""
 
     name: str
-    phase: str = "Pending"
+    #: A name of :data:`gpunet.rpc.PHASES`.
+    phase: str = PHASE_PENDING
     message: str = ""
     started: float = 0.0
     updated: float = 0.0
@@ -125,6 +133,7 @@ class ControllerState:
             raise ValueError(f"controller state format: got {data.get('format')!r}; expected {STATE_FORMAT!r}")
         names = {f.name for f in dataclasses.fields(cls)} - {"candidates"}
         state = cls(**{k: v for k, v in data.items() if k in names})
+        phase_value(state.phase)  # a state file with an unknown phase is not ours: say so now, not mid-search
         state.candidates = {c["id"]: Candidate.from_dict(c) for c in data.get("candidates", [])}
         return state
 

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import grpc
 
+from ..errors import GpunetError
 from . import controller_pb2 as pb
 from . import controller_pb2_grpc as pb_grpc
 
@@ -25,10 +26,54 @@ AUTH_METADATA_KEY = "authorization"
 TOKEN_ENV = "GPUNET_TOKEN"
 #: Environment variable holding the controller address (``host:port``) in worker pods.
 ADDRESS_ENV = "GPUNET_CONTROLLER"
-#: Phases of a search (``SearchStatus.phase``), in order; the last two are terminal.
-PHASES = ("Pending", "Profiling", "Stratifying", "Searching", "Succeeded", "Failed")
+_PHASE_PREFIX = "SEARCH_PHASE_"
 
-__all__ = ["ADDRESS_ENV", "AUTH_METADATA_KEY", "PHASES", "TOKEN_ENV", "auth_metadata", "connect", "pb", "pb_grpc"]
+
+def _camel(enum_name: str) -> str:
+    return "".join(word.capitalize() for word in enum_name.removeprefix(_PHASE_PREFIX).split("_"))
+
+
+_NAME_BY_VALUE = {v.number: _camel(v.name) for v in pb.SearchPhase.DESCRIPTOR.values if v.number != pb.SEARCH_PHASE_UNSPECIFIED}
+_VALUE_BY_NAME = {name: number for number, name in _NAME_BY_VALUE.items()}
+
+#: Every phase name of ``pb.SearchPhase`` (``"Pending"``, ``"Profiling"``, ...), in the enum's number order.
+PHASES = tuple(_NAME_BY_VALUE[n] for n in sorted(_NAME_BY_VALUE))
+#: Phases a search never leaves.
+TERMINAL_PHASES = frozenset(_NAME_BY_VALUE[v] for v in (pb.SEARCH_PHASE_SUCCEEDED, pb.SEARCH_PHASE_FAILED))
+#: Phases of a search that is still going (every phase that is not terminal).
+ACTIVE_PHASES = frozenset(PHASES) - TERMINAL_PHASES
+
+
+def phase_name(value: int) -> str:
+    """The name users see of a ``pb.SearchPhase`` value: ``"Profiling"`` for ``SEARCH_PHASE_PROFILING`` (the
+    form of ``NASSearch.status.phase`` and ``kubectl get``); ``""`` for ``SEARCH_PHASE_UNSPECIFIED`` (not set).
+
+    Raises:
+        GpunetError: a number that is not a phase of this version's contract (e.g. from a newer controller).
+    """
+    if value == pb.SEARCH_PHASE_UNSPECIFIED:
+        return ""
+    try:
+        return _NAME_BY_VALUE[value]
+    except (KeyError, TypeError):
+        raise GpunetError("SearchStatus.phase", value, sorted(_NAME_BY_VALUE), reason="not a SearchPhase number") from None
+
+
+def phase_value(name: str) -> int:
+    """The ``pb.SearchPhase`` value of a phase name (``"Profiling"`` -> ``SEARCH_PHASE_PROFILING``), the inverse of
+    :func:`phase_name` for every phase but the unspecified one.
+
+    Raises:
+        GpunetError: ``name`` is not one of :data:`PHASES` (names are case-sensitive, as in ``status.phase``).
+    """
+    try:
+        return _VALUE_BY_NAME[name]
+    except (KeyError, TypeError):
+        raise GpunetError("phase", name, PHASES) from None
+
+
+__all__ = ["ACTIVE_PHASES", "ADDRESS_ENV", "AUTH_METADATA_KEY", "PHASES", "TERMINAL_PHASES", "TOKEN_ENV", "auth_metadata",
+           "connect", "pb", "pb_grpc", "phase_name", "phase_value"]
 
 
 def auth_metadata(token: str) -> tuple[tuple[str, str], ...]:

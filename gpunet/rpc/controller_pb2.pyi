@@ -27,6 +27,16 @@ class ProgressAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PROGRESS_ACTION_CONTINUE: _ClassVar[ProgressAction]
     PROGRESS_ACTION_STOP: _ClassVar[ProgressAction]
     PROGRESS_ACTION_ABANDON: _ClassVar[ProgressAction]
+
+class SearchPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEARCH_PHASE_UNSPECIFIED: _ClassVar[SearchPhase]
+    SEARCH_PHASE_PENDING: _ClassVar[SearchPhase]
+    SEARCH_PHASE_PROFILING: _ClassVar[SearchPhase]
+    SEARCH_PHASE_STRATIFYING: _ClassVar[SearchPhase]
+    SEARCH_PHASE_SEARCHING: _ClassVar[SearchPhase]
+    SEARCH_PHASE_SUCCEEDED: _ClassVar[SearchPhase]
+    SEARCH_PHASE_FAILED: _ClassVar[SearchPhase]
 WORKER_KIND_UNSPECIFIED: WorkerKind
 WORKER_KIND_TRAINER: WorkerKind
 WORKER_KIND_PROFILER: WorkerKind
@@ -38,6 +48,13 @@ PROGRESS_ACTION_UNSPECIFIED: ProgressAction
 PROGRESS_ACTION_CONTINUE: ProgressAction
 PROGRESS_ACTION_STOP: ProgressAction
 PROGRESS_ACTION_ABANDON: ProgressAction
+SEARCH_PHASE_UNSPECIFIED: SearchPhase
+SEARCH_PHASE_PENDING: SearchPhase
+SEARCH_PHASE_PROFILING: SearchPhase
+SEARCH_PHASE_STRATIFYING: SearchPhase
+SEARCH_PHASE_SEARCHING: SearchPhase
+SEARCH_PHASE_SUCCEEDED: SearchPhase
+SEARCH_PHASE_FAILED: SearchPhase
 
 class WorkRequest(_message.Message):
     __slots__ = ("worker_id", "kind", "device")
@@ -352,7 +369,7 @@ class SearchStatus(_message.Message):
     ACTIVE_WORKERS_FIELD_NUMBER: _ClassVar[int]
     STARTED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     UPDATED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
-    phase: str
+    phase: SearchPhase
     message: str
     search_name: str
     latency_table: LatencyTableProgress
@@ -365,4 +382,4 @@ class SearchStatus(_message.Message):
     active_workers: int
     started_unix_s: float
     updated_unix_s: float
-    def __init__(self, phase: _Optional[str] = ..., message: _Optional[str] = ..., search_name: _Optional[str] = ..., latency_table: _Optional[_Union[LatencyTableProgress, _Mapping]] = ..., candidates: _Optional[_Union[CandidateCounts, _Mapping]] = ..., preemptions: _Optional[int] = ..., lease_expiries: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierStatus, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[CandidateRecord, _Mapping]]] = ..., records_truncated: _Optional[bool] = ..., active_workers: _Optional[int] = ..., started_unix_s: _Optional[float] = ..., updated_unix_s: _Optional[float] = ...) -> None: ...
+    def __init__(self, phase: _Optional[_Union[SearchPhase, str]] = ..., message: _Optional[str] = ..., search_name: _Optional[str] = ..., latency_table: _Optional[_Union[LatencyTableProgress, _Mapping]] = ..., candidates: _Optional[_Union[CandidateCounts, _Mapping]] = ..., preemptions: _Optional[int] = ..., lease_expiries: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierStatus, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[CandidateRecord, _Mapping]]] = ..., records_truncated: _Optional[bool] = ..., active_workers: _Optional[int] = ..., started_unix_s: _Optional[float] = ..., updated_unix_s: _Optional[float] = ...) -> None: ...

@@ -58,7 +58,7 @@ class TrainerWorker:
         """Train one candidate under its lease; returns how it ended (completed, stopped, interrupted, ...)."""
         from gpunet.arch import Architecture
         from gpunet.spec import parse_training
-        from gpunet.train import ABANDON, CONTINUE, STOP, EpochReport, train_candidate
+        from gpunet.train import EpochReport, train_candidate
 
         log.info("training %s (attempt %d, lease %s, from epoch %d)", task.candidate_id, task.attempt, task.lease_id, task.start_epoch)
         abandoned = threading.Event()
@@ -66,7 +66,8 @@ class TrainerWorker:
         beat = threading.Thread(target=self._heartbeat, args=(task, abandoned), daemon=True)
         beat.start()
 
-        def on_epoch(report: EpochReport) -> str:
+        def on_epoch(report: EpochReport) -> int:
+            """Report the epoch; the controller's ``pb.ProgressAction`` is what training does next."""
             last["checkpoint"], last["epoch"] = report.checkpoint_path, report.epoch
             try:
                 answer = self.client.call("ReportProgress", pb.ProgressReport(
@@ -74,15 +75,12 @@ class TrainerWorker:
                     top1=report.top1, train_loss=report.train_loss, checkpoint_path=report.checkpoint_path,
                     epoch_s=report.epoch_s, images_per_s=report.images_per_s))
             except ControllerUnreachable:
-                return ABANDON
+                return pb.PROGRESS_ACTION_ABANDON
             log.info("%s epoch %d: top-1 %.4f, %.0f images/s -> %s", task.candidate_id, report.epoch, report.top1,
                      report.images_per_s, pb.ProgressAction.Name(answer.action))
-            if answer.action == pb.PROGRESS_ACTION_STOP:
-                return STOP
             if answer.action == pb.PROGRESS_ACTION_ABANDON:
                 abandoned.set()
-                return ABANDON
-            return CONTINUE
+            return answer.action
 
         try:
             training = parse_training(json.loads(task.training_json))

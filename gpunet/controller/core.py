@@ -511,7 +511,7 @@ class SearchController:
         cand = min(queued, key=lambda c: (c.requeued_at == 0, c.requeued_at, load[c.tier], c.created, c.id))
         self._set_state(cand, RUNNING)
         cand.worker_id, cand.lease_id = req.worker_id, self._new_lease_id()
-        cand.lease_deadline = now + self.lease_s
+        cand.lease_deadline, cand.lease_granted = now + self.lease_s, now
         cand.attempts += 1
         cand.note(f"{now:.0f}: lease {cand.lease_id} to {req.worker_id} (attempt {cand.attempts}, from epoch {cand.epoch})")
         self.leases_by_worker[req.worker_id] = ("candidate", cand.id)
@@ -737,6 +737,9 @@ class SearchController:
             cand = self.state.candidates.get(work_id)
             if cand is None or cand.state != RUNNING or (req.lease_id and req.lease_id != cand.lease_id):
                 return pb.ReleaseResponse(released=False, work_id=work_id)
+            if req.granted_before_unix_s > 0 and cand.lease_granted >= req.granted_before_unix_s:
+                return pb.ReleaseResponse(released=False, work_id=work_id)  # a newer lease than the failure: healthy
+            lease_id = cand.lease_id
             if req.checkpoint_path and req.epoch > cand.epoch:
                 cand.checkpoint, cand.epoch = req.checkpoint_path, req.epoch
                 cand.history = cand.history[: req.epoch]
@@ -761,7 +764,7 @@ class SearchController:
                 cand.note(f"{now:.0f}: failed after {cand.failures} failed attempts")
             self._save(cand)
         self._wake.set()
-        return pb.ReleaseResponse(released=True, work_id=work_id, requeued=requeued)
+        return pb.ReleaseResponse(released=True, work_id=work_id, requeued=requeued, lease_id=lease_id)
 
     # --- status --------------------------------------------------------------------------------------------
     def status(self, req: pb.StatusRequest | None = None) -> pb.SearchStatus:
@@ -804,7 +807,7 @@ class SearchController:
                 status.records.append(pb.CandidateRecord(
                     id=c.id, tier_index=c.tier, state=c.state, top1=c.best_top1, epochs=c.epoch,
                     latency_ms=c.latency_ms if math.isfinite(c.latency_ms) else 0.0, attempts=c.attempts,
-                    preemptions=c.preemptions, worker_id=c.worker_id))
+                    preemptions=c.preemptions, worker_id=c.worker_id, lease_id=c.lease_id if c.state == RUNNING else ""))
         return status
 
     def _refresh_metrics(self) -> None:

@@ -67,6 +67,8 @@ class Candidate:
     lease_id: str = ""
     worker_id: str = ""
     lease_deadline: float = 0.0
+    #: When the current lease was granted (seconds since the Unix epoch).
+    lease_granted: float = 0.0
     checkpoint: str = ""
     epoch: int = 0
     history: list[float] = field(default_factory=list)

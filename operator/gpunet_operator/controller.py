@@ -23,7 +23,12 @@ RELEASE_REASONS = {
 
 
 class ControllerUnavailable(Exception):
-    """The controller did not answer (not started yet, restarting, or unreachable)."""
+    """The controller did not answer (not started yet, restarting, or unreachable). ``code`` is the gRPC status
+    code's name (e.g. ``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ``UNAUTHENTICATED``)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ControllerClient:
@@ -42,9 +47,9 @@ class ControllerClient:
         try:
             return getattr(self._stub, method)(request, timeout=self.timeout_s)
         except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None
-            raise ControllerUnavailable(f"{method} to {self.address}: {code.name if code else exc}: "
-                                        f"{exc.details() if hasattr(exc, 'details') else ''}") from exc
+            code = exc.code().name if hasattr(exc, "code") and exc.code() is not None else "UNKNOWN"
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            raise ControllerUnavailable(f"{method} to {self.address}: {code}: {details}", code) from exc
 
     async def status(self, max_candidates: int) -> Any:
         """The controller's ``SearchStatus``.
@@ -54,13 +59,19 @@ class ControllerClient:
         """
         return await asyncio.to_thread(self._call, "GetStatus", rpc.pb.StatusRequest(max_candidates=max_candidates))
 
-    async def release(self, worker_id: str, reason: str, message: str = "") -> Any:
-        """Release whatever lease ``worker_id`` holds, with ``reason`` in :data:`RELEASE_REASONS`.
+    async def release(self, worker_id: str, reason: str, message: str = "", granted_before_unix_s: float = 0.0) -> Any:
+        """Release the lease ``worker_id`` holds, with ``reason`` in :data:`RELEASE_REASONS`; with
+        ``granted_before_unix_s`` only a lease granted before that time (a container failure's lease, never the
+        one its restarted container took later).
 
-        Returns the ``ReleaseResponse`` (``released`` is False when the worker held no lease any more, e.g. it
-        released it itself on SIGTERM).
+        Returns the ``ReleaseResponse`` (``released`` is False when the worker held no such lease, e.g. it
+        released it itself on SIGTERM; ``lease_id`` names the lease released).
+
+        Raises:
+            ControllerUnavailable: when the call fails.
         """
-        request = rpc.pb.ReleaseRequest(worker_id=worker_id, reason=RELEASE_REASONS[reason], message=message)
+        request = rpc.pb.ReleaseRequest(worker_id=worker_id, reason=RELEASE_REASONS[reason], message=message,
+                                        granted_before_unix_s=granted_before_unix_s)
         return await asyncio.to_thread(self._call, "ReleaseLease", request)
 
 

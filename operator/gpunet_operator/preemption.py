@@ -1,9 +1,10 @@
-"""How a trainer pod ended: lost to its node (spot preemption, eviction, node shutdown) or failed by itself.
+"""Trainer pods lost to their node (spot preemption, eviction, node deletion) or failed by themselves.
 
 A preempted pod's candidate is not at fault: its lease is released at once with reason ``preempted`` and the
-candidate resumes from its last epoch checkpoint on another pod, without using up a retry. A failed pod (a
-container that crashed or ran out of memory) releases with reason ``failed``, which counts against the
-candidate's retry budget (``spec.training.maxRetries``).
+candidate resumes from its last epoch checkpoint on another pod, without using up a retry. A failed container
+(a crash, out of memory) releases the lease it held when it failed with reason ``failed``, which counts against
+``spec.training.maxRetries``; a lease its restarted container took afterwards is healthy and never revoked
+(``granted_before_unix_s``).
 
 Signals of preemption, per the Kubernetes docs ("Pod disruption conditions", "Node shutdowns"):
     - the pod condition ``DisruptionTarget=True`` (reasons PreemptionByScheduler, DeletionByTaintManager,
@@ -11,17 +12,37 @@ Signals of preemption, per the Kubernetes docs ("Pod disruption conditions", "No
     - ``status.reason`` ``Preempted``, ``Evicted``, ``Shutdown``, ``NodeShutdown``, ``Terminated``,
       ``NodeLost`` or ``UnexpectedAdmissionError``;
     - its node carries a preemption taint (cloud spot notices, node-termination handlers, out-of-service) or is
-      deleted.
+      deleted (cluster-wide installs only: namespaced ones cannot watch nodes);
+    - the pod was deleted while its trainer still held a lease.
+
+Every loss is handled once, also across operator restarts (kopf re-delivers every pod at startup): the handled
+ones are recorded in ``status.trainerPods`` (pod uid, container restarts already counted, preempted) together
+with ``status.counters.podFailures``, both owned by this module's status writer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import enum
+import logging
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+import kopf
+
+from . import API_VERSION, KIND, builders
+from .context import OperatorContext, meta_of
+from .controller import ControllerUnavailable
+from .status_writer import PODS
+
 PREEMPTION_REASONS = frozenset({"Preempted", "Evicted", "Shutdown", "NodeShutdown", "Terminated", "NodeLost",
                                 "UnexpectedAdmissionError", "DeletionByTaintManager"})
+#: Attempts (and seconds between them, growing linearly) to release a lost pod's lease; after that the lease
+#: expires by itself on the controller.
+RELEASE_ATTEMPTS, RELEASE_BACKOFF_S = 4, 0.5
+#: Most pods remembered per search in ``status.trainerPods`` (entries of deleted pods are dropped).
+MAX_LEDGER = 2000
 
 
 class PodEnd(enum.Enum):
@@ -33,26 +54,31 @@ class PodEnd(enum.Enum):
 
 @dataclass(frozen=True)
 class Verdict:
-    """A pod's end and why; ``key`` tells repeated events about the same end apart (for deduplication)."""
+    """A pod's loss: ``failures`` is the number of container failures seen so far (for FAILED); ``failed_at`` the
+    time of the last one (seconds since the epoch, 0 when unknown)."""
 
     end: PodEnd
     reason: str
-    key: str
+    failures: int = 0
+    failed_at: float = 0.0
 
 
-def _conditions(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    return list((pod.get("status") or {}).get("conditions") or [])
+def _timestamp(value: Any) -> float:
+    if not value:
+        return 0.0
+    try:
+        return datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
 
 
 def disruption(pod: Mapping[str, Any]) -> str | None:
     """The reason the pod is being disrupted by its node or the cluster, or None."""
-    for cond in _conditions(pod):
+    for cond in (pod.get("status") or {}).get("conditions") or []:
         if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
             return f"DisruptionTarget: {cond.get('reason') or 'unknown'}"
     reason = (pod.get("status") or {}).get("reason")
-    if reason in PREEMPTION_REASONS:
-        return f"pod {reason}"
-    return None
+    return f"pod {reason}" if reason in PREEMPTION_REASONS else None
 
 
 def node_preemption(node: Mapping[str, Any], taint_keys: Iterable[str]) -> str | None:
@@ -64,25 +90,117 @@ def node_preemption(node: Mapping[str, Any], taint_keys: Iterable[str]) -> str |
     return None
 
 
-def classify_pod(pod: Mapping[str, Any]) -> Verdict | None:
+def classify_pod(pod: Mapping[str, Any], *, deleted: bool = False) -> Verdict | None:
     """Whether this state of a trainer pod ends the work it held, and how.
 
     Returns:
-        A preemption verdict when the pod is disrupted by its node or the cluster; a failure verdict when its
-        trainer container terminated with a non-zero exit code (now or in its last restart) without
-        disruption; None for a healthy, pending or cleanly finished pod.
+        PREEMPTED when the pod is disrupted by its node or the cluster, or was ``deleted``; FAILED with the
+        number of container failures so far (a terminated state with a non-zero exit code now, or as the last
+        state before ``restartCount`` restarts); None for a healthy, pending or cleanly finished pod.
     """
-    meta = pod.get("metadata") or {}
-    uid = meta.get("uid") or meta.get("name", "")
     why = disruption(pod)
     if why is not None:
-        return Verdict(PodEnd.PREEMPTED, why, f"{uid}/preempted")
+        return Verdict(PodEnd.PREEMPTED, why)
+    failures, failed_at, reason = 0, 0.0, ""
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        for where in ("state", "lastState"):
+        restarts = int(cs.get("restartCount") or 0)
+        for where, count in (("state", restarts + 1), ("lastState", restarts)):
             term = (cs.get(where) or {}).get("terminated")
-            if term and term.get("exitCode", 0) != 0:
-                restarts = int(cs.get("restartCount") or 0)
-                attempt = restarts if where == "lastState" else restarts + 1
-                reason = term.get("reason") or f"exit code {term.get('exitCode')}"
-                return Verdict(PodEnd.FAILED, f"container {cs.get('name')}: {reason}", f"{uid}/failed/{attempt}")
+            if term and term.get("exitCode", 0) != 0 and count > failures:
+                failures, failed_at = count, _timestamp(term.get("finishedAt"))
+                reason = f"container {cs.get('name')}: {term.get('reason') or 'exit code ' + str(term.get('exitCode'))}"
+    if failures:
+        return Verdict(PodEnd.FAILED, reason, failures, failed_at)
+    return Verdict(PodEnd.PREEMPTED, "pod deleted") if deleted else None
+
+
+# --- the ledger in the status -------------------------------------------------------------------------------
+
+
+def _ledger(status: Mapping[str, Any]) -> dict[str, Any]:
+    """This writer's part of a status read from the server."""
+    pods = [dict(p) for p in status.get("trainerPods") or [] if isinstance(p, Mapping) and p.get("uid")]
+    return {"trainerPods": pods, "counters": {"podFailures": int((status.get("counters") or {}).get("podFailures") or 0)}}
+
+
+async def _release(ctx: OperatorContext, namespace: str, search: str, pod: str, verdict: Verdict, logger: logging.Logger) -> Any:
+    client = await ctx.controller(namespace, search)
+    if client is None:
+        return None
+    granted_before = verdict.failed_at if verdict.end is PodEnd.FAILED else 0.0
+    for attempt in range(RELEASE_ATTEMPTS):
+        try:
+            return await client.release(pod, verdict.end.value, verdict.reason, granted_before_unix_s=granted_before)
+        except ControllerUnavailable as exc:
+            logger.warning("release of %s (%s) failed, attempt %d: %s", pod, verdict.end.value, attempt + 1, exc)
+            await asyncio.sleep(RELEASE_BACKOFF_S * (attempt + 1))
     return None
+
+
+async def handle_loss(ctx: OperatorContext, namespace: str, search: str, pod: Mapping[str, Any], verdict: Verdict,
+                      logger: logging.Logger, *, deleted: bool = False) -> bool:
+    """Release the lease of a lost trainer pod once, count it, record it and post an Event on the NASSearch.
+
+    Returns True when this call handled the loss (False: already handled, or the search is gone).
+    """
+    owner = await ctx.api.get(API_VERSION, KIND, namespace, search)
+    if owner is None:
+        return False
+    meta, pod_meta = meta_of(owner), pod.get("metadata") or {}
+    name, uid = pod_meta.get("name", ""), pod_meta.get("uid") or pod_meta.get("name", "")
+    async with ctx.status.lock(meta["uid"]):
+        part = ctx.status.last(meta["uid"], PODS) or _ledger(owner.get("status") or {})
+        entries = {p["uid"]: p for p in part["trainerPods"]}
+        entry = entries.get(uid) or {"uid": uid, "pod": name, "restarts": 0, "preempted": False}
+        handled = entry["preempted"] if verdict.end is PodEnd.PREEMPTED else verdict.failures <= entry["restarts"]
+        reply = None
+        if not handled:
+            reply = await _release(ctx, namespace, search, name, verdict, logger)
+            if verdict.end is PodEnd.PREEMPTED:
+                entry["preempted"] = True
+            else:
+                part["counters"]["podFailures"] += verdict.failures - entry["restarts"]
+                entry["restarts"] = verdict.failures
+            entries[uid] = entry
+        if deleted:
+            entries.pop(uid, None)
+        part["trainerPods"] = list(entries.values())[-MAX_LEDGER:]
+        await ctx.status.apply(meta, PODS, part)
+    if handled:
+        return False
+    work = reply.work_id if reply is not None and reply.released else ""
+    if verdict.end is PodEnd.PREEMPTED and work:
+        message = f"trainer pod {name} lost ({verdict.reason}); lease {reply.lease_id} of candidate {work} released, " \
+                  "it resumes from its last checkpoint on another pod"
+        kopf.event(owner, type="Warning", reason="TrainerPreempted", message=message)
+        logger.info(message)
+    elif verdict.end is PodEnd.FAILED:
+        message = f"trainer pod {name} failed ({verdict.reason})" + \
+                  (f"; lease {reply.lease_id} of candidate {work} counts one failed attempt" if work else "")
+        kopf.event(owner, type="Warning", reason="TrainerFailed", message=message)
+        logger.info(message)
+    return True
+
+
+async def on_pod_event(ctx: OperatorContext, event_type: str | None, pod: Mapping[str, Any], logger: logging.Logger) -> None:
+    """A trainer pod changed (or was deleted): handle its loss if it is one."""
+    deleted = event_type == "DELETED"
+    verdict = classify_pod(pod, deleted=deleted)
+    meta = pod.get("metadata") or {}
+    search = (meta.get("labels") or {}).get(builders.SEARCH_LABEL)
+    if verdict is not None and search:
+        await handle_loss(ctx, meta["namespace"], search, pod, verdict, logger, deleted=deleted)
+
+
+async def on_node_event(ctx: OperatorContext, event_type: str | None, node: Mapping[str, Any], logger: logging.Logger) -> None:
+    """A node is being reclaimed (preemption taint) or was deleted: its trainer pods lose their work now."""
+    name = (node.get("metadata") or {}).get("name")
+    why = "node deleted" if event_type == "DELETED" else node_preemption(node, ctx.settings.preemption_taints)
+    if why is None or not name:
+        return
+    pods = await ctx.api.list("v1", "Pod", labels={builders.COMPONENT_LABEL: "trainer", builders.SEARCH_LABEL: None},
+                              fields={"spec.nodeName": name})
+    await asyncio.gather(*(
+        handle_loss(ctx, p["metadata"]["namespace"], p["metadata"]["labels"][builders.SEARCH_LABEL], p,
+                    Verdict(PodEnd.PREEMPTED, f"{why} ({name})"), logger)
+        for p in pods))

@@ -85,10 +85,11 @@ async def trainer_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, logger:
     await preemption.on_pod_event(_ctx(memo), type, body, logger)
 
 
-def _watch_nodes(memo: kopf.Memo, **_: Any) -> bool:
-    return _ctx(memo).settings.watch_nodes
-
-
-@kopf.on.event("", "v1", "nodes", id="nodes", when=_watch_nodes)
 async def node_event(type: str, body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     await preemption.on_node_event(_ctx(memo), type, body, logger)
+
+
+# Nodes are watched only where the operator may (cluster-wide installs): a namespaced install has no node access,
+# and kopf would retry a forbidden watch forever. Registered or not once, when kopf imports this module.
+if Settings.from_env().watch_nodes:
+    kopf.on.event("", "v1", "nodes", id="nodes")(node_event)

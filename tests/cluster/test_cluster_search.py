@@ -26,7 +26,8 @@ from gpunet import rpc
 from gpunet.rpc import pb, pb_grpc
 
 from .actors import ControllerProcess, OperatorProcess, ScriptedTrainer, fill_latency_table, socket_address
-from .conftest import NODES, wait_for
+from .conftest import NODES
+from .install import bound_claim, can_i, ensure_namespace, wait_for
 from .nodes import NodeSimulator
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
@@ -98,11 +99,8 @@ class Search:
 @pytest.fixture(scope="module")
 def search(admin: client.ApiClient, nodes: NodeSimulator, operator: OperatorProcess, sockets: Path,
            control_plane: Any) -> Iterator[Search]:
-    from .conftest import apply, ensure_namespace
-
     ensure_namespace(admin, NS)
-    apply(admin, {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": CLAIM, "namespace": NS},
-                  "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "100Gi"}}}})
+    bound_claim(admin, NS, CLAIM)
     s = Search(admin, nodes, sockets, control_plane.workdir)
     s.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, scaled_down_search())
     yield s
@@ -131,6 +129,16 @@ def test_children_are_created_with_owner_references(search: Search) -> None:
     assert wait_for("the owned children", lambda: children() == want and children(), timeout=30) == want
     claim = search.core.read_namespaced_persistent_volume_claim(CLAIM, NS)
     assert not claim.metadata.owner_references  # the existing claim is used, never owned
+
+
+def test_operator_runs_under_the_charts_service_account_not_as_admin(operator: OperatorProcess) -> None:
+    """Everything in this module is done by the operator under the chart's ClusterRole; it can do no more."""
+    kubeconfig = operator.env["KUBECONFIG"]
+    assert can_i(kubeconfig, "patch", "deployments", namespace=NS, group="apps")
+    assert can_i(kubeconfig, "patch", "nassearches/status", namespace=NS, group=GROUP)
+    for verb, resource, group in (("delete", "pods", ""), ("list", "secrets", ""), ("delete", "nassearches", GROUP),
+                                  ("create", "clusterrolebindings", "rbac.authorization.k8s.io"), ("patch", "nodes", "")):
+        assert not can_i(kubeconfig, verb, resource, namespace=NS, group=group), f"the operator may {verb} {resource}"
 
 
 def test_controller_runs_and_the_status_mirrors_it(search: Search) -> None:

@@ -116,7 +116,7 @@ def _context(api: FakeApi, controller: FakeController) -> Any:
 
     async def get_controller(namespace: str, name: str) -> FakeController:
         return controller
-    return SimpleNamespace(api=api, status=StatusWriter(api), controller=get_controller)
+    return SimpleNamespace(api=api, status=StatusWriter(api), controller=get_controller, ledgers={})
 
 
 def test_a_loss_is_released_and_counted_once_also_by_a_restarted_operator(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,8 +134,11 @@ def test_a_loss_is_released_and_counted_once_also_by_a_restarted_operator(monkey
     api, controller = FakeApi({}), FakeController()
     log = logging.getLogger("test")
 
-    async def event(ctx: Any, body: dict[str, Any]) -> None:
-        await preemption.on_pod_event(ctx, "MODIFIED", body, log)
+    async def event(ctx: Any, body: dict[str, Any], type_: str = "MODIFIED") -> None:
+        await preemption.on_pod_event(ctx, type_, body, log)
+        for ledger in ctx.ledgers.values():  # the coalesced status write
+            if ledger.flushing is not None:
+                await ledger.flushing
 
     asyncio.run(event(_context(api, controller), crashed))
     asyncio.run(event(_context(api, controller), crashed))  # the same pod, re-delivered after a restart
@@ -146,5 +149,5 @@ def test_a_loss_is_released_and_counted_once_also_by_a_restarted_operator(monkey
     again["status"]["containerStatuses"][0]["restartCount"] = 2
     asyncio.run(event(_context(api, controller), again))
     assert len(controller.releases) == 2 and api.owner["status"]["counters"]["podFailures"] == 2
-    asyncio.run(preemption.on_pod_event(_context(api, controller), "DELETED", again, log))
+    asyncio.run(event(_context(api, controller), again, "DELETED"))
     assert api.owner["status"]["trainerPods"] == []  # a deleted pod leaves the ledger

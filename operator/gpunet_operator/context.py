@@ -26,6 +26,8 @@ class OperatorContext:
     api: KubeApi
     status: StatusWriter
     controllers: ControllerClients = field(default_factory=ControllerClients)
+    #: ``preemption.Ledger`` of each search by ``(namespace, name)`` (a cache of what its status records)
+    ledgers: dict[tuple[str, str], Any] = field(default_factory=dict)
     _tokens: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @classmethod
@@ -60,6 +62,7 @@ class OperatorContext:
         """Drop what this process knows of a deleted search."""
         self.controllers.forget(namespace, name)
         self._tokens.pop((namespace, name), None)
+        self.ledgers.pop((namespace, name), None)
         if uid:
             self.status.forget(uid)
 

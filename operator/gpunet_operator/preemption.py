@@ -26,7 +26,7 @@ import asyncio
 import datetime
 import enum
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import kopf
@@ -43,6 +43,8 @@ PREEMPTION_REASONS = frozenset({"Preempted", "Evicted", "Shutdown", "NodeShutdow
 RELEASE_ATTEMPTS, RELEASE_BACKOFF_S = 4, 0.5
 #: Most pods remembered per search in ``status.trainerPods`` (entries of deleted pods are dropped).
 MAX_LEDGER = 2000
+#: Seconds a change of the ledger waits before it is written, so that a burst of losses is one status write.
+FLUSH_DELAY_S = 0.25
 
 
 class PodEnd(enum.Enum):
@@ -117,10 +119,49 @@ def classify_pod(pod: Mapping[str, Any], *, deleted: bool = False) -> Verdict | 
 # --- the ledger in the status -------------------------------------------------------------------------------
 
 
-def _ledger(status: Mapping[str, Any]) -> dict[str, Any]:
-    """This writer's part of a status read from the server."""
-    pods = [dict(p) for p in status.get("trainerPods") or [] if isinstance(p, Mapping) and p.get("uid")]
-    return {"trainerPods": pods, "counters": {"podFailures": int((status.get("counters") or {}).get("podFailures") or 0)}}
+@dataclass
+class Ledger:
+    """The handled losses of one search: a cache of ``status.trainerPods`` and ``counters.podFailures``, seeded
+    from the server once per process, written back (coalesced) by :func:`_flush`."""
+
+    meta: dict[str, str]
+    pods: dict[str, dict[str, Any]]
+    pod_failures: int
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    flushing: asyncio.Task | None = None
+
+    @classmethod
+    def from_status(cls, meta: dict[str, str], status: Mapping[str, Any]) -> "Ledger":
+        pods = {p["uid"]: dict(p) for p in status.get("trainerPods") or [] if isinstance(p, Mapping) and p.get("uid")}
+        return cls(meta, pods, int((status.get("counters") or {}).get("podFailures") or 0))
+
+    def part(self) -> dict[str, Any]:
+        """This writer's whole part of the status."""
+        return {"trainerPods": list(self.pods.values())[-MAX_LEDGER:], "counters": {"podFailures": self.pod_failures}}
+
+
+async def _ledger(ctx: OperatorContext, namespace: str, search: str) -> Ledger | None:
+    """The ledger of a search (None when the search is gone); one GET per search and process."""
+    key = (namespace, search)
+    ledger = ctx.ledgers.get(key)
+    if ledger is None:
+        owner = await ctx.api.get(API_VERSION, KIND, namespace, search)
+        if owner is None:
+            return None
+        ledger = ctx.ledgers.setdefault(key, Ledger.from_status(meta_of(owner), owner.get("status") or {}))
+    return ledger
+
+
+async def _flush(ctx: OperatorContext, ledger: Ledger, logger: logging.Logger) -> None:
+    """Write the ledger a moment after a change, so that a mass reclaim costs a few status writes, not one per pod.
+    Until the write lands a restarted operator handles those losses again: the releases are then no-ops (the
+    lease is gone, or newer than the failure) and the counts are made once, by the write that lands."""
+    await asyncio.sleep(FLUSH_DELAY_S)
+    ledger.flushing = None
+    try:
+        await ctx.status.apply(ledger.meta, PODS, ledger.part())
+    except Exception as exc:  # noqa: BLE001 - the next change writes again
+        logger.warning("writing status.trainerPods failed: %s", exc)
 
 
 async def _release(ctx: OperatorContext, namespace: str, search: str, pod: str, verdict: Verdict, logger: logging.Logger) -> Any:
@@ -143,32 +184,29 @@ async def handle_loss(ctx: OperatorContext, namespace: str, search: str, pod: Ma
 
     Returns True when this call handled the loss (False: already handled, or the search is gone).
     """
-    owner = await ctx.api.get(API_VERSION, KIND, namespace, search)
-    if owner is None:
+    ledger = await _ledger(ctx, namespace, search)
+    if ledger is None:
         return False
-    meta, pod_meta = meta_of(owner), pod.get("metadata") or {}
+    pod_meta = pod.get("metadata") or {}
     name, uid = pod_meta.get("name", ""), pod_meta.get("uid") or pod_meta.get("name", "")
-    async with ctx.status.lock(meta["uid"]):
-        part = ctx.status.last(meta["uid"], PODS) or _ledger(owner.get("status") or {})
-        entries = {p["uid"]: p for p in part["trainerPods"]}
-        entry = entries.get(uid) or {"uid": uid, "pod": name, "restarts": 0, "preempted": False}
+    async with ledger.lock:  # decide and mark at once: concurrent events about the same loss see it handled
+        entry = ledger.pods.setdefault(uid, {"uid": uid, "pod": name, "restarts": 0, "preempted": False})
         handled = entry["preempted"] if verdict.end is PodEnd.PREEMPTED else verdict.failures <= entry["restarts"]
-        reply = None
         if not handled:
-            reply = await _release(ctx, namespace, search, name, verdict, logger)
             if verdict.end is PodEnd.PREEMPTED:
                 entry["preempted"] = True
             else:
-                part["counters"]["podFailures"] += verdict.failures - entry["restarts"]
+                ledger.pod_failures += verdict.failures - entry["restarts"]
                 entry["restarts"] = verdict.failures
-            entries[uid] = entry
         if deleted:
-            entries.pop(uid, None)
-        part["trainerPods"] = list(entries.values())[-MAX_LEDGER:]
-        await ctx.status.apply(meta, PODS, part)
+            ledger.pods.pop(uid, None)
+        if ledger.flushing is None and ledger.part() != ctx.status.last(ledger.meta["uid"], PODS):
+            ledger.flushing = asyncio.create_task(_flush(ctx, ledger, logger))
     if handled:
         return False
+    reply = await _release(ctx, namespace, search, name, verdict, logger)
     work = reply.work_id if reply is not None and reply.released else ""
+    owner = {"apiVersion": API_VERSION, "kind": KIND, "metadata": ledger.meta}
     if verdict.end is PodEnd.PREEMPTED and work:
         message = f"trainer pod {name} lost ({verdict.reason}); lease {reply.lease_id} of candidate {work} released, " \
                   "it resumes from its last checkpoint on another pod"

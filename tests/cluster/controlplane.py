@@ -98,6 +98,8 @@ class ControlPlane:
     workdir: Path
     assets: Path
     audited_users: tuple[str, ...] = ()
+    #: ``(group, resource)`` pairs whose requests by ``audited_users`` are logged with their bodies (level Request)
+    audited_bodies: tuple[tuple[str, str], ...] = ()
     server: str = ""
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -114,8 +116,9 @@ class ControlPlane:
         return self.workdir / "audit.log"
 
     @classmethod
-    def start(cls, workdir: Path, assets: str | Path, audited_users: tuple[str, ...] = ()) -> "ControlPlane":
-        cp = cls(Path(workdir), Path(assets), tuple(audited_users))
+    def start(cls, workdir: Path, assets: str | Path, audited_users: tuple[str, ...] = (),
+              audited_bodies: tuple[tuple[str, str], ...] = ()) -> "ControlPlane":
+        cp = cls(Path(workdir), Path(assets), tuple(audited_users), tuple(audited_bodies))
         try:
             cp._start()
         except BaseException:
@@ -180,9 +183,13 @@ class ControlPlane:
             "--listen-peer-urls", f"http://127.0.0.1:{peer_port}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
             "--initial-cluster", f"default=http://127.0.0.1:{peer_port}", "--unsafe-no-fsync",
         ])
+        rules: list[dict[str, Any]] = []
+        if self.audited_users:
+            rules += [{"level": "Request", "users": list(self.audited_users), "resources": [{"group": g, "resources": [r]}]}
+                      for g, r in self.audited_bodies]
+            rules.append({"level": "Metadata", "users": list(self.audited_users)})
         policy = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
-                  "rules": ([{"level": "Metadata", "users": list(self.audited_users)}] if self.audited_users else [])
-                  + [{"level": "None"}]}
+                  "rules": rules + [{"level": "None"}]}
         (self.workdir / "audit-policy.yaml").write_text(yaml.safe_dump(policy))
         self._spawn("kube-apiserver", [
             str(self.assets / "kube-apiserver"), "--bind-address=127.0.0.1", f"--secure-port={api_port}",

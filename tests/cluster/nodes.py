@@ -57,6 +57,8 @@ class NodeSimulator:
     """Creates simulated nodes and plays their kubelets; see the module docstring."""
 
     api: client.ApiClient
+    #: seconds between two renewals of every node's Lease (the node lifecycle controller allows 40 s)
+    renew_every_s: float = RENEW_EVERY_S
     nodes: dict[str, SimNode] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -147,7 +149,7 @@ class NodeSimulator:
         return run
 
     def _renew_loop(self) -> None:
-        while not self._stop.wait(RENEW_EVERY_S):
+        while not self._stop.wait(self.renew_every_s):
             for name in list(self.nodes):
                 try:
                     self._renew(name)

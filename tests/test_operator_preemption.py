@@ -112,11 +112,13 @@ class FakeController:
 
 
 def _context(api: FakeApi, controller: FakeController) -> Any:
+    from gpunet_operator.preemption import TrainerNodes
     from gpunet_operator.status_writer import StatusWriter
 
     async def get_controller(namespace: str, name: str) -> FakeController:
         return controller
-    return SimpleNamespace(api=api, status=StatusWriter(api), controller=get_controller, ledgers={})
+    return SimpleNamespace(api=api, status=StatusWriter(api), controller=get_controller, ledgers={},
+                           trainer_nodes=TrainerNodes())
 
 
 def test_a_loss_is_released_and_counted_once_also_by_a_restarted_operator(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,3 +153,17 @@ def test_a_loss_is_released_and_counted_once_also_by_a_restarted_operator(monkey
     assert len(controller.releases) == 2 and api.owner["status"]["counters"]["podFailures"] == 2
     asyncio.run(event(_context(api, controller), again, "DELETED"))
     assert api.owner["status"]["trainerPods"] == []  # a deleted pod leaves the ledger
+
+
+def test_the_node_index_follows_the_pod_events() -> None:
+    from gpunet_operator.preemption import TrainerNodes
+
+    index = TrainerNodes()
+    a = {"metadata": {"name": "a", "namespace": "ns", "uid": "ua"}, "spec": {"nodeName": "n1"}}
+    assert index.on("n1") is None  # never seen: the operator lists that node's pods instead
+    index.note(a, "s", deleted=False)
+    assert [p["metadata"]["name"] for p in index.on("n1")] == ["a"]
+    index.note({**a, "spec": {"nodeName": "n2"}}, "s", deleted=False)
+    assert index.on("n1") == [] and [p["metadata"]["labels"]["nas.gpunet.dev/search"] for p in index.on("n2")] == ["s"]
+    index.note(a, "s", deleted=True)
+    assert index.on("n2") == []

@@ -28,12 +28,16 @@ class OperatorContext:
     controllers: ControllerClients = field(default_factory=ControllerClients)
     #: ``preemption.Ledger`` of each search by ``(namespace, name)`` (a cache of what its status records)
     ledgers: dict[tuple[str, str], Any] = field(default_factory=dict)
+    #: ``preemption.TrainerNodes``: where the trainer pods run (an index of the pod events)
+    trainer_nodes: Any = None
     _tokens: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @classmethod
     async def create(cls, settings: Settings) -> "OperatorContext":
+        from .preemption import TrainerNodes
+
         api = await KubeApi.connect()
-        return cls(settings=settings, api=api, status=StatusWriter(api))
+        return cls(settings=settings, api=api, status=StatusWriter(api), trainer_nodes=TrainerNodes())
 
     async def close(self) -> None:
         self.controllers.close()

@@ -45,6 +45,8 @@ RELEASE_ATTEMPTS, RELEASE_BACKOFF_S = 4, 0.5
 MAX_LEDGER = 2000
 #: Seconds a change of the ledger waits before it is written, so that a burst of losses is one status write.
 FLUSH_DELAY_S = 0.25
+#: The longest wait between two attempts of a failed ledger write.
+FLUSH_RETRY_MAX_S = 10.0
 
 
 class PodEnd(enum.Enum):
@@ -153,15 +155,23 @@ async def _ledger(ctx: OperatorContext, namespace: str, search: str) -> Ledger |
 
 
 async def _flush(ctx: OperatorContext, ledger: Ledger, logger: logging.Logger) -> None:
-    """Write the ledger a moment after a change, so that a mass reclaim costs a few status writes, not one per pod.
-    Until the write lands a restarted operator handles those losses again: the releases are then no-ops (the
-    lease is gone, or newer than the failure) and the counts are made once, by the write that lands."""
-    await asyncio.sleep(FLUSH_DELAY_S)
-    ledger.flushing = None
-    try:
-        await ctx.status.apply(ledger.meta, PODS, ledger.part())
-    except Exception as exc:  # noqa: BLE001 - the next change writes again
-        logger.warning("writing status.trainerPods failed: %s", exc)
+    """Write the ledger a moment after a change, so that a mass reclaim costs a few status writes, not one per pod;
+    retried with a growing delay while the API server refuses. Until the write lands a restarted operator handles
+    those losses again: the releases are then no-ops (the lease is gone, or newer than the failure) and the counts
+    are made once, by the write that lands."""
+    delay = FLUSH_DELAY_S
+    while True:
+        await asyncio.sleep(delay)
+        ledger.flushing = None  # a change from now on schedules another write
+        try:
+            await ctx.status.apply(ledger.meta, PODS, ledger.part())
+            return
+        except Exception as exc:  # noqa: BLE001 - retried below
+            logger.warning("writing status.trainerPods failed (retrying in %.1fs): %s", 2 * delay, exc)
+        if ledger.flushing is not None:
+            return  # a newer flush is scheduled and will write everything
+        ledger.flushing = asyncio.current_task()
+        delay = min(2 * delay, FLUSH_RETRY_MAX_S)
 
 
 async def _release(ctx: OperatorContext, namespace: str, search: str, pod: str, verdict: Verdict, logger: logging.Logger) -> Any:
@@ -221,24 +231,55 @@ async def handle_loss(ctx: OperatorContext, namespace: str, search: str, pod: Ma
 
 
 async def on_pod_event(ctx: OperatorContext, event_type: str | None, pod: Mapping[str, Any], logger: logging.Logger) -> None:
-    """A trainer pod changed (or was deleted): handle its loss if it is one."""
+    """A trainer pod changed (or was deleted): note where it runs, and handle its loss if it is one."""
     deleted = event_type == "DELETED"
-    verdict = classify_pod(pod, deleted=deleted)
     meta = pod.get("metadata") or {}
     search = (meta.get("labels") or {}).get(builders.SEARCH_LABEL)
+    ctx.trainer_nodes.note(pod, search, deleted=deleted)
+    verdict = classify_pod(pod, deleted=deleted)
     if verdict is not None and search:
         await handle_loss(ctx, meta["namespace"], search, pod, verdict, logger, deleted=deleted)
 
 
 async def on_node_event(ctx: OperatorContext, event_type: str | None, node: Mapping[str, Any], logger: logging.Logger) -> None:
-    """A node is being reclaimed (preemption taint) or was deleted: its trainer pods lose their work now."""
+    """A node is being reclaimed (preemption taint) or was deleted: its trainer pods lose their work now. Where
+    they run is known from the pod events already seen (no API request on this path, which must stay fast when a
+    mass reclaim floods the API server); a node not seen yet (right after a restart) is listed."""
     name = (node.get("metadata") or {}).get("name")
     why = "node deleted" if event_type == "DELETED" else node_preemption(node, ctx.settings.preemption_taints)
     if why is None or not name:
         return
-    pods = await ctx.api.list("v1", "Pod", labels={builders.COMPONENT_LABEL: "trainer", builders.SEARCH_LABEL: None},
-                              fields={"spec.nodeName": name})
+    pods = ctx.trainer_nodes.on(name)
+    if pods is None:
+        pods = await ctx.api.list("v1", "Pod", labels={builders.COMPONENT_LABEL: "trainer", builders.SEARCH_LABEL: None},
+                                  fields={"spec.nodeName": name})
     await asyncio.gather(*(
         handle_loss(ctx, p["metadata"]["namespace"], p["metadata"]["labels"][builders.SEARCH_LABEL], p,
                     Verdict(PodEnd.PREEMPTED, f"{why} ({name})"), logger)
         for p in pods))
+
+
+class TrainerNodes:
+    """Which trainer pods run on which node, from the pod events (kopf lists every pod at startup): an index, so
+    that a node's reclaim needs no API request. Holds each pod's metadata only."""
+
+    def __init__(self) -> None:
+        self._by_node: dict[str, dict[str, dict[str, Any]]] = {}
+        self._node_of: dict[str, str] = {}
+
+    def note(self, pod: Mapping[str, Any], search: str | None, *, deleted: bool) -> None:
+        meta = pod.get("metadata") or {}
+        uid, node = meta.get("uid") or meta.get("name", ""), (pod.get("spec") or {}).get("nodeName")
+        old = self._node_of.pop(uid, None)
+        if old is not None:
+            self._by_node.get(old, {}).pop(uid, None)
+        if deleted or not node or not search:
+            return
+        self._node_of[uid] = node
+        self._by_node.setdefault(node, {})[uid] = {"metadata": {
+            "name": meta.get("name"), "namespace": meta.get("namespace"), "uid": uid, "labels": {builders.SEARCH_LABEL: search}}}
+
+    def on(self, node: str) -> list[dict[str, Any]] | None:
+        """The trainer pods last seen on ``node``; None when no pod was ever seen there."""
+        pods = self._by_node.get(node)
+        return None if pods is None else list(pods.values())

@@ -74,10 +74,10 @@ async def poll_once(ctx: OperatorContext, body: Mapping[str, Any], pools: PoolSt
     table = reply.latency_table
     want = scaling.desired_scale(phase, spec, queued=reply.candidates.queued, running=reply.candidates.running,
                                  table_complete=table.layers_needed > 0 and table.layers_measured >= table.layers_needed)
+    await ctx.status.apply(meta, MIRROR, new)  # first: what users and the tests read
     await scaling.apply_scale(ctx, meta["name"], meta["namespace"], want, pools.replicas)
     busy = {r.worker_id for r in reply.records if r.state == "running" and r.worker_id}
     await scaling.protect_busy_trainers(ctx, meta["namespace"], busy, pools.busy)
-    await ctx.status.apply(meta, MIRROR, new)
     if phase != last.get("phase"):
         logger.info("phase %s -> %s", last.get("phase"), phase)
         if phase in TERMINAL_PHASES:
@@ -96,7 +96,7 @@ async def run(ctx: OperatorContext, body: Mapping[str, Any], stopped: Any, logge
             poll = await poll_once(ctx, body, pools, logger)
         except Exception as exc:  # noqa: BLE001 - an API error must not end the daemon; the next poll retries
             logger.warning("status poll failed: %s", exc)
-            poll = Poll("", reachable=False)
+            poll = Poll("", reachable=True)  # the API server's trouble, not the controller's: no backoff
         if poll.phase in TERMINAL_PHASES:
             return
         delay = next_delay(delay, poll.reachable, settings.poll_interval_s, settings.poll_backoff_max_s)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -15,6 +16,8 @@ PROFILING_PHASES = (PENDING, PROFILING)
 #: ReplicaSet removes idle trainers first instead of interrupting a candidate mid-epoch.
 BUSY_DELETION_COST = "1000"
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+#: Deletion-cost applies in flight at once per search.
+DELETION_COST_CONCURRENCY = 8
 
 
 @dataclass(frozen=True)
@@ -70,15 +73,20 @@ async def apply_scale(ctx: Any, search: str, namespace: str, want: Scale, applie
 
 async def protect_busy_trainers(ctx: Any, namespace: str, busy: Iterable[str], protected: set[str]) -> None:
     """Give the pods in ``busy`` (trainers holding a lease) a high deletion cost and take it from the others in
-    ``protected`` (updated to ``busy``)."""
+    ``protected`` (updated to ``busy``). The applies run a few at a time: after a mass reclaim many pods change."""
     busy = set(busy)
-    for pod, annotations in [(p, {DELETION_COST: BUSY_DELETION_COST}) for p in sorted(busy - protected)] + \
-                            [(p, {}) for p in sorted(protected - busy)]:
+    gate = asyncio.Semaphore(DELETION_COST_CONCURRENCY)
+
+    async def apply(pod: str, annotations: dict[str, str]) -> None:
         body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": namespace, "annotations": annotations}}
-        try:
-            await ctx.api.apply(body, DELETION_COST_MANAGER)
-        except ApiError as exc:
-            if exc.status not in (404, 422):  # a pod that is gone needs no protection
-                raise
+        async with gate:
+            try:
+                await ctx.api.apply(body, DELETION_COST_MANAGER)
+            except ApiError as exc:
+                if exc.status not in (404, 422):  # a pod that is gone needs no protection
+                    raise
+
+    await asyncio.gather(*[apply(p, {DELETION_COST: BUSY_DELETION_COST}) for p in sorted(busy - protected)],
+                         *[apply(p, {}) for p in sorted(protected - busy)])
     protected.clear()
     protected.update(busy)

@@ -151,8 +151,22 @@ def test_controller_runs_and_the_status_mirrors_it(search: Search) -> None:
     assert search.condition("Ready")["status"] == "True"
 
 
+def describe(search: Search, component: str) -> str:
+    """The Deployment, ReplicaSets and pods of a component, for a failure message."""
+    dep = search.apps.read_namespaced_deployment(f"{NAME}-{component}", NS)
+    sets = search.apps.list_namespaced_replica_set(NS, label_selector=f"{SEARCH_LABEL}={NAME},{COMPONENT_LABEL}={component}").items
+    pods = search.pods(component)
+    return (f"deployment replicas={dep.spec.replicas} status={dep.status.to_dict()}; replicasets="
+            f"{[(r.metadata.name, r.spec.replicas, r.status.to_dict()) for r in sets]}; pods="
+            f"{[(p.metadata.name, p.spec.node_name, p.status.phase, [(c.type, c.status, c.reason) for c in p.status.conditions or []]) for p in pods]}"
+            f"; simulator errors={search.nodes.errors[-5:]}")
+
+
 def test_scheduler_keeps_the_controller_off_spot_nodes(search: Search) -> None:
-    (pod,) = wait_for("the controller pod running", lambda: search.running_pods("controller"), timeout=30)
+    try:
+        (pod,) = wait_for("the controller pod running", lambda: search.running_pods("controller"), timeout=30)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{describe(search, 'controller')}") from None
     assert NODES[pod.spec.node_name][1] is None, f"controller on spot node {pod.spec.node_name}"
     # With every on-demand node cordoned, the scheduler leaves a new controller pod pending rather than use spot.
     search.core.patch_node("cpu-ondemand-0", {"spec": {"unschedulable": True}})
@@ -372,7 +386,18 @@ def test_preemptions_are_counted_and_failures_apart(search: Search) -> None:
 def test_operator_restart_revokes_no_healthy_lease_and_loses_no_count(search: Search, operator: OperatorProcess) -> None:
     """Kill the operator mid-search (SIGKILL, as an OOM kill would); while it is down a trainer's container fails,
     restarts, resumes and finishes its candidate and takes a new one. The new operator counts that failure once,
-    never re-counts the one handled before, and revokes no lease: every lease is healthy after the restart."""
+    never re-counts the ones handled before (nor forgets those of pods that are gone), and revokes no lease: every
+    lease is healthy after the restart."""
+    # A failure counted before, of a pod that is gone since: no pod event will ever remind a new operator of it.
+    pod = min((p for p in search.running_pods("trainer") if search.trainer_on(p).lease is not None),
+              key=lambda p: search.trainers[p.metadata.name].taken_at)
+    failures = search.status()["counters"]["podFailures"]
+    crash_after_its_lease(search, pod, search.trainers[pod.metadata.name])
+    wait_for("that failure counted", lambda: search.status()["counters"]["podFailures"] == failures + 1)
+    search.trainers[pod.metadata.name].lease = None
+    search.core.delete_namespaced_pod(pod.metadata.name, NS)
+    wait_for("the gone pod to leave status.trainerPods", lambda: pod.metadata.uid not in {
+        p["uid"] for p in search.status().get("trainerPods") or []} and _read_pod(search, pod.metadata.name) is None)
     before = search.status()["counters"]
     operator.kill()
     pod = min((p for p in search.running_pods("trainer") if search.trainer_on(p).lease is not None),

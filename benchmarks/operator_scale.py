@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import sys
@@ -137,7 +138,7 @@ def _t(stamp: str) -> float:
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     with ControlPlane.start(workdir, os.environ["KUBEBUILDER_ASSETS"], audited_users=(OPERATOR_USER,),
-                            audited_bodies=(("nas.gpunet.dev", "nassearches/status"),)) as cp:
+                            audited_bodies=(("nas.gpunet.dev", "nassearches/status"),)) as cp, contextlib.ExitStack() as cleanup:
         cfg = client.Configuration()
         config.load_kube_config(config_file=str(cp.admin_kubeconfig), client_configuration=cfg)
         cfg.connection_pool_maxsize = 16
@@ -158,6 +159,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             spot = spot_pools[i % 3] if i < spot_count else None
             sim.add_node(f"gpu-{'spot-' + spot if spot else 'ondemand'}-{i}", gpus=GPUS_PER_NODE, cpu="192", memory="2Ti", spot=spot)
         sim.start()
+        cleanup.callback(sim.stop)
         ensure_namespace(api, NS)
         bound_claim(api, NS, CLAIM, "1Ti")
         sockets = Path(tempfile.mkdtemp(prefix="gn-"))
@@ -165,10 +167,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         operator = operator_process(cp, api, pod, OPERATOR_NAMESPACE, sockets, workdir / "operator.log",
                                     poll_s=args.poll, backoff_max_s=300.0)
         operator.start()
+        cleanup.callback(operator.stop)
         started = time.time()
         names = [f"scale-{i:02d}" for i in range(args.searches)]
         controllers = {n: ScaleController(n, args.trainers + 10) for n in names}
-        servers = []
         for n in names:
             custom.create_namespaced_custom_object("nas.gpunet.dev", "v1alpha1", NS, "nassearches", search(n, args.trainers))
         for n in names:
@@ -177,7 +179,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             pb_grpc.add_SearchControllerServiceServicer_to_server(controllers[n], server)
             server.add_insecure_port(socket_address(sockets, NS, n))
             server.start()
-            servers.append(server)
+            cleanup.callback(server.stop, 0)
 
         def lease_running_trainers() -> int:
             leased = 0
@@ -206,15 +208,22 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         pods = core.list_namespaced_pod(NS, label_selector="app.kubernetes.io/component=trainer").items
         lost = {p.metadata.name: p.metadata.labels["nas.gpunet.dev/search"] for p in pods if p.spec.node_name in doomed
                 and p.metadata.name in controllers[p.metadata.labels["nas.gpunet.dev/search"]].leases}
+        node_of = {p.metadata.name: p.spec.node_name for p in pods}
         key, effect = args.taint.rsplit(":", 1)
         taint = {"key": key, "value": "true", "effect": effect}
         marked: dict[str, float] = {}
         watcher = threading.Thread(target=watch_marks, args=(api, set(lost), marked), daemon=True)
         watcher.start()
         time.sleep(1.0)  # the watch is open
+        tainted: dict[str, float] = {}  # node -> when its taint was written (the API server answered)
+
+        def put_taint(node: str) -> None:
+            sim.taint(node, taint)
+            tainted[node] = time.time()
+
         tainted_at = time.time()
         with futures.ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda n: sim.taint(n, taint), doomed))
+            list(pool.map(put_taint, doomed))
         taints_done = time.time()
 
         def all_released() -> bool:
@@ -222,6 +231,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
         wait_for("every lost pod's lease to be released", all_released, timeout=300, every=0.1)
         last_release = max(controllers[s].released[p] for p, s in lost.items())
+        after_taint = sorted(controllers[s].released[p] - tainted[node_of[p]] for p, s in lost.items())
         after_mark = sorted(controllers[s].released[p] - marked[p] for p, s in lost.items() if p in marked)
         marks = sorted(marked[p] - tainted_at for p in lost if p in marked)
 
@@ -237,10 +247,6 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     for n in names}
         time.sleep(1)  # the audit batch
         events = audit(cp)
-        operator.stop()
-        for server in servers:
-            server.stop(0)
-        sim.stop()
 
     steady = [e for e in events if ready_at <= _t(e["requestReceivedTimestamp"]) < steady_end]
     status_bytes = {n: 0 for n in names}
@@ -268,13 +274,14 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                    "patches_per_search_mean": round(sum(status_patches.values()) / len(names), 1),
                    "largest_status_bytes": max(sizes.values())},
         "reclaim": {"nodes_tainted": len(doomed), "leased_pods_lost": len(lost), "taint_calls_s": round(taints_done - tainted_at, 2),
-                    "seconds_from_taint_to_last_release": round(release_s, 2),
+                    "seconds_from_first_taint_to_last_release": round(release_s, 2),
+                    "seconds_from_its_node_taint_to_release_p50_max": _p50_max(after_taint),
                     "seconds_from_taint_to_counted_in_status": round(counted_at - tainted_at, 1),
                     "pods_marked_by_the_control_plane": len(marked),
                     "seconds_from_taint_to_pod_marked_p50_max": _p50_max(marks),
                     "seconds_from_pod_marked_to_release_p50_max": _p50_max(after_mark),
                     "preempted_counted": sum(int((st.get("counters") or {}).get("preempted") or 0) for st in statuses.values())},
-        "targets": {"all_released_within_10s": release_s <= 10.0, "status_below_256KiB": max(sizes.values()) < 256 * 1024,
+        "targets": {"all_released_within_10s_of_their_taint": after_taint[-1] <= 10.0, "status_below_256KiB": max(sizes.values()) < 256 * 1024,
                     "operator_below_200MiB": peak_rss < 200 * 2**20},
     }
 

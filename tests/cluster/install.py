@@ -123,3 +123,16 @@ def can_i(kubeconfig: str | Path, verb: str, resource: str, *, namespace: str | 
         review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview", "spec": {"resourceAttributes": {
             "verb": verb, "resource": resource, "group": group, **({"namespace": namespace} if namespace else {})}}}
         return bool(client.AuthorizationV1Api(api).create_self_subject_access_review(review).status.allowed)
+
+
+def labelled(api: client.ApiClient, namespace: str, search: str) -> list[str]:
+    """``Kind/name`` of every object labelled as a child of ``search`` (Secrets, ConfigMaps, Services, claims,
+    Deployments)."""
+    selector = f"nas.gpunet.dev/search={search}"
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    return [f"{kind}/{o.metadata.name}" for kind, items in (
+        ("Secret", core.list_namespaced_secret(namespace, label_selector=selector).items),
+        ("ConfigMap", core.list_namespaced_config_map(namespace, label_selector=selector).items),
+        ("Service", core.list_namespaced_service(namespace, label_selector=selector).items),
+        ("PersistentVolumeClaim", core.list_namespaced_persistent_volume_claim(namespace, label_selector=selector).items),
+        ("Deployment", apps.list_namespaced_deployment(namespace, label_selector=selector).items)) for o in items]

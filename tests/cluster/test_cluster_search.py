@@ -10,24 +10,20 @@ from __future__ import annotations
 
 import base64
 import copy
-import json
 import time
-from concurrent import futures
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import grpc
 import pytest
 import yaml
 from kubernetes import client
 
 from controller_helpers import MICRO_SPACE
-from gpunet import rpc
-from gpunet.rpc import pb, pb_grpc
+from gpunet.rpc import pb
 
 from .actors import ControllerProcess, OperatorProcess, ScriptedTrainer, fill_latency_table, socket_address
 from .conftest import NODES
-from .install import bound_claim, can_i, ensure_namespace, wait_for
+from .install import bound_claim, can_i, ensure_namespace, labelled, wait_for
 from .nodes import NodeSimulator
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
@@ -422,114 +418,6 @@ def test_operator_restart_revokes_no_healthy_lease_and_loses_no_count(search: Se
     assert counters["preempted"] == search.controller.status().preemptions == before["preempted"]
 
 
-# --- what admission and the operator refuse --------------------------------------------------------------------
-
-
-def _create(search: Search, name: str, spec: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "NASSearch", "metadata": {"name": name, "namespace": NS}, "spec": spec}
-    return search.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body, **kwargs)
-
-
-def _labelled(search: Search, name: str) -> list[str]:
-    selector = f"{SEARCH_LABEL}={name}"
-    return [f"{kind}/{o.metadata.name}" for kind, items in (
-        ("Secret", search.core.list_namespaced_secret(NS, label_selector=selector).items),
-        ("ConfigMap", search.core.list_namespaced_config_map(NS, label_selector=selector).items),
-        ("Service", search.core.list_namespaced_service(NS, label_selector=selector).items),
-        ("PersistentVolumeClaim", search.core.list_namespaced_persistent_volume_claim(NS, label_selector=selector).items),
-        ("Deployment", search.apps.list_namespaced_deployment(NS, label_selector=selector).items)) for o in items]
-
-
-INVALID = {  # specs the schema accepts but the operator cannot: name -> (spec, the field the message names)
-    "bad-kernel": ({"searchSpace": {"preset": "gpunet-tiny", "stages": {"2": {"kernel": [4]}}}}, "spec.searchSpace.stages[2].kernel"),
-    "bad-option": ({"algorithm": {"name": "random", "options": {"n_init": 4}}}, "spec.algorithm.options.n_init"),
-    "bad-option-value": ({"algorithm": {"name": "lamcts-bo", "options": {"leaf_size": 0}}}, "spec.algorithm.options.leaf_size"),
-}
-
-
-def test_invalid_specs_fail_within_seconds_naming_the_field_with_no_children(search: Search) -> None:
-    started = time.monotonic()
-    for name, (spec, _) in INVALID.items():
-        _create(search, name, {"latency": {"tiers": [0.5]}, **spec})
-    for name, (_, field) in INVALID.items():
-        status = wait_for(f"{name} to fail", lambda: (st := (search.custom.get_namespaced_custom_object(
-            GROUP, VERSION, NS, PLURAL, name).get("status") or {})).get("phase") == "Failed" and st, timeout=15)
-        (ready,) = [c for c in status["conditions"] if c["type"] == "Ready"]
-        assert ready["status"] == "False" and ready["reason"] == "InvalidSpec" and ready["message"].startswith(field), ready
-        assert _labelled(search, name) == [], f"{name} has children"
-    assert time.monotonic() - started < 15
-
-
-@pytest.mark.parametrize("section, change", [
-    ("latency", {"tiers": [0.2]}), ("searchSpace", {"preset": "gpunet"}), ("algorithm", {"budget": 99}),
-    ("training", {"epochs": 9}), ("storage", {"existingClaim": "other"}),
-])
-def test_admission_refuses_a_change_of_a_frozen_section(search: Search, section: str, change: dict[str, Any]) -> None:
-    with pytest.raises(client.exceptions.ApiException) as info:
-        search.custom.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, NAME, {"spec": {section: change}})
-    assert info.value.status == 422
-    assert f"spec.{section}: Forbidden: spec.{section} is frozen" in json.loads(info.value.body)["message"], info.value.body
-
-
-def test_snake_case_is_refused_by_the_server_and_by_gpunet_run(search: Search) -> None:
-    from gpunet.spec import SpecError, parse_search
-
-    spec = {"latency": {"tiers": [0.5], "batch_size": 2}}
-    with pytest.raises(client.exceptions.ApiException) as info:
-        _create(search, "snake", spec, field_validation="Strict")  # what kubectl apply asks for
-    assert info.value.status == 400 and 'unknown field "spec.latency.batch_size"' in json.loads(info.value.body)["message"]
-    with pytest.raises(SpecError, match=r"^spec.latency.batch_size: .*did you mean 'batchSize'"):
-        parse_search({"apiVersion": f"{GROUP}/{VERSION}", "kind": "NASSearch", "metadata": {"name": "snake"}, "spec": spec})
-
-
-class FailingController(pb_grpc.SearchControllerServiceServicer):
-    """A controller that is up but answers every call UNAVAILABLE (restarting); it counts the calls."""
-
-    def __init__(self) -> None:
-        self.calls: list[float] = []
-
-    def GetStatus(self, request: Any, context: Any) -> Any:
-        self.calls.append(time.monotonic())
-        context.abort(grpc.StatusCode.UNAVAILABLE, "restarting")
-
-
-def test_unreachable_controller_sets_a_condition_and_backs_off(search: Search, control_plane: Any) -> None:
-    """A search whose controller never answers: ControllerReachable=False once, polls spaced by an exponential
-    backoff (counted at a controller that answers UNAVAILABLE) and no API request while nothing changes (counted
-    in the API server's audit log of the operator's ServiceAccount)."""
-    from .conftest import OPERATOR_USER
-
-    failing = FailingController()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    pb_grpc.add_SearchControllerServiceServicer_to_server(failing, server)
-    server.add_insecure_port(socket_address(search.sockets, NS, "down"))
-    server.start()
-    try:
-        _create(search, "down", {"latency": {"tiers": [0.5]}, "storage": {"size": "1Gi"}})
-        cond = wait_for("ControllerReachable=False", lambda: next((c for c in (search.custom.get_namespaced_custom_object(
-            GROUP, VERSION, NS, PLURAL, "down").get("status") or {}).get("conditions") or [] if c["type"] == "ControllerReachable"
-            and c["status"] == "False"), None), timeout=30)
-        assert cond["reason"] == "Unavailable" and "UNAVAILABLE" in cond["message"] and "backoff" in cond["message"]
-        time.sleep(1.0)  # let the audit batch of that write reach the file
-        window_start, calls_before = time.time(), len(failing.calls)
-        time.sleep(10.0)
-        calls = len(failing.calls) - calls_before
-        requests = [e for e in control_plane.audit_events() if e["user"]["username"] == OPERATOR_USER
-                    and "/nassearches/down" in e["requestURI"] and e["verb"] not in ("watch",)
-                    and _audit_time(e) >= window_start]
-        # 0.5 s polls without backoff would be 20 calls; with it 0.5, 1, 2, 4, 8 s apart, at most 4 in any 10 s.
-        assert 1 <= calls <= 4, failing.calls
-        assert len(requests) <= 1, [(e["verb"], e["requestURI"]) for e in requests]
-    finally:
-        server.stop(0)
-
-
-def _audit_time(event: dict[str, Any]) -> float:
-    import datetime
-
-    return datetime.datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
-
-
 def test_pod_gc_removes_the_orphans_of_the_deleted_node(search: Search) -> None:
     """Pod GC (kube-controller-manager) deletes the pods of the node deleted above, after its quarantine (about a
     minute; no flag shortens it); the pool then replaces them, and nothing is released twice."""
@@ -540,12 +428,9 @@ def test_pod_gc_removes_the_orphans_of_the_deleted_node(search: Search) -> None:
 
 
 def test_deletion_garbage_collects_the_children_but_not_an_existing_claim(search: Search) -> None:
-    """The real garbage collector removes every owned child; the operator's own claim goes, an existingClaim stays."""
-    own_claim = f"down-data"
-    assert own_claim in [o.split("/")[1] for o in _labelled(search, "down") if o.startswith("PersistentVolumeClaim/")]
-    assert _labelled(search, NAME)
-    for name in (NAME, "down", *INVALID):
-        search.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
-    wait_for("the searches to go", lambda: not search.custom.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL)["items"], timeout=60)
-    wait_for("the children to be collected", lambda: not _labelled(search, NAME) and not _labelled(search, "down"), timeout=60)
+    """The real garbage collector removes every owned child; the existingClaim the search used stays."""
+    assert labelled(search.api, NS, NAME)
+    search.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, NAME)
+    wait_for("the search to go", lambda: not search.custom.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL)["items"], timeout=60)
+    wait_for("the children to be collected", lambda: not labelled(search.api, NS, NAME), timeout=60)
     assert search.core.read_namespaced_persistent_volume_claim(CLAIM, NS).metadata.deletion_timestamp is None

@@ -1,5 +1,5 @@
 """The ``NASSearch`` resource: parsing and validation of its ``spec`` (one home for the operator, the controller,
-the workers and ``gpunet run``).
+the workers and ``gpunet run``), and the one table of its engine fields.
 
 A ``NASSearch`` YAML is what ``kubectl apply`` takes and what ``gpunet run`` reads::
 
@@ -15,11 +15,21 @@ A ``NASSearch`` YAML is what ``kubectl apply`` takes and what ``gpunet run`` rea
                  earlyStopping: {enabled: true, minEpochs: 2, rule: median}, maxRetries: 3}
       trainers: {...}; profilers: {...}; controller: {...}; storage: {...}   # Kubernetes only
 
-Keys are camelCase as in Kubernetes; the dataclasses use snake_case. The training recipe defaults are the
-GPUNet paper's supplement Table 5 (timm: RMSprop-TF, lr 0.06, eps 1e-3, weight decay 1e-5, step decay 0.97
-every 2.4 epochs, warmup lr 1e-6, EMA 0.9999, RandAugment m9-mstd0.5, random erasing 0.2 pixel mode, dropout
-0.3, drop-connect 0.2, AMP, crop 1.0). Every error names the field path (``spec.latency.tolerance``), the
-value and what was expected. Torch-free.
+**One table of fields.** Every engine field is a dataclass field below whose ``metadata`` holds its description
+and its constraints in OpenAPI terms (``enum``, ``minimum``, ``exclusiveMaximum``, ``pattern``, ...). The parser
+enforces exactly those constraints, and :func:`openapi_schema` turns the same table into the CRD's schema
+(``crds/generate.py``), so the CRD and the parser cannot drift. Rules across fields are :data:`CROSS_FIELD_RULES`:
+a CEL rule for the API server next to the same rule in Python.
+
+**camelCase only**, in ``gpunet run`` as in ``kubectl apply``: a Kubernetes API names its fields in camelCase, and
+a structural schema can list only one spelling of a field, so the API server refuses (strict field validation)
+or prunes ``batch_size``. The parser refuses it too, naming the camelCase spelling, so the same file means the
+same thing to both. The dataclasses use snake_case.
+
+The training recipe defaults are the GPUNet paper's supplement Table 5 (timm: RMSprop-TF, lr 0.06, eps 1e-3,
+weight decay 1e-5, step decay 0.97 every 2.4 epochs, warmup lr 1e-6, EMA 0.9999, RandAugment m9-mstd0.5, random
+erasing 0.2 pixel mode, dropout 0.3, drop-connect 0.2, AMP, crop 1.0). Every error names the field path
+(``spec.latency.tolerance``), the value and what was expected. Torch-free.
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import yaml
 
@@ -42,6 +52,8 @@ DEVICES = ("cpu", "cuda")
 PRECISIONS = ("fp32", "fp16")
 DATASET_KINDS = ("fashion-mnist", "imagefolder")
 STOPPING_RULES = ("median",)
+#: Names of ``gpunet.search.ALGORITHMS`` (kept here so that the schema needs no import of the searchers).
+ALGORITHMS = ("random", "sobol", "evolution", "bo", "turbo", "lamcts-bo", "lamcts-turbo")
 #: Sections that only the Kubernetes operator reads; ``gpunet run`` ignores them.
 KUBERNETES_SECTIONS = ("trainers", "profilers", "controller", "storage")
 #: Default location of Fashion-MNIST (Debian package ``dataset-fashion-mnist``).
@@ -52,80 +64,85 @@ class SpecError(SpaceError):
     """An invalid ``NASSearch`` field: ``field`` is its path, e.g. ``spec.latency.tolerance``."""
 
 
+def _f(default: Any, doc: str, **schema: Any) -> Any:
+    """A dataclass field with its description and OpenAPI constraints (the one table, see the module docstring)."""
+    meta = {"doc": doc, "schema": schema}
+    if dataclasses.is_dataclass(default) and isinstance(default, type):
+        return field(default_factory=default, metadata=meta)
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class LatencySpec:
     """How latencies are measured and how networks are grouped into latency tiers (paper 3.2)."""
 
-    backend: str = "onnxruntime"
-    device: str = "cpu"
-    precision: str = "fp32"
-    batch_size: int = 1
-    #: Tier targets in ms; a network belongs to tier t when its estimated latency is within
-    #: ``target * (1 +- tolerance)``.
-    tiers: tuple[float, ...] = (0.5, 1.0)
-    tolerance: float = 0.1
-    #: Number of Sobol samples drawn for stratification.
-    samples: int = 100_000
+    backend: str = _f("onnxruntime", "Benchmark backend; the paper used TensorRT.", enum=BACKENDS)
+    device: str = _f("cpu", "Where latency is measured.", enum=DEVICES)
+    precision: str = _f("fp32", "Inference precision (fp16 needs device cuda).", enum=PRECISIONS)
+    batch_size: int = _f(1, "Inference batch size.", minimum=1)
+    tiers: tuple[float, ...] = _f((0.5, 1.0), "Latency tier targets in ms; each tier is searched separately. A network "
+                                  "belongs to tier t when its estimated latency is within target x (1 +- tolerance).",
+                                  minItems=1, maxItems=32, uniqueItems=True, items={"minimum": 0, "exclusiveMinimum": True})
+    tolerance: float = _f(0.1, "Relative width of a tier around its target (0.1 = +-10%).", minimum=0,
+                          exclusiveMinimum=True, maximum=1, exclusiveMaximum=True)
+    samples: int = _f(100_000, "Sobol samples drawn to stratify the space into tiers.", minimum=1)
 
 
 @dataclass(frozen=True)
 class AlgorithmSpec:
-    """The search algorithm run inside each tier (``gpunet.search.create(name, ...)``)."""
+    """The search algorithm run inside each tier (``gpunet.search.create(name, ...)``, paper 3.3)."""
 
-    name: str = "lamcts-bo"
-    seed: int = 0
-    #: Candidates trained per tier.
-    budget: int = 6
-    #: Random (Sobol) candidates before the model-based proposals start.
-    initial_samples: int = 3
-    options: dict[str, Any] = field(default_factory=dict)
+    name: str = _f("lamcts-bo", "Search algorithm (gpunet.search.ALGORITHMS); lamcts-bo is the paper's.", enum=ALGORITHMS)
+    seed: int = _f(0, "Seed of the Sobol sampling and of the searchers.", minimum=0)
+    budget: int = _f(6, "Candidates trained per tier.", minimum=1)
+    initial_samples: int = _f(3, "Random (Sobol) candidates before the model-based proposals start.", minimum=0)
+    options: dict[str, Any] = _f({}, "Options of the chosen algorithm (checked against it before anything starts).")
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     """The training data. ``path`` empty means the kind's default location."""
 
-    kind: str = "fashion-mnist"
-    path: str = ""
-    #: 0 = the whole training split, else a class-balanced subset of this many images.
-    train_subset: int = 0
-    #: 0 = the whole validation (test) split, else a class-balanced subset of this many images.
-    val_subset: int = 0
+    kind: str = _f("fashion-mnist", "Dataset format.", enum=DATASET_KINDS)
+    path: str = _f("", "Dataset root inside the pods (e.g. on the shared volume); an imagefolder needs one.")
+    train_subset: int = _f(0, "Train on a class-balanced subset of this many images (0 = all).", minimum=0)
+    val_subset: int = _f(0, "Validate on a class-balanced subset of this many images (0 = all).", minimum=0)
 
     @property
     def root(self) -> str:
         return self.path or (FASHION_MNIST_DIR if self.kind == "fashion-mnist" else "")
 
 
+_RATE = {"minimum": 0, "maximum": 1, "exclusiveMaximum": True}
+
+
 @dataclass(frozen=True)
 class RecipeSpec:
     """timm-style training hyper-parameters; defaults are the GPUNet paper's supplement Table 5."""
 
-    optimizer: str = "rmsproptf"
-    lr: float = 0.06
-    opt_eps: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-5
-    sched: str = "step"
-    warmup_epochs: float = 0.0
-    warmup_lr: float = 1e-6
-    decay_epochs: float = 2.4
-    decay_rate: float = 0.97
-    #: EMA decay of the weights; 0 turns EMA off. When on, an epoch's top-1 is the better of the raw and EMA weights.
-    ema: float = 0.9999
-    #: timm RandAugment config string; empty turns it off.
-    rand_augment: str = "rand-m9-mstd0.5"
-    #: Random-erasing probability and mode.
-    reprob: float = 0.2
-    remode: str = "pixel"
-    drop_rate: float = 0.3
-    drop_path_rate: float = 0.2
-    label_smoothing: float = 0.0
-    crop_pct: float = 1.0
-    #: Automatic mixed precision (used on CUDA only).
-    amp: bool = True
-    #: DataLoader worker processes.
-    workers: int = 0
+    optimizer: str = _f("rmsproptf", "timm optimizer name.", minLength=1)
+    lr: float = _f(0.06, "Learning rate.", minimum=0, exclusiveMinimum=True)
+    opt_eps: float = _f(1e-3, "Optimizer epsilon.", minimum=0, exclusiveMinimum=True)
+    momentum: float = _f(0.9, "Optimizer momentum.", minimum=0, maximum=1)
+    weight_decay: float = _f(1e-5, "Weight decay.", minimum=0)
+    sched: str = _f("step", "timm scheduler name.", minLength=1)
+    warmup_epochs: float = _f(0.0, "Warm-up epochs.", minimum=0)
+    warmup_lr: float = _f(1e-6, "Learning rate at the start of the warm-up.", minimum=0)
+    decay_epochs: float = _f(2.4, "Epochs between two learning-rate decays.", minimum=0, exclusiveMinimum=True)
+    decay_rate: float = _f(0.97, "Learning-rate decay factor.", minimum=0, exclusiveMinimum=True, maximum=1)
+    ema: float = _f(0.9999, "EMA decay of the weights (0 = off); with EMA an epoch's top-1 is the better of the raw "
+                    "and EMA weights.", **_RATE)
+    rand_augment: str = _f("rand-m9-mstd0.5", "timm RandAugment string (empty = off).", pattern="^(rand-.*)?$")
+    reprob: float = _f(0.2, "Random erasing probability.", minimum=0, maximum=1)
+    remode: str = _f("pixel", "Random erasing mode.", enum=("const", "rand", "pixel"))
+    drop_rate: float = _f(0.3, "Dropout before the classifier.", **_RATE)
+    drop_path_rate: float = _f(0.2, "Drop-connect (stochastic depth) rate.", **_RATE)
+    label_smoothing: float = _f(0.0, "Label smoothing.", **_RATE)
+    crop_pct: float = _f(1.0, "Centre-crop fraction at validation.", minimum=0, exclusiveMinimum=True, maximum=1)
+    amp: bool = _f(True, "Automatic mixed precision (used on CUDA only).")
+    workers: int = _f(0, "DataLoader worker processes per trainer.", minimum=0)
 
 
 @dataclass(frozen=True)
@@ -133,24 +150,49 @@ class EarlyStoppingSpec:
     """Median stopping rule: after ``min_epochs``, stop a candidate whose top-1 at epoch e is below the median of
     the other candidates' top-1 at epoch e (Golovin et al. 2017, Google Vizier)."""
 
-    enabled: bool = True
-    min_epochs: int = 2
-    rule: str = "median"
+    enabled: bool = _f(True, "Stop unpromising candidates early.")
+    min_epochs: int = _f(2, "Never stop a candidate before this epoch.", minimum=1)
+    rule: str = _f("median", "Stopping rule.", enum=STOPPING_RULES)
 
 
 @dataclass(frozen=True)
 class TrainingSpec:
-    dataset: DatasetSpec = field(default_factory=DatasetSpec)
-    epochs: int = 3
-    batch_size: int = 128
-    recipe: RecipeSpec = field(default_factory=RecipeSpec)
-    early_stopping: EarlyStoppingSpec = field(default_factory=EarlyStoppingSpec)
-    #: Failed attempts (not preemptions) after which a candidate is marked failed.
-    max_retries: int = 3
+    """How every candidate is trained (the same recipe for all candidates of a tier)."""
+
+    dataset: DatasetSpec = _f(DatasetSpec, "The training data.")
+    epochs: int = _f(3, "Epochs per candidate.", minimum=1)
+    batch_size: int = _f(128, "Training batch size.", minimum=1)
+    recipe: RecipeSpec = _f(RecipeSpec, "Training recipe (GPUNet supplement, Table 5).")
+    early_stopping: EarlyStoppingSpec = _f(EarlyStoppingSpec, "Early stopping of unpromising candidates.")
+    max_retries: int = _f(3, "Failed attempts (not preemptions) after which a candidate is given up.", minimum=0)
 
     def to_dict(self) -> dict[str, Any]:
         """camelCase mapping, as in the YAML; :func:`parse_training` reads it back."""
         return _to_camel(dataclasses.asdict(self))
+
+
+#: The engine sections of ``spec`` and their dataclasses.
+ENGINE_SECTIONS: dict[str, type] = {"latency": LatencySpec, "algorithm": AlgorithmSpec, "training": TrainingSpec}
+#: Top-level keys of ``spec.searchSpace`` (overrides of :func:`gpunet.space.load_space`), camelCase.
+SEARCH_SPACE_KEYS = ("preset", "resolution", "headChannels", "numClasses", "inChans", "dropPathRate", "stem", "head", "stages")
+class CrossRule(NamedTuple):
+    """A rule across the fields of one section: ``cel`` for the API server (a CRD ``x-kubernetes-validations``
+    rule on the section; ``has()`` guards because the API server also checks the schema's ``default: {}``),
+    ``check`` the same rule in Python; ``field`` is the field an error names."""
+
+    cel: str
+    field: str
+    expected: str
+    check: Callable[[Any], bool]
+
+
+#: Rules across fields, by section dataclass.
+CROSS_FIELD_RULES: dict[type, tuple[CrossRule, ...]] = {
+    LatencySpec: (CrossRule("!has(self.precision) || self.precision != 'fp16' || has(self.device) && self.device == 'cuda'", "precision",
+                            "fp32 on device cpu (fp16 needs cuda)", lambda s: s.precision != "fp16" or s.device == "cuda"),),
+    DatasetSpec: (CrossRule("!has(self.kind) || self.kind != 'imagefolder' || has(self.path) && self.path != ''", "path", "the ImageFolder root (train/ and val/)",
+                            lambda d: d.kind != "imagefolder" or d.path != ""),),
+}
 
 
 @dataclass(frozen=True)
@@ -175,7 +217,7 @@ class SearchSpec:
         return load_space(self.search_space)
 
 
-# --- parsing ---------------------------------------------------------------------------------------------
+# --- the table as an OpenAPI schema ----------------------------------------------------------------------
 
 
 def _snake(key: str) -> str:
@@ -195,6 +237,45 @@ def _to_camel(value: Any) -> Any:
     return value
 
 
+def _type_of(value: Any) -> str:
+    for py, name in ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"), (tuple, "array"), (dict, "object")):
+        if isinstance(value, py):
+            return name
+    raise TypeError(f"no OpenAPI type for {value!r}")
+
+
+def openapi_schema(cls: type) -> dict[str, Any]:
+    """The structural OpenAPI v3 schema of dataclass ``cls`` (camelCase properties, defaults, constraints, CEL
+    rules), as the CRD carries it. Nested dataclasses default to ``{}`` so that the API server fills in their
+    defaults too."""
+    props: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        meta, default = f.metadata, (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        if dataclasses.is_dataclass(default):
+            node = {**openapi_schema(type(default)), "default": {}}
+        elif isinstance(default, dict):
+            node = {"type": "object", "default": {}, "x-kubernetes-preserve-unknown-fields": True}
+        else:
+            node = {"type": _type_of(default), "default": list(default) if isinstance(default, tuple) else default}
+        schema = dict(meta.get("schema") or {})
+        if isinstance(default, tuple):
+            node["items"] = {"type": _type_of(default[0]), **schema.pop("items", {})}
+            if schema.pop("uniqueItems", False):
+                node["x-kubernetes-list-type"] = "set"
+        if "enum" in schema:
+            schema["enum"] = list(schema["enum"])
+        props[_camel(f.name)] = {"description": meta["doc"], **node, **schema}
+    out: dict[str, Any] = {"type": "object", "description": (cls.__doc__ or "").split("\n\n")[0].strip(), "properties": props}
+    rules = [{"rule": r.cel, "message": f"{_camel(r.field)}: expected {r.expected}", "fieldPath": f".{_camel(r.field)}"}
+             for r in CROSS_FIELD_RULES.get(cls, ())]
+    if rules:
+        out["x-kubernetes-validations"] = rules
+    return out
+
+
+# --- parsing ---------------------------------------------------------------------------------------------
+
+
 def _section(raw: Any, where: str) -> dict[str, Any]:
     if raw is None:
         return {}
@@ -203,22 +284,41 @@ def _section(raw: Any, where: str) -> dict[str, Any]:
     return dict(raw)
 
 
-def _fill(cls: type, raw: Any, where: str, nested: Mapping[str, Any] | None = None) -> Any:
-    """Build dataclass ``cls`` from camelCase mapping ``raw``, checking names and types of the fields."""
-    raw = _section(raw, where)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        name = _snake(str(key))
-        path = f"{where}.{key}"
-        if name not in fields:
-            raise SpecError(path, value, reason="unknown field", allowed=tuple(_camel(n) for n in fields))
-        if nested and name in nested:
-            values[name] = nested[name](value, path)
-            continue
-        default = fields[name].default
-        values[name] = _coerce(value, default, path)
-    return cls(**values)
+def _field_name(key: Any, allowed: Any, path: str, value: Any) -> str:
+    """The dataclass name of camelCase ``key``; snake_case and unknown keys are refused (see the module docstring)."""
+    key = str(key)
+    name = _snake(key)
+    if name in allowed and _camel(name) == key:
+        return name
+    hint = f"fields are camelCase: did you mean {_camel(key)!r}?" if _camel(key) != key and _snake(_camel(key)) in allowed \
+        else "unknown field"
+    raise SpecError(path, value, tuple(_camel(n) for n in allowed), reason=hint)
+
+
+def _range_text(kind: str, schema: Mapping[str, Any]) -> str | None:
+    lo, hi = schema.get("minimum"), schema.get("maximum")
+    noun = "an integer" if kind == "integer" else "a number"
+    if lo is not None and hi is not None:
+        return f"{noun} in {'(' if schema.get('exclusiveMinimum') else '['}{lo}, {hi}{')' if schema.get('exclusiveMaximum') else ']'}"
+    if lo is not None:
+        return f"{noun} {'>' if schema.get('exclusiveMinimum') else '>='} {lo}"
+    if hi is not None:
+        return f"{noun} {'<' if schema.get('exclusiveMaximum') else '<='} {hi}"
+    return None
+
+
+def _check_value(value: Any, kind: str, schema: Mapping[str, Any], path: str) -> None:
+    """``value`` (already of the right type) against the OpenAPI constraints of the table."""
+    if "enum" in schema and value not in schema["enum"]:
+        raise SpecError(path, value, tuple(schema["enum"]))
+    lo, hi = schema.get("minimum"), schema.get("maximum")
+    if (lo is not None and (value < lo or (schema.get("exclusiveMinimum") and value == lo))) or \
+            (hi is not None and (value > hi or (schema.get("exclusiveMaximum") and value == hi))):
+        raise SpecError(path, value, _range_text(kind, schema))
+    if "minLength" in schema and len(value) < schema["minLength"]:
+        raise SpecError(path, value, f"a string of at least {schema['minLength']} character(s)")
+    if "pattern" in schema and not re.search(schema["pattern"], value):
+        raise SpecError(path, value, f"a string matching {schema['pattern']}")
 
 
 def _coerce(value: Any, default: Any, path: str) -> Any:
@@ -239,77 +339,71 @@ def _coerce(value: Any, default: Any, path: str) -> Any:
             raise SpecError(path, value, "a string")
         return value
     if isinstance(default, tuple):
-        if not isinstance(value, (list, tuple)) or not value:
-            raise SpecError(path, value, "a non-empty list")
-        return tuple(value)
+        if not isinstance(value, (list, tuple)):
+            raise SpecError(path, value, "a list")
+        return tuple(_coerce(v, default[0], f"{path}[{i}]") for i, v in enumerate(value))
     return value
 
 
-def _check(ok: bool, path: str, value: Any, expected: Any) -> None:
-    if not ok:
-        raise SpecError(path, value, expected)
+def _fill(cls: type, raw: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from camelCase mapping ``raw``, checking every field against the table."""
+    raw = _section(raw, where)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        path = f"{where}.{key}"
+        name = _field_name(key, fields, path, value)
+        f = fields[name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        schema = f.metadata.get("schema") or {}
+        if dataclasses.is_dataclass(default):
+            values[name] = _fill(type(default), value, path)
+            continue
+        if isinstance(default, dict):
+            values[name] = _section(value, path)
+            continue
+        value = _coerce(value, default, path)
+        if isinstance(default, tuple):
+            if not schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", math.inf):
+                raise SpecError(path, list(value), f"a list of {schema.get('minItems', 0)} to {schema.get('maxItems')} items")
+            if schema.get("uniqueItems") and len(set(value)) != len(value):
+                raise SpecError(path, list(value), "distinct values")
+            for i, item in enumerate(value):
+                _check_value(item, _type_of(default[0]), schema.get("items") or {}, f"{path}[{i}]")
+        else:
+            _check_value(value, _type_of(default), schema, path)
+        values[name] = value
+    out = cls(**values)
+    _check_cross(out, where)
+    return out
+
+
+def _check_cross(obj: Any, where: str) -> None:
+    for rule in CROSS_FIELD_RULES.get(type(obj), ()):
+        if not rule.check(obj):
+            raise SpecError(f"{where}.{_camel(rule.field)}", getattr(obj, rule.field), rule.expected)
 
 
 def parse_latency(raw: Any, where: str = "spec.latency") -> LatencySpec:
-    spec = _fill(LatencySpec, raw, where)
-    _check(spec.backend in BACKENDS, f"{where}.backend", spec.backend, BACKENDS)
-    _check(spec.device in DEVICES, f"{where}.device", spec.device, DEVICES)
-    _check(spec.precision in PRECISIONS, f"{where}.precision", spec.precision, PRECISIONS)
-    _check(spec.batch_size >= 1, f"{where}.batchSize", spec.batch_size, "an integer >= 1")
-    for i, t in enumerate(spec.tiers):
-        ok = not isinstance(t, bool) and isinstance(t, (int, float)) and math.isfinite(t) and t > 0
-        _check(ok, f"{where}.tiers[{i}]", t, "a latency target in ms > 0")
-    _check(len(set(spec.tiers)) == len(spec.tiers), f"{where}.tiers", list(spec.tiers), "distinct targets")
-    _check(0 < spec.tolerance < 1, f"{where}.tolerance", spec.tolerance, "a relative tolerance in (0, 1)")
-    _check(spec.samples >= 1, f"{where}.samples", spec.samples, "an integer >= 1")
-    if spec.precision == "fp16":
-        _check(spec.device == "cuda", f"{where}.precision", spec.precision, "fp32 on device cpu")
-    return dataclasses.replace(spec, tiers=tuple(float(t) for t in spec.tiers))
+    return _fill(LatencySpec, raw, where)
 
 
 def parse_algorithm(raw: Any, where: str = "spec.algorithm") -> AlgorithmSpec:
-    spec = _fill(AlgorithmSpec, raw, where, nested={"options": lambda v, p: _section(v, p)})
-    _check(bool(spec.name), f"{where}.name", spec.name, "an algorithm name, e.g. lamcts-bo")
-    _check(spec.budget >= 1, f"{where}.budget", spec.budget, "an integer >= 1")
-    _check(0 <= spec.initial_samples, f"{where}.initialSamples", spec.initial_samples, "an integer >= 0")
+    """``spec.algorithm``, with ``options`` checked against the chosen algorithm (torch-free)."""
+    from .search import SearchError, check_options
+
+    spec = _fill(AlgorithmSpec, raw, where)
+    for key, value in spec.options.items():
+        try:
+            check_options(spec.name, {key: value})
+        except SearchError as exc:
+            raise SpecError(f"{where}.options.{key}", value, exc.allowed if exc.reason is None else None,
+                            reason=f"{exc.reason or 'unknown option'} of algorithm {spec.name}") from None
     return spec
 
 
 def parse_training(raw: Any, where: str = "spec.training") -> TrainingSpec:
-    def dataset(v: Any, p: str) -> DatasetSpec:
-        d = _fill(DatasetSpec, v, p)
-        _check(d.kind in DATASET_KINDS, f"{p}.kind", d.kind, DATASET_KINDS)
-        _check(d.kind != "imagefolder" or bool(d.path), f"{p}.path", d.path, "the ImageFolder root (train/ and val/)")
-        _check(d.train_subset >= 0, f"{p}.trainSubset", d.train_subset, "0 (all) or a positive count")
-        _check(d.val_subset >= 0, f"{p}.valSubset", d.val_subset, "0 (all) or a positive count")
-        return d
-
-    def recipe(v: Any, p: str) -> RecipeSpec:
-        r = _fill(RecipeSpec, v, p)
-        _check(r.lr > 0, f"{p}.lr", r.lr, "a learning rate > 0")
-        _check(r.decay_epochs > 0, f"{p}.decayEpochs", r.decay_epochs, "a number of epochs > 0")
-        _check(0 < r.decay_rate <= 1, f"{p}.decayRate", r.decay_rate, "a factor in (0, 1]")
-        _check(0 <= r.ema < 1, f"{p}.ema", r.ema, "an EMA decay in [0, 1) (0 = off)")
-        _check(0 <= r.reprob <= 1, f"{p}.reprob", r.reprob, "a probability in [0, 1]")
-        _check(0 <= r.drop_rate < 1, f"{p}.dropRate", r.drop_rate, "a rate in [0, 1)")
-        _check(0 <= r.drop_path_rate < 1, f"{p}.dropPathRate", r.drop_path_rate, "a rate in [0, 1)")
-        _check(r.warmup_epochs >= 0, f"{p}.warmupEpochs", r.warmup_epochs, "a number of epochs >= 0")
-        _check(r.workers >= 0, f"{p}.workers", r.workers, "an integer >= 0")
-        _check(r.rand_augment == "" or r.rand_augment.startswith("rand-"), f"{p}.randAugment", r.rand_augment,
-               "a timm RandAugment string such as rand-m9-mstd0.5, or empty")
-        return r
-
-    def stopping(v: Any, p: str) -> EarlyStoppingSpec:
-        s = _fill(EarlyStoppingSpec, v, p)
-        _check(s.rule in STOPPING_RULES, f"{p}.rule", s.rule, STOPPING_RULES)
-        _check(s.min_epochs >= 1, f"{p}.minEpochs", s.min_epochs, "an integer >= 1")
-        return s
-
-    spec = _fill(TrainingSpec, raw, where, nested={"dataset": dataset, "recipe": recipe, "early_stopping": stopping})
-    _check(spec.epochs >= 1, f"{where}.epochs", spec.epochs, "an integer >= 1")
-    _check(spec.batch_size >= 1, f"{where}.batchSize", spec.batch_size, "an integer >= 1")
-    _check(spec.max_retries >= 0, f"{where}.maxRetries", spec.max_retries, "an integer >= 0")
-    return spec
+    return _fill(TrainingSpec, raw, where)
 
 
 def parse_search(doc: Mapping[str, Any], check_space: bool = True) -> SearchSpec:
@@ -320,17 +414,21 @@ def parse_search(doc: Mapping[str, Any], check_space: bool = True) -> SearchSpec
     """
     if not isinstance(doc, Mapping):
         raise SpecError("NASSearch", doc, "a mapping with apiVersion, kind, metadata and spec")
-    _check(doc.get("apiVersion") == API_VERSION, "apiVersion", doc.get("apiVersion"), API_VERSION)
-    _check(doc.get("kind") == KIND, "kind", doc.get("kind"), KIND)
+    if doc.get("apiVersion") != API_VERSION:
+        raise SpecError("apiVersion", doc.get("apiVersion"), API_VERSION)
+    if doc.get("kind") != KIND:
+        raise SpecError("kind", doc.get("kind"), KIND)
     metadata = _section(doc.get("metadata"), "metadata")
     name = metadata.get("name")
-    _check(isinstance(name, str) and re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", name or "") is not None,
-           "metadata.name", name, "a DNS-1123 subdomain name (lowercase letters, digits, '-', '.')")
+    if not (isinstance(name, str) and re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", name)):
+        raise SpecError("metadata.name", name, "a DNS-1123 subdomain name (lowercase letters, digits, '-', '.')")
     spec = _section(doc.get("spec"), "spec")
-    known = {"searchSpace", "latency", "algorithm", "training", *KUBERNETES_SECTIONS}
+    known = ("searchSpace", *ENGINE_SECTIONS, *KUBERNETES_SECTIONS)
     for key in spec:
-        _check(key in known, f"spec.{key}", spec[key], f"one of the fields {sorted(known)}")
+        _field_name(key, [_snake(k) for k in known], f"spec.{key}", spec[key])
     space = _section(spec.get("searchSpace", {"preset": "gpunet"}), "spec.searchSpace")
+    for key in space:
+        _field_name(key, [_snake(k) for k in SEARCH_SPACE_KEYS], f"spec.searchSpace.{key}", space[key])
     parsed = SearchSpec(
         name=name,
         search_space=space,

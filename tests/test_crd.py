@@ -7,6 +7,8 @@ import copy
 import dataclasses
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +152,6 @@ def _with(path: str, value: Any) -> dict[str, Any]:
 _DELETE = object()
 
 MALFORMED = {
-    "no latency section": ("spec.latency", _DELETE),
-    "no tiers": ("spec.latency.tiers", _DELETE),
     "empty tiers": ("spec.latency.tiers", []),
     "zero-ms tier": ("spec.latency.tiers", [0, 1.0]),
     "tier as text": ("spec.latency.tiers", ["fast"]),
@@ -173,6 +173,8 @@ MALFORMED = {
     "stage 8": ("spec.searchSpace.stages", {"8": {"layers": 2}}),
     "gelu stem": ("spec.searchSpace.stem", {"act": "gelu"}),
     "misspelt field": ("spec.latency.tier", [0.5]),
+    "snake_case field": ("spec.latency.batch_size", 2),
+    "snake_case search-space key": ("spec.searchSpace.head_channels", 1280),
     "unknown section": ("spec.cluster", {"gpus": 8}),
 }
 
@@ -201,41 +203,87 @@ def _camel(name: str) -> str:
     return head + "".join(p.title() for p in rest)
 
 
-@pytest.mark.parametrize(("cls", "path"), [
-    (engine_spec.LatencySpec, "spec.latency"),
-    (engine_spec.AlgorithmSpec, "spec.algorithm"),
-    (engine_spec.TrainingSpec, "spec.training"),
-    (engine_spec.DatasetSpec, "spec.training.dataset"),
-    (engine_spec.RecipeSpec, "spec.training.recipe"),
-    (engine_spec.EarlyStoppingSpec, "spec.training.earlyStopping"),
-])
-def test_schema_knows_every_field_of_the_engine_parser(cls: type, path: str) -> None:
-    """A field the engine reads but the CRD lacks would be pruned by the API server without a word."""
-    props = _properties(path)
-    missing = [_camel(f.name) for f in dataclasses.fields(cls) if _camel(f.name) not in props]
-    assert not missing, f"{path} lacks {missing}"
+def test_crd_file_is_generated_from_the_engine_spec() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "crds" / "generate.py"), "--check"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    for name, cls in engine_spec.ENGINE_SECTIONS.items():
+        assert openapi_schema()["properties"]["spec"]["properties"][name] == {**engine_spec.openapi_schema(cls), "default": {}}
 
 
-def test_schema_defaults_agree_with_the_engine_and_operator_defaults() -> None:
-    pairs = [
-        ("spec.latency", engine_spec.LatencySpec()),
-        ("spec.algorithm", engine_spec.AlgorithmSpec()),
-        ("spec.training", engine_spec.TrainingSpec()),
-        ("spec.training.dataset", engine_spec.DatasetSpec()),
-        ("spec.training.earlyStopping", engine_spec.EarlyStoppingSpec()),
-    ]
-    checked = 0
-    for path, obj in pairs:
-        for name, prop in _properties(path).items():
-            if "default" in prop:
-                snake = re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-                assert prop["default"] == getattr(obj, snake), f"{path}.{name}"
-                checked += 1
-    assert checked >= 8
+def _table(cls: type, path: str) -> list[tuple[str, Any, dict[str, Any]]]:
+    """Every leaf field of the engine's table: (camelCase path, default, constraints)."""
+    out = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        here = f"{path}.{_camel(f.name)}"
+        if dataclasses.is_dataclass(default):
+            out += _table(type(default), here)
+        else:
+            out.append((here, default, dict(f.metadata["schema"])))
+    return out
+
+
+TABLE = [leaf for name, cls in engine_spec.ENGINE_SECTIONS.items() for leaf in _table(cls, f"spec.{name}")]
+
+
+def _violations(default: Any, schema: dict[str, Any]) -> list[Any]:
+    """Values that break the field's type or one of its constraints."""
+    if isinstance(default, dict):
+        return ["not a mapping"]
+    bad: list[Any] = [{"a": 1}] if isinstance(default, str) else ["text"]
+    if "enum" in schema:
+        bad.append("not-one-of-them")
+    for bound, step in (("minimum", -1), ("maximum", 1)):
+        if bound in schema:
+            edge = schema[bound]
+            exclusive = schema.get("exclusiveMinimum" if bound == "minimum" else "exclusiveMaximum")
+            bad.append(edge if exclusive else edge + step * (1 if isinstance(default, int) else 0.5))
+    if "pattern" in schema:
+        bad.append("does-not-match")
+    if schema.get("minLength"):
+        bad.append("")
+    if isinstance(default, tuple):
+        bad += [[], [default[0]] * 2] + ([[schema["items"]["minimum"]]] if "minimum" in schema.get("items", {}) else [])
+    return bad
+
+
+@pytest.mark.parametrize(("path", "default", "schema"), TABLE, ids=[leaf[0] for leaf in TABLE])
+def test_every_field_means_the_same_to_the_api_server_and_to_gpunet_run(validator: jsonschema.Draft4Validator, path: str,
+                                                                      default: Any, schema: dict[str, Any]) -> None:
+    """For every field of the table: the CRD schema and the engine's parser accept its default and refuse each
+    violation of its type and constraints, the parser naming the field."""
+    crd_node = openapi_schema()["properties"]["spec"]
+    for key in path.split(".")[1:]:
+        crd_node = crd_node["properties"][key]
+    assert crd_node["default"] == ({} if isinstance(default, dict) else list(default) if isinstance(default, tuple) else default)
+    accepted = _with(path, list(default) if isinstance(default, tuple) else default)
+    validator.validate(accepted)
+    engine_spec.parse_search(accepted, check_space=False)
+    for value in _violations(default, schema):
+        doc = _with(path, value)
+        assert list(validator.iter_errors(doc)), f"{path}={value!r}: accepted by the CRD schema"
+        with pytest.raises(engine_spec.SpecError) as info:
+            engine_spec.parse_search(doc, check_space=False)
+        assert info.value.field.startswith(path), (value, str(info.value))
+
+
+def test_schema_defaults_of_the_kubernetes_sections_agree_with_the_operator() -> None:
+    """The operator applies these defaults itself too (it must not rely on the API server's defaulting)."""
     for section, defaults in operator_spec.KUBERNETES_DEFAULTS.items():
         props = _properties(f"spec.{section}")
         for key, value in defaults.items():
             assert props[key]["default"] == value, f"spec.{section}.{key}"
+
+
+def test_search_space_keys_are_the_engines() -> None:
+    assert tuple(_properties("spec.searchSpace")) == engine_spec.SEARCH_SPACE_KEYS
+
+
+def test_frozen_sections_have_transition_rules_naming_them() -> None:
+    rules = openapi_schema()["properties"]["spec"]["x-kubernetes-validations"]
+    assert [r["fieldPath"] for r in rules] == [f".{s}" for s in operator_spec.SEARCH_DEFINING]
+    for rule, section in zip(rules, operator_spec.SEARCH_DEFINING):
+        assert "oldSelf" in rule["rule"] and rule["message"].startswith(f"spec.{section} is frozen")
 
 
 PRINTER_COLUMNS = ["Phase", "Tiers", "Evaluated", "Running", "Preempted", "Best Top-1", "Best Latency (ms)", "Age"]
@@ -252,7 +300,7 @@ def _jsonpath(obj: Any, path: str) -> Any:
 def sample_status() -> dict[str, Any]:
     """What the operator writes for a controller in the middle of a two-tier search."""
     reply = pb.SearchStatus(
-        phase="Searching",
+        phase=pb.SEARCH_PHASE_SEARCHING,
         search_name="demo",
         latency_table=pb.LatencyTableProgress(layers_needed=120, layers_measured=120),
         candidates=pb.CandidateCounts(queued=3, running=2, completed=7, stopped=4, failed=1, total=17, budget=40),
@@ -265,7 +313,7 @@ def sample_status() -> dict[str, Any]:
         ],
         records=[pb.CandidateRecord(id="t1-c0009", tier_index=1, state="running", epochs=1, top1=0.5, worker_id="p-1")],
     )
-    return mirror(reply, [0.5, 1.0], conditions=[], pod_failures=1, budget_bytes=64 * 1024, generation=1)
+    return mirror(reply, [0.5, 1.0], conditions=[], budget_bytes=64 * 1024, generation=1)
 
 
 def test_printer_columns_read_the_status_the_operator_writes() -> None:

@@ -17,7 +17,7 @@ import yaml
 
 from gpunet.spec import parse_search
 from gpunet_operator import builders
-from gpunet_operator.settings import CONTROLLER_PORT, Settings
+from gpunet_operator.settings import CONTROLLER_PORT, METRICS_PORT, Settings
 from gpunet_operator.spec import validate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,9 +100,11 @@ def test_controller_is_one_recreated_replica_never_on_spot_nodes() -> None:
     assert "tolerations" not in pod
     (container,) = pod["containers"]
     assert container["image"] == "ghcr.io/gpunet-nas/worker:0.1.0"  # from the spec
-    assert container["ports"] == [{"name": "grpc", "containerPort": CONTROLLER_PORT, "protocol": "TCP"}]
+    assert container["ports"] == [{"name": "grpc", "containerPort": CONTROLLER_PORT, "protocol": "TCP"},
+                                  {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
     assert container["command"] == ["python", "-m", "gpunet.controller", "--spec", "/etc/gpunet/search.yaml",
-                                    "--state-dir", "/data/searches/research/gpunet-imagenet", "--port", str(CONTROLLER_PORT)]
+                                    "--state-dir", "/data/searches/research/gpunet-imagenet", "--port", str(CONTROLLER_PORT),
+                                    "--metrics-port", str(METRICS_PORT)]
     env = {e["name"]: e for e in container["env"]}
     assert env["GPUNET_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "gpunet-imagenet-token", "key": "token"}
 
@@ -111,7 +113,8 @@ def test_controller_service_selects_only_the_controller_pod() -> None:
     svc = builders.build_controller_service("gpunet-imagenet", NS)
     assert_valid(svc)
     assert svc["spec"]["selector"] == {builders.SEARCH_LABEL: "gpunet-imagenet", builders.COMPONENT_LABEL: "controller"}
-    assert svc["spec"]["ports"][0]["port"] == CONTROLLER_PORT
+    assert [(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [
+        ("grpc", CONTROLLER_PORT, "grpc"), ("metrics", METRICS_PORT, "metrics")]  # the chart's ServiceMonitor scrapes "metrics"
     dep = builders.build_controller_deployment("gpunet-imagenet", NS, full_spec(), SETTINGS)
     pod_labels = dep["spec"]["template"]["metadata"]["labels"]
     assert all(pod_labels[k] == v for k, v in svc["spec"]["selector"].items())
@@ -162,7 +165,8 @@ def test_network_policy_admits_only_the_search_pods_and_the_operator() -> None:
     policy = builders.build_network_policy("gpunet-imagenet", NS, SETTINGS)
     assert_valid(policy)
     assert policy["spec"]["podSelector"]["matchLabels"][builders.COMPONENT_LABEL] == "controller"
-    (rule,) = policy["spec"]["ingress"]
+    rule, metrics = policy["spec"]["ingress"]
+    assert metrics == {"ports": [{"port": METRICS_PORT, "protocol": "TCP"}]}  # open to scrapers
     search_peer, operator_peer = rule["from"]
     assert search_peer == {"podSelector": {"matchLabels": {builders.SEARCH_LABEL: "gpunet-imagenet"}}}
     assert operator_peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "gpunet-system"}

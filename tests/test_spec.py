@@ -50,7 +50,9 @@ def test_kubernetes_sections_are_kept_but_not_interpreted() -> None:
         ({"training": {"recipe": {"lrate": 0.1}}}, "spec.training.recipe.lrate", "unknown field"),
         ({"training": {"dataset": {"kind": "imagefolder"}}}, "spec.training.dataset.path", "ImageFolder"),
         ({"training": {"earlyStopping": {"rule": "asha"}}}, "spec.training.earlyStopping.rule", "median"),
-        ({"profiler": {}}, "spec.profiler", "one of the fields"),
+        ({"profiler": {}}, "spec.profiler", "unknown field"),
+        ({"latency": {"batch_size": 2}}, "spec.latency.batch_size", "batchSize"),
+        ({"algorithm": {"name": "random", "options": {"n_init": 2}}}, "spec.algorithm.options.n_init", "unknown option"),
     ],
 )
 def test_errors_name_the_field_value_and_expectation(spec: dict, field: str, words: str) -> None:

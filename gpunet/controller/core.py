@@ -366,13 +366,16 @@ class SearchController:
                 return pb.ReleaseResponse(released=False)
             if req.lease_id and req.lease_id != lease.id:
                 return pb.ReleaseResponse(released=False, work_id=lease.work_id)
+            if lease.kind == CANDIDATE and req.granted_before_unix_s > 0 and \
+                    self.state.candidates[lease.work_id].lease_granted >= req.granted_before_unix_s:
+                return pb.ReleaseResponse(released=False, work_id=lease.work_id)  # newer than the failure: healthy
             if req.reason == pb.RELEASE_REASON_PREEMPTED:
                 self.state.preemptions += 1
                 self.metrics.preemptions.inc()
             if lease.kind in (BATCH, NETWORK):
                 self.leases.release(lease)  # the batch or network waits for the next profiler
                 self._save()
-                return pb.ReleaseResponse(released=True, work_id=lease.work_id, requeued=True)
+                return pb.ReleaseResponse(released=True, work_id=lease.work_id, requeued=True, lease_id=lease.id)
             response, cand = self.trainers.release(lease, req, self.clock())
             self._save(cand)
         self._wake.set()

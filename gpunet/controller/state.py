@@ -70,6 +70,9 @@ class Candidate:
     restarts_from_scratch: int = 0
     lease_id: str = ""
     worker_id: str = ""
+    #: When the current lease was granted (seconds since the Unix epoch); a release naming an earlier failure
+    #: (``ReleaseRequest.granted_before_unix_s``) leaves a lease granted after it alone.
+    lease_granted: float = 0.0
     checkpoint: str = ""
     epoch: int = 0
     history: list[float] = field(default_factory=list)

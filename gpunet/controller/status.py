@@ -57,7 +57,7 @@ def _finite(ms: float) -> float:
 def _record(c: Candidate) -> pb.CandidateRecord:
     return pb.CandidateRecord(id=c.id, tier_index=c.tier, state=c.state, top1=c.best_top1, epochs=c.epoch,
                               latency_ms=_finite(c.latency_ms), attempts=c.attempts, preemptions=c.preemptions,
-                              worker_id=c.worker_id)
+                              worker_id=c.worker_id, lease_id=c.lease_id if c.state == RUNNING else "")
 
 
 def refresh_metrics(metrics: ControllerMetrics, state: ControllerState, profiling: ProfilingStage, tiers: int) -> None:

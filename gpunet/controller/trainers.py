@@ -101,7 +101,7 @@ class TrainerDesk:
         cand = min(queued, key=lambda c: (c.requeued_at == 0, c.requeued_at, load[c.tier], c.created, c.id))
         lease = self.leases.grant(CANDIDATE, cand.id, req.worker_id, now)
         self._set_state(cand, RUNNING)
-        cand.worker_id, cand.lease_id = req.worker_id, lease.id
+        cand.worker_id, cand.lease_id, cand.lease_granted = req.worker_id, lease.id, now
         cand.attempts += 1
         cand.note(f"{now:.0f}: lease {cand.lease_id} to {req.worker_id} (attempt {cand.attempts}, from epoch {cand.epoch})")
         return pb.WorkResponse(candidate=self.assignment(lease)), cand
@@ -217,7 +217,7 @@ class TrainerDesk:
             self._set_state(cand, FAILED)
             cand.finished = now
             cand.note(f"{now:.0f}: failed after {cand.failures} failed attempts")
-        return pb.ReleaseResponse(released=True, work_id=cand.id, requeued=requeued), cand
+        return pb.ReleaseResponse(released=True, work_id=cand.id, requeued=requeued, lease_id=lease.id), cand
 
     def expire(self, lease: Lease, now: float) -> Candidate:
         """A lease past its deadline: the candidate goes back to the queue."""

@@ -295,30 +295,34 @@ class LatencyResponse(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., stored: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
-    __slots__ = ("worker_id", "lease_id", "reason", "checkpoint_path", "epoch", "message")
+    __slots__ = ("worker_id", "lease_id", "reason", "checkpoint_path", "epoch", "message", "granted_before_unix_s")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_PATH_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_BEFORE_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     lease_id: str
     reason: ReleaseReason
     checkpoint_path: str
     epoch: int
     message: str
-    def __init__(self, worker_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., reason: _Optional[_Union[ReleaseReason, str]] = ..., checkpoint_path: _Optional[str] = ..., epoch: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    granted_before_unix_s: float
+    def __init__(self, worker_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., reason: _Optional[_Union[ReleaseReason, str]] = ..., checkpoint_path: _Optional[str] = ..., epoch: _Optional[int] = ..., message: _Optional[str] = ..., granted_before_unix_s: _Optional[float] = ...) -> None: ...
 
 class ReleaseResponse(_message.Message):
-    __slots__ = ("released", "work_id", "requeued")
+    __slots__ = ("released", "work_id", "requeued", "lease_id")
     RELEASED_FIELD_NUMBER: _ClassVar[int]
     WORK_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEUED_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     released: bool
     work_id: str
     requeued: bool
-    def __init__(self, released: _Optional[bool] = ..., work_id: _Optional[str] = ..., requeued: _Optional[bool] = ...) -> None: ...
+    lease_id: str
+    def __init__(self, released: _Optional[bool] = ..., work_id: _Optional[str] = ..., requeued: _Optional[bool] = ..., lease_id: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ("max_candidates",)
@@ -377,7 +381,7 @@ class TierStatus(_message.Message):
     def __init__(self, index: _Optional[int] = ..., target_ms: _Optional[float] = ..., pool_size: _Optional[int] = ..., evaluated: _Optional[int] = ..., best_candidate_id: _Optional[str] = ..., best_top1: _Optional[float] = ..., best_latency_ms: _Optional[float] = ..., best_vector: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CandidateRecord(_message.Message):
-    __slots__ = ("id", "tier_index", "state", "top1", "epochs", "latency_ms", "attempts", "preemptions", "worker_id")
+    __slots__ = ("id", "tier_index", "state", "top1", "epochs", "latency_ms", "attempts", "preemptions", "worker_id", "lease_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     TIER_INDEX_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -387,6 +391,7 @@ class CandidateRecord(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     PREEMPTIONS_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     tier_index: int
     state: str
@@ -396,7 +401,8 @@ class CandidateRecord(_message.Message):
     attempts: int
     preemptions: int
     worker_id: str
-    def __init__(self, id: _Optional[str] = ..., tier_index: _Optional[int] = ..., state: _Optional[str] = ..., top1: _Optional[float] = ..., epochs: _Optional[int] = ..., latency_ms: _Optional[float] = ..., attempts: _Optional[int] = ..., preemptions: _Optional[int] = ..., worker_id: _Optional[str] = ...) -> None: ...
+    lease_id: str
+    def __init__(self, id: _Optional[str] = ..., tier_index: _Optional[int] = ..., state: _Optional[str] = ..., top1: _Optional[float] = ..., epochs: _Optional[int] = ..., latency_ms: _Optional[float] = ..., attempts: _Optional[int] = ..., preemptions: _Optional[int] = ..., worker_id: _Optional[str] = ..., lease_id: _Optional[str] = ...) -> None: ...
 
 class SearchStatus(_message.Message):
     __slots__ = ("phase", "message", "search_name", "latency_table", "candidates", "preemptions", "lease_expiries", "tiers", "records", "records_truncated", "active_workers", "started_unix_s", "updated_unix_s")

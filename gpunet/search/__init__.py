@@ -69,6 +69,16 @@ def create(name: str = DEFAULT_ALGORITHM, space: Space | None = None, seed: int 
     return cls(space, seed=seed, **options)
 
 
+def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options of algorithm ``name`` with their defaults, checked as :func:`create` would, without a space and
+    without importing torch (the operator validates a NASSearch with it before anything starts).
+
+    Raises:
+        SearchError: unknown ``name``, an unknown option, or an option value out of range.
+    """
+    return searcher_class(name)._check_options(dict(options))
+
+
 def from_state_dict(state: dict[str, Any]) -> Searcher:
     """Recreate a searcher (algorithm, space, seed, options and history) from :meth:`Searcher.state_dict`."""
     searcher = create(state["algorithm"], Space.from_dict(state["space"]), seed=int(state["seed"]), **state.get("options", {}))
@@ -78,5 +88,5 @@ def from_state_dict(state: dict[str, Any]) -> Searcher:
 
 __all__ = [
     "ALGORITHMS", "DEFAULT_ALGORITHM", "BoxSpace", "CategoricalSpace", "GPFitError", "IntegerSpace", "SearchError",
-    "Searcher", "Space", "Trial", "PENDING", "COMPLETE", "FAILED", "create", "from_state_dict", "searcher_class",
+    "Searcher", "Space", "Trial", "PENDING", "COMPLETE", "FAILED", "check_options", "create", "from_state_dict", "searcher_class",
 ]

@@ -26,7 +26,7 @@ from gpunet import rpc
 from gpunet.spec import parse_latency
 
 from . import API_VERSION, KIND
-from .settings import CONTROLLER_PORT, Settings
+from .settings import CONTROLLER_PORT, METRICS_PORT, Settings
 from .spec import DEFAULT_STORAGE_SIZE
 
 Manifest = dict[str, Any]
@@ -263,10 +263,11 @@ def build_controller_deployment(search: str, namespace: str, spec: Mapping[str, 
     """The search controller: one replica, ``Recreate`` (never two controllers on one state), never on spot."""
     section = spec.get("controller", {})
     command = (*CONTROLLER_COMMAND, "--spec", f"{SPEC_MOUNT}/{SPEC_KEY}", "--state-dir", state_dir(search, namespace),
-               "--port", str(CONTROLLER_PORT))
+               "--port", str(CONTROLLER_PORT), "--metrics-port", str(METRICS_PORT))
     env = [e for e in _env(search, namespace, settings) if e["name"] == ENV_TOKEN]
     container = _container("controller", section.get("image") or settings.worker_image, command, section, env, settings, shm=False)
-    container["ports"] = [{"name": "grpc", "containerPort": CONTROLLER_PORT, "protocol": "TCP"}]
+    container["ports"] = [{"name": "grpc", "containerPort": CONTROLLER_PORT, "protocol": "TCP"},
+                          {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
     container["readinessProbe"] = {"tcpSocket": {"port": "grpc"}, "periodSeconds": 5}
     container["livenessProbe"] = {"tcpSocket": {"port": "grpc"}, "periodSeconds": 20, "failureThreshold": 6}
     pod_spec = {
@@ -280,7 +281,8 @@ def build_controller_deployment(search: str, namespace: str, spec: Mapping[str, 
 
 
 def build_controller_service(search: str, namespace: str) -> Manifest:
-    """The ClusterIP Service of the controller's gRPC port."""
+    """The ClusterIP Service of the controller: its gRPC port and its Prometheus port (``metrics``, which the
+    chart's optional ServiceMonitor scrapes)."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -288,7 +290,8 @@ def build_controller_service(search: str, namespace: str) -> Manifest:
         "spec": {
             "type": "ClusterIP",
             "selector": selector(search, "controller"),
-            "ports": [{"name": "grpc", "port": CONTROLLER_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}],
+            "ports": [{"name": "grpc", "port": CONTROLLER_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
+                      {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP", "appProtocol": "http"}],
         },
     }
 
@@ -344,7 +347,8 @@ def build_trainer_deployment(search: str, namespace: str, spec: Mapping[str, Any
 
 
 def build_network_policy(search: str, namespace: str, settings: Settings) -> Manifest:
-    """Only this search's own pods (and the operator) may reach its controller's gRPC port."""
+    """Only this search's own pods (and the operator) may reach its controller's gRPC port; its metrics port is
+    open to scrapers."""
     operator_peer: dict[str, Any] = {"podSelector": {"matchLabels": dict(settings.operator_labels)}}
     if settings.operator_namespace:
         operator_peer["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": settings.operator_namespace}}
@@ -359,7 +363,8 @@ def build_network_policy(search: str, namespace: str, settings: Settings) -> Man
                 {
                     "from": [{"podSelector": {"matchLabels": {SEARCH_LABEL: search}}}, operator_peer],
                     "ports": [{"port": CONTROLLER_PORT, "protocol": "TCP"}],
-                }
+                },
+                {"ports": [{"port": METRICS_PORT, "protocol": "TCP"}]},
             ],
         },
     }

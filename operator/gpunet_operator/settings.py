@@ -8,6 +8,8 @@ from typing import Mapping
 
 #: Port of the search-controller's gRPC service (container and Service).
 CONTROLLER_PORT = 50051
+#: Port of the search-controller's Prometheus ``/metrics`` (container and Service, port name ``metrics``).
+METRICS_PORT = 9090
 
 #: Taint keys that announce a spot/preemptible node going away (cloud notices and node-termination handlers).
 DEFAULT_PREEMPTION_TAINTS: tuple[str, ...] = (
@@ -36,10 +38,14 @@ class Settings:
             (``GPUNET_WORKER_IMAGE``).
         image_pull_policy: ``GPUNET_IMAGE_PULL_POLICY`` (IfNotPresent).
         poll_interval_s: seconds between two status polls of a search's controller (``GPUNET_POLL_INTERVAL``).
+        poll_backoff_max_s: while a controller is unreachable the poll interval doubles up to this many seconds
+            (``GPUNET_POLL_BACKOFF_MAX``), so an unreachable controller never makes a hot loop.
         grpc_timeout_s: deadline of one gRPC call to a controller (``GPUNET_GRPC_TIMEOUT``).
-        controller_address: ``str.format`` template of a controller's address with ``name``, ``namespace`` and
-            ``port`` (``GPUNET_CONTROLLER_ADDRESS``); the default is the in-cluster Service DNS name. Running
-            the operator outside the cluster, point it at a port-forward.
+        controller_address: ``str.format`` template of a controller's gRPC address with ``name``, ``namespace``
+            and ``port`` (``GPUNET_CONTROLLER_ADDRESS``); the default is the in-cluster Service DNS name. The
+            override is for out-of-cluster runs and tests: e.g. ``127.0.0.1:{port}`` behind a
+            ``kubectl port-forward``, or ``unix:/run/gpunet/{namespace}.{name}:{port}`` for controllers started
+            as local processes on unix sockets (gRPC target syntax).
         status_budget_bytes: byte budget of the per-candidate list in ``.status`` (``GPUNET_STATUS_BUDGET``).
         max_candidates: records asked from the controller per poll (``GPUNET_STATUS_MAX_CANDIDATES``).
         watch_nodes: watch Nodes for preemption taints and deletions (``GPUNET_WATCH_NODES``; needs the
@@ -49,6 +55,8 @@ class Settings:
         operator_namespace / operator_labels: where the operator runs and its pod labels, for that policy.
         preemption_taints: node taint keys that mean "this node is being reclaimed" (``GPUNET_PREEMPTION_TAINTS``,
             comma-separated, replaces the default list).
+        peering_lifetime_s: how long a replica's kopf peering keep-alive lasts (``GPUNET_PEERING_LIFETIME``): a
+            standby replica takes over this long after the active one died (with ``--peering``).
         scanning: let kopf watch CRDs and namespaces (``GPUNET_KOPF_SCANNING``); off in namespaced installs,
             which have no cluster-wide read permissions.
     """
@@ -56,6 +64,7 @@ class Settings:
     worker_image: str = "ghcr.io/gpunet-nas/worker:0.1.0"
     image_pull_policy: str = "IfNotPresent"
     poll_interval_s: float = 10.0
+    poll_backoff_max_s: float = 300.0
     grpc_timeout_s: float = 5.0
     controller_address: str = "{name}-controller.{namespace}.svc:{port}"
     status_budget_bytes: int = 256 * 1024
@@ -65,6 +74,7 @@ class Settings:
     operator_namespace: str = ""
     operator_labels: Mapping[str, str] = field(default_factory=lambda: {"app.kubernetes.io/name": "gpunet-nas"})
     preemption_taints: tuple[str, ...] = DEFAULT_PREEMPTION_TAINTS
+    peering_lifetime_s: int = 60
     scanning: bool = True
 
     @classmethod
@@ -77,6 +87,7 @@ class Settings:
             worker_image=env.get("GPUNET_WORKER_IMAGE") or d.worker_image,
             image_pull_policy=env.get("GPUNET_IMAGE_PULL_POLICY") or d.image_pull_policy,
             poll_interval_s=float(env.get("GPUNET_POLL_INTERVAL") or d.poll_interval_s),
+            poll_backoff_max_s=float(env.get("GPUNET_POLL_BACKOFF_MAX") or d.poll_backoff_max_s),
             grpc_timeout_s=float(env.get("GPUNET_GRPC_TIMEOUT") or d.grpc_timeout_s),
             controller_address=env.get("GPUNET_CONTROLLER_ADDRESS") or d.controller_address,
             status_budget_bytes=int(env.get("GPUNET_STATUS_BUDGET") or d.status_budget_bytes),
@@ -86,6 +97,7 @@ class Settings:
             operator_namespace=env.get("GPUNET_OPERATOR_NAMESPACE") or d.operator_namespace,
             operator_labels=dict(kv.split("=", 1) for kv in labels.split(",") if "=" in kv) if labels else d.operator_labels,
             preemption_taints=tuple(t.strip() for t in taints.split(",") if t.strip()) if taints else d.preemption_taints,
+            peering_lifetime_s=int(env.get("GPUNET_PEERING_LIFETIME") or d.peering_lifetime_s),
             scanning=_bool(env.get("GPUNET_KOPF_SCANNING"), d.scanning),
         )
 

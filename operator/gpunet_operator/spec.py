@@ -1,10 +1,12 @@
-"""Validation of a ``NASSearch`` spec on the operator side, and which fields may change after the start.
+"""What the operator checks in a ``NASSearch`` beyond its CRD schema, before any child exists.
 
-The CRD schema rejects what a structural schema can express (types, enums, minimums). What it cannot —
-the search space itself, cross-field rules, name lengths — is checked here, before any child exists, so that
-an invalid search ends as phase ``Failed`` with a ``Ready=False`` condition whose message names the field.
-The engine sections are checked by :func:`gpunet.spec.parse_search` (the same parser ``gpunet run`` and the
-controller use), the Kubernetes sections by :func:`validate_kubernetes`.
+The API server refuses what the schema expresses: types, enums, ranges, camelCase field names (strict field
+validation), cross-field CEL rules, and changes of the frozen sections (:data:`SEARCH_DEFINING`, CEL transition
+rules). What it cannot express is checked here, so that such a search ends as phase ``Failed`` with a
+``Ready=False`` condition whose message names the field, within seconds and with no children: the search space
+itself (:func:`gpunet.space.load_space`), ``algorithm.options`` against the chosen algorithm, and the quantities
+of the Kubernetes sections (:func:`kubernetes.utils.parse_quantity`). The engine sections go through
+:func:`gpunet.spec.parse_search`, the parser of ``gpunet run`` and the controller.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ import copy
 import re
 from typing import Any, Mapping
 
+from kubernetes.utils.quantity import parse_quantity
+
+from gpunet.errors import GpunetError
+
 from . import API_VERSION, KIND
 
-#: Sections that define the search: changing them after the start would change what is being searched, so
-#: they are refused (the search keeps running with the spec it started with).
+#: Sections that define the search; the CRD's transition rules make them immutable once the search exists.
 SEARCH_DEFINING: tuple[str, ...] = ("searchSpace", "latency", "algorithm", "training", "storage")
 #: Sections applied live: pool sizes, images, resources and scheduling of the pods.
 LIVE: tuple[str, ...] = ("trainers", "profilers", "controller")
@@ -25,10 +30,9 @@ LIVE: tuple[str, ...] = ("trainers", "profilers", "controller")
 #: labels (63 characters) and pod names add a ReplicaSet hash and a suffix.
 MAX_NAME_LENGTH = 40
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$")
 
-#: Defaults of the Kubernetes sections, as in the CRD (``crds/nassearch.yaml``); applied here too because the
-#: operator must not rely on the API server's defaulting (tests check the two agree).
+#: Defaults of the Kubernetes sections, as in the CRD; applied here too because the operator must not rely on
+#: the API server's defaulting (tests check the two agree).
 KUBERNETES_DEFAULTS: dict[str, dict[str, Any]] = {
     "trainers": {"maxReplicas": 1, "spot": True},
     "profilers": {"replicas": 1},
@@ -39,12 +43,8 @@ KUBERNETES_DEFAULTS: dict[str, dict[str, Any]] = {
 DEFAULT_STORAGE_SIZE = "20Gi"
 
 
-class InvalidSpec(ValueError):
-    """A NASSearch field the operator cannot accept. ``field`` is its path, e.g. ``spec.storage.size``."""
-
-    def __init__(self, field: str, message: str) -> None:
-        self.field = field
-        super().__init__(f"{field}: {message}")
+class InvalidSpec(GpunetError, ValueError):
+    """A NASSearch field the operator cannot accept; ``field`` is its path, e.g. ``spec.storage.size``."""
 
 
 def with_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -52,10 +52,7 @@ def with_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(dict(spec))
     for section, defaults in KUBERNETES_DEFAULTS.items():
         value = out.get(section)
-        merged = dict(defaults)
-        if isinstance(value, Mapping):
-            merged.update(value)
-        out[section] = merged
+        out[section] = {**defaults, **(value if isinstance(value, Mapping) else {})}
     return out
 
 
@@ -66,12 +63,10 @@ def validate(name: str, namespace: str | None, spec: Mapping[str, Any]) -> dict[
         InvalidSpec: naming the first offending field.
     """
     if not isinstance(name, str) or len(name) > MAX_NAME_LENGTH or not _DNS1035.match(name):
-        raise InvalidSpec(
-            "metadata.name",
-            f"{name!r} must be a DNS-1035 label of at most {MAX_NAME_LENGTH} characters (it prefixes the children)",
-        )
+        raise InvalidSpec("metadata.name", name, f"a DNS-1035 label of at most {MAX_NAME_LENGTH} characters "
+                          "(it prefixes the names of the search's pods and Service)")
     if not isinstance(spec, Mapping):
-        raise InvalidSpec("spec", "must be a mapping")
+        raise InvalidSpec("spec", spec, "a mapping")
     validate_engine(name, namespace, spec)
     full = with_defaults(spec)
     validate_kubernetes(full)
@@ -79,77 +74,58 @@ def validate(name: str, namespace: str | None, spec: Mapping[str, Any]) -> dict[
 
 
 def validate_engine(name: str, namespace: str | None, spec: Mapping[str, Any]) -> None:
-    """The engine sections through :func:`gpunet.spec.parse_search` (searchSpace, latency, algorithm, training)."""
-    from gpunet.errors import SpaceError  # torch-free
+    """The engine sections through :func:`gpunet.spec.parse_search` (searchSpace, latency, algorithm with its
+    options, training); torch-free."""
     from gpunet.spec import parse_search
 
     doc = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name, "namespace": namespace}, "spec": dict(spec)}
     try:
         parse_search(doc, check_space=True)
-    except SpaceError as exc:
+    except GpunetError as exc:
         field = exc.field if exc.field.startswith(("spec", "metadata", "apiVersion", "kind")) else f"spec.{exc.field}"
-        message = str(exc)
-        if message.startswith(exc.field):
-            message = message[len(exc.field) :].lstrip(": ")
-        raise InvalidSpec(field, message) from exc
+        raise InvalidSpec(field, exc.value, exc.expected, reason=exc.reason) from exc
 
 
-def _check_mapping(value: Any, field: str) -> Mapping[str, Any]:
+def _mapping(value: Any, field: str) -> Mapping[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise InvalidSpec(field, f"must be a mapping, got {value!r}")
+        raise InvalidSpec(field, value, "a mapping")
     return value
 
 
-def _check_int(value: Any, field: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidSpec(field, f"must be an integer >= {minimum}, got {value!r}")
+def _quantity(value: Any, field: str, example: str) -> None:
+    try:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        parse_quantity(value)
+    except (ValueError, TypeError, ArithmeticError):
+        raise InvalidSpec(field, value, f"a Kubernetes quantity such as {example}") from None
 
 
 def validate_kubernetes(spec: Mapping[str, Any]) -> None:
     """The Kubernetes sections (trainers, profilers, controller, storage) of a spec with defaults."""
-    trainers = _check_mapping(spec.get("trainers"), "spec.trainers")
-    profilers = _check_mapping(spec.get("profilers"), "spec.profilers")
-    _check_mapping(spec.get("controller"), "spec.controller")
-    storage = _check_mapping(spec.get("storage"), "spec.storage")
-    _check_int(trainers.get("maxReplicas"), "spec.trainers.maxReplicas", 0)
-    _check_int(profilers.get("replicas"), "spec.profilers.replicas", 0)
+    trainers = _mapping(spec.get("trainers"), "spec.trainers")
+    profilers = _mapping(spec.get("profilers"), "spec.profilers")
+    storage = _mapping(spec.get("storage"), "spec.storage")
+    _mapping(spec.get("controller"), "spec.controller")
+    for value, field in ((trainers.get("maxReplicas"), "spec.trainers.maxReplicas"), (profilers.get("replicas"), "spec.profilers.replicas")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidSpec(field, value, "an integer >= 0")
     if not isinstance(trainers.get("spot"), bool):
-        raise InvalidSpec("spec.trainers.spot", f"must be true or false, got {trainers.get('spot')!r}")
-    for section in ("trainers", "profilers", "controller"):
+        raise InvalidSpec("spec.trainers.spot", trainers.get("spot"), "true or false")
+    for section in LIVE:
         image = spec[section].get("image")
         if image is not None and (not isinstance(image, str) or not image.strip()):
-            raise InvalidSpec(f"spec.{section}.image", f"must be a non-empty image reference, got {image!r}")
-        resources = _check_mapping(spec[section].get("resources"), f"spec.{section}.resources")
+            raise InvalidSpec(f"spec.{section}.image", image, "a non-empty image reference")
+        resources = _mapping(spec[section].get("resources"), f"spec.{section}.resources")
         for kind in ("requests", "limits"):
-            for key, qty in _check_mapping(resources.get(kind), f"spec.{section}.resources.{kind}").items():
-                if isinstance(qty, bool) or not (isinstance(qty, int) or (isinstance(qty, str) and _QUANTITY.match(qty))):
-                    raise InvalidSpec(f"spec.{section}.resources.{kind}.{key}", f"{qty!r} is not a quantity")
+            for key, qty in _mapping(resources.get(kind), f"spec.{section}.resources.{kind}").items():
+                _quantity(qty, f"spec.{section}.resources.{kind}.{key}", "500m, 8Gi or 1")
     claim, size = storage.get("existingClaim"), storage.get("size")
     if claim is not None and size is not None:
-        raise InvalidSpec("spec.storage", "set either existingClaim or size, not both")
+        raise InvalidSpec("spec.storage", dict(storage), "either existingClaim or size, not both")
     if claim is not None and (not isinstance(claim, str) or not claim):
-        raise InvalidSpec("spec.storage.existingClaim", f"must be a claim name, got {claim!r}")
-    if size is not None and (isinstance(size, bool) or not (isinstance(size, int) or (isinstance(size, str) and _QUANTITY.match(size)))):
-        raise InvalidSpec("spec.storage.size", f"{size!r} is not a quantity such as 100Gi")
-
-
-def _leaf_diff(old: Any, new: Any, path: str) -> list[str]:
-    if isinstance(old, Mapping) and isinstance(new, Mapping):
-        out: list[str] = []
-        for key in sorted(set(old) | set(new), key=str):
-            out += _leaf_diff(old.get(key), new.get(key), f"{path}.{key}")
-        return out
-    return [] if old == new else [path]
-
-
-def frozen_changes(started: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """Paths of search-defining fields that differ between the spec the search started with and now.
-
-    Example: ``["spec.latency.tiers"]``. An empty list means every change may be applied live.
-    """
-    out: list[str] = []
-    for section in SEARCH_DEFINING:
-        out += _leaf_diff(started.get(section), current.get(section), f"spec.{section}")
-    return out
+        raise InvalidSpec("spec.storage.existingClaim", claim, "a claim name")
+    if size is not None:
+        _quantity(size, "spec.storage.size", "100Gi")

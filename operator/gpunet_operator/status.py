@@ -13,6 +13,10 @@ import datetime
 import json
 from typing import Any, Iterable, Sequence
 
+from gpunet.rpc import phase_name
+
+from . import FAILED, PENDING, SUCCEEDED
+
 #: Top-1 is a fraction on the wire and a percentage (2 decimals) in the status, as `kubectl get` shows it.
 TOP1_DECIMALS = 2
 LATENCY_DECIMALS = 4
@@ -110,11 +114,11 @@ def set_condition(conditions: list[dict[str, Any]], type_: str, status: bool | s
 
 def ready_condition(phase: str, message: str) -> tuple[bool, str, str]:
     """``(status, reason, message)`` of the Ready condition for a controller phase."""
-    if phase == "Failed":
+    if phase == FAILED:
         return False, "SearchFailed", message or "the search failed"
-    if phase == "Succeeded":
+    if phase == SUCCEEDED:
         return True, "SearchSucceeded", message or "all tiers searched; results are on the shared volume"
-    if phase in ("Pending", ""):
+    if phase in (PENDING, ""):
         return False, "Starting", message or "waiting for the search controller"
     return True, phase, message or f"search is {phase.lower()}"
 
@@ -124,7 +128,6 @@ def mirror(
     tiers: Sequence[float],
     *,
     conditions: list[dict[str, Any]],
-    pod_failures: int,
     budget_bytes: int,
     generation: int | None = None,
 ) -> dict[str, Any]:
@@ -133,8 +136,7 @@ def mirror(
     Args:
         search_status: a ``gpunet.rpc.pb.SearchStatus``.
         tiers: ``spec.latency.tiers`` (ms), to name each record's tier by its target.
-        conditions: the current ``status.conditions``.
-        pod_failures: trainer pod failures the operator saw (not preemptions).
+        conditions: the conditions this writer owns (Ready, ControllerReachable), as last written.
         budget_bytes: byte budget of the per-candidate list.
         generation: ``metadata.generation`` of the NASSearch.
     """
@@ -143,9 +145,10 @@ def mirror(
     best_per_tier = [b for b in (_best(t) for t in s.tiers) if b is not None]
     best = max(best_per_tier, key=lambda b: b["top1"], default=None)
     records = [candidate_record(r, tiers) for r in s.records]
-    ready, reason, message = ready_condition(s.phase, s.message)
+    phase = phase_name(s.phase) or PENDING
+    ready, reason, message = ready_condition(phase, s.message)
     status: dict[str, Any] = {
-        "phase": s.phase or "Pending",
+        "phase": phase,
         "message": s.message,
         "tiers": len(tiers),
         "latencyTable": {"measured": int(s.latency_table.layers_measured), "needed": int(s.latency_table.layers_needed)},
@@ -159,11 +162,10 @@ def mirror(
             "total": int(c.total),
             "budget": int(c.budget),
             "preempted": int(s.preemptions),
-            "podFailures": int(pod_failures),
             "leaseExpiries": int(s.lease_expiries),
         },
         "bestPerTier": best_per_tier,
-        "best": best,
+        **({"best": best} if best else {}),
         "candidates": compact_candidates(records, max(int(c.total), len(records)), budget_bytes),
         "conditions": set_condition(conditions, "Ready", ready, reason, message, generation),
     }

@@ -60,3 +60,8 @@ app.kubernetes.io/part-of: gpunet-nas
 {{- define "gpunet-nas.clusterScope" -}}
 {{- if eq .Values.rbac.scope "cluster" }}true{{- else if eq .Values.rbac.scope "namespaced" }}{{- else }}{{ fail "rbac.scope must be cluster or namespaced" }}{{- end }}
 {{- end }}
+
+{{/* True when the replicas run with kopf peering. */}}
+{{- define "gpunet-nas.peering" -}}
+{{- if or .Values.peering.enabled (gt (int .Values.replicas) 1) }}true{{- end }}
+{{- end }}

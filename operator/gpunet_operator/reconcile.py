@@ -1,0 +1,103 @@
+"""The status loop of a running search: poll its controller, mirror the reply into ``NASSearch.status``, size
+the pools. One daemon per search (kopf), until the search reaches a terminal phase.
+
+An unreachable controller (not started yet, restarting, deleted, wrong address) sets ``ControllerReachable=False``
+once, and the poll interval doubles from ``poll_interval_s`` up to ``poll_backoff_max_s``: no hot loop against the
+controller, and no API request at all while nothing changes (the status writer sends only changed parts).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import kopf
+
+from gpunet.rpc import phase_name
+
+from . import PENDING, SUCCEEDED, TERMINAL_PHASES, scaling
+from .context import OperatorContext, meta_of
+from .controller import ControllerUnavailable
+from .spec import with_defaults
+from .status import mirror, set_condition
+from .status_writer import MIRROR, MIRROR_CONDITIONS, mirror_part, owned_conditions
+
+
+@dataclass
+class PoolState:
+    """What this process last applied to one search's pools (a cache: after a restart everything is applied once)."""
+
+    replicas: dict[str, int] = field(default_factory=dict)
+    busy: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Poll:
+    """The outcome of one poll: the phase seen and whether the controller answered."""
+
+    phase: str
+    reachable: bool
+
+
+def next_delay(previous: float, reachable: bool, interval: float, backoff_max: float) -> float:
+    """Seconds to the next poll: ``interval`` after an answer; doubling (from ``interval``) up to ``backoff_max``
+    while the controller does not answer."""
+    return interval if reachable else min(max(2.0 * previous, interval), backoff_max)
+
+
+async def poll_once(ctx: OperatorContext, body: Mapping[str, Any], pools: PoolState, logger: logging.Logger) -> Poll:
+    """Poll the controller once: write the mirror part of the status, size the pools."""
+    meta = meta_of(body)
+    status = dict(body.get("status") or {})
+    generation = body["metadata"].get("generation")
+    last = ctx.status.last(meta["uid"], MIRROR)
+    if last is None:
+        last = mirror_part(status)
+    conditions = owned_conditions(last, MIRROR_CONDITIONS)
+    client = await ctx.controller(meta["namespace"], meta["name"])
+    if client is None:
+        return Poll(status.get("phase") or PENDING, reachable=False)
+    try:
+        reply = await client.status(ctx.settings.max_candidates)
+    except ControllerUnavailable as exc:
+        message = (f"the search controller at {client.address} does not answer ({exc.code}); retrying with exponential "
+                   f"backoff up to {ctx.settings.poll_backoff_max_s:.0f}s")
+        conditions = set_condition(conditions, "ControllerReachable", False, "Unavailable", message, generation)
+        await ctx.status.apply(meta, MIRROR, {**last, "conditions": conditions})
+        return Poll(last.get("phase") or PENDING, reachable=False)
+    phase = phase_name(reply.phase) or PENDING
+    conditions = set_condition(conditions, "ControllerReachable", True, "Reachable", f"polled {client.address}", generation)
+    spec = with_defaults(dict(body.get("spec") or {}))
+    tiers = [float(t) for t in spec.get("latency", {}).get("tiers") or []]
+    new = mirror(reply, tiers, conditions=conditions, budget_bytes=ctx.settings.status_budget_bytes, generation=generation)
+    table = reply.latency_table
+    want = scaling.desired_scale(phase, spec, queued=reply.candidates.queued, running=reply.candidates.running,
+                                 table_complete=table.layers_needed > 0 and table.layers_measured >= table.layers_needed)
+    await ctx.status.apply(meta, MIRROR, new)  # first: what users and the tests read
+    await scaling.apply_scale(ctx, meta["name"], meta["namespace"], want, pools.replicas)
+    busy = {r.worker_id for r in reply.records if r.state == "running" and r.worker_id}
+    await scaling.protect_busy_trainers(ctx, meta["namespace"], busy, pools.busy)
+    if phase != last.get("phase"):
+        logger.info("phase %s -> %s", last.get("phase"), phase)
+        if phase in TERMINAL_PHASES:
+            kopf.event(dict(body), type="Normal" if phase == SUCCEEDED else "Warning", reason=f"Search{phase}",
+                       message=reply.message or f"search {phase.lower()}")
+    return Poll(phase, reachable=True)
+
+
+async def run(ctx: OperatorContext, body: Mapping[str, Any], stopped: Any, logger: logging.Logger) -> None:
+    """Poll until the search ends or the daemon is stopped (``stopped``: kopf's DaemonStopped)."""
+    settings = ctx.settings
+    pools = PoolState()
+    delay = settings.poll_interval_s
+    while not stopped:
+        try:
+            poll = await poll_once(ctx, body, pools, logger)
+        except Exception as exc:  # noqa: BLE001 - an API error must not end the daemon; the next poll retries
+            logger.warning("status poll failed: %s", exc)
+            poll = Poll("", reachable=True)  # the API server's trouble, not the controller's: no backoff
+        if poll.phase in TERMINAL_PHASES:
+            return
+        delay = next_delay(delay, poll.reachable, settings.poll_interval_s, settings.poll_backoff_max_s)
+        await stopped.wait(delay)

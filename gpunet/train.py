@@ -190,9 +190,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path, arch: Architecture) -> dict[str, Any]:
-    """Read a training checkpoint of ``arch``; raises :class:`CheckpointError` saying what is wrong."""
+    """Read a training checkpoint of ``arch`` with ``torch.load(weights_only=True)`` (tensors and plain containers
+    only: a checkpoint on the shared volume is never unpickled); raises :class:`CheckpointError` saying what is wrong."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
         raise CheckpointError(str(path), reason="no such file") from exc
     except Exception as exc:  # torch raises many kinds for a corrupt file

@@ -32,7 +32,7 @@ def _arch():
     return space.decode(space.sample(1, seed=0)[0].tolist())
 
 
-def test_a_checkpoint_the_trainer_writes_loads_with_weights_only(tmp_path: Path) -> None:
+def test_a_checkpoint_in_the_trainers_format_loads_with_weights_only(tmp_path: Path) -> None:
     arch = _arch()
     model = build_model(arch)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)

@@ -289,6 +289,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 def watch_marks(api: client.ApiClient, pods: set[str], marked: dict[str, float]) -> None:
     """Record when each of ``pods`` is first seen marked by the control plane (DisruptionTarget or deletion)."""
     from kubernetes import watch
+    from urllib3.exceptions import ProtocolError
 
     deadline = time.monotonic() + 600
     while len(marked) < len(pods) and time.monotonic() < deadline:
@@ -301,7 +302,9 @@ def watch_marks(api: client.ApiClient, pods: set[str], marked: dict[str, float])
                     marked[name] = time.time()
                 if len(marked) == len(pods):
                     return
-        except client.exceptions.ApiException:  # e.g. 504 "too large resource version" from a lagging watch cache
+        # A 504 "too large resource version" from a lagging watch cache, or a stream the API server cut (it ends
+        # watches at will, and at teardown): watch again.
+        except (client.exceptions.ApiException, ProtocolError):
             time.sleep(0.2)
 
 

@@ -171,7 +171,7 @@ def test_without_results_finalizing_passes_straight_to_succeeded(tmp_path: Path)
 def test_a_real_profiler_worker_measures_the_winner_over_grpc(tmp_path: Path) -> None:
     from gpunet.controller import ControllerServer
     from gpunet.latency import get_backend
-    from gpunet_worker.client import ControllerClient
+    from gpunet.rpc.client import ControllerClient
     from gpunet_worker.profiler import ProfilerWorker
 
     backend = get_backend("onnxruntime", threads=1, runs=5, warmup=1)

@@ -17,7 +17,7 @@ import yaml
 
 from gpunet.spec import parse_search
 from gpunet_operator import builders
-from gpunet_operator.settings import CONTROLLER_PORT, METRICS_PORT, Settings
+from gpunet_operator.settings import CONTROLLER_PORT, HEALTH_PORT, METRICS_PORT, Settings
 from gpunet_operator.spec import validate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,10 +101,14 @@ def test_controller_is_one_recreated_replica_never_on_spot_nodes() -> None:
     (container,) = pod["containers"]
     assert container["image"] == "ghcr.io/gpunet-nas/worker:0.1.0"  # from the spec
     assert container["ports"] == [{"name": "grpc", "containerPort": CONTROLLER_PORT, "protocol": "TCP"},
-                                  {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
+                                  {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+                                  {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"}]
     assert container["command"] == ["python", "-m", "gpunet.controller", "--spec", "/etc/gpunet/search.yaml",
                                     "--state-dir", "/data/searches/research/gpunet-imagenet", "--port", str(CONTROLLER_PORT),
-                                    "--metrics-port", str(METRICS_PORT)]
+                                    "--metrics-port", str(METRICS_PORT), "--health-port", str(HEALTH_PORT)]
+    # gRPC health checking: the kubelet's grpc probes take a port number (not a name) and speak plaintext
+    assert container["readinessProbe"]["grpc"] == {"port": HEALTH_PORT, "service": "gpunet.nas.v1.SearchControllerService"}
+    assert container["livenessProbe"]["grpc"] == {"port": HEALTH_PORT}
     env = {e["name"]: e for e in container["env"]}
     assert env["GPUNET_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "gpunet-imagenet-token", "key": "token"}
 
@@ -166,7 +170,8 @@ def test_network_policy_admits_only_the_search_pods_and_the_operator() -> None:
     assert_valid(policy)
     assert policy["spec"]["podSelector"]["matchLabels"][builders.COMPONENT_LABEL] == "controller"
     rule, metrics = policy["spec"]["ingress"]
-    assert metrics == {"ports": [{"port": METRICS_PORT, "protocol": "TCP"}]}  # open to scrapers
+    # open to scrapers and to the kubelet's probes
+    assert metrics == {"ports": [{"port": METRICS_PORT, "protocol": "TCP"}, {"port": HEALTH_PORT, "protocol": "TCP"}]}
     search_peer, operator_peer = rule["from"]
     assert search_peer == {"podSelector": {"matchLabels": {builders.SEARCH_LABEL: "gpunet-imagenet"}}}
     assert operator_peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "gpunet-system"}

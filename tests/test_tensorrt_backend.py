@@ -255,7 +255,7 @@ def test_a_tensorrt_fp32_search_reaches_its_tiers_through_gpunet_run_and_the_pro
     import gpunet.controller.local as local
     from gpunet.controller import ControllerServer
     from gpunet_worker.__main__ import parser, profiler_backend
-    from gpunet_worker.client import ControllerClient
+    from gpunet.rpc.client import ControllerClient
     from gpunet_worker.profiler import ProfilerWorker
 
     spec = fp32_tensorrt_spec(tiers=(0.1,), tolerance=0.5)

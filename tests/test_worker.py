@@ -97,7 +97,7 @@ def test_sigterm_releases_the_lease_as_preempted_and_requeues_at_once(tmp_path: 
 
 @needs_data
 def test_corrupt_checkpoint_restarts_from_scratch_and_is_recorded(tmp_path: Path) -> None:
-    from gpunet_worker.client import ControllerClient
+    from gpunet.rpc.client import ControllerClient
     from gpunet_worker.trainer import TrainerWorker
 
     srv = serve(tmp_path, lease_s=30.0, budget=1, epochs=2, train_subset=300)
@@ -122,7 +122,7 @@ def test_corrupt_checkpoint_restarts_from_scratch_and_is_recorded(tmp_path: Path
 
 
 def test_client_reconnects_with_backoff_until_the_controller_is_up(tmp_path: Path) -> None:
-    from gpunet_worker.client import ControllerClient
+    from gpunet.rpc.client import ControllerClient
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -144,19 +144,19 @@ def test_client_reconnects_with_backoff_until_the_controller_is_up(tmp_path: Pat
 
 
 def test_client_gives_up_after_the_configured_time() -> None:
-    from gpunet_worker.client import ControllerClient, ControllerUnreachable
+    from gpunet.rpc.client import ControllerClient, ControllerUnavailable
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     client = ControllerClient(f"127.0.0.1:{port}", TOKEN, timeout_s=0.5, backoff_s=0.1, give_up_s=1.0)
-    with pytest.raises(ControllerUnreachable, match="unreachable"):
+    with pytest.raises(ControllerUnavailable, match="unreachable"):
         client.call("GetStatus", pb.StatusRequest())
 
 
 def test_profiler_worker_fills_the_latency_table(tmp_path: Path) -> None:
     from gpunet.latency import get_backend
-    from gpunet_worker.client import ControllerClient
+    from gpunet.rpc.client import ControllerClient
     from gpunet_worker.profiler import ProfilerWorker
 
     # Real onnxruntime latencies depend on the machine: one tier wide enough for any of them (0.01..1.99 ms).

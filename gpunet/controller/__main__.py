@@ -1,7 +1,7 @@
 """``python -m gpunet.controller``: run one search controller as a process (the controller pod).
 
     GPUNET_TOKEN=... python -m gpunet.controller --spec search.yaml --state-dir /data/state --port 50051 \\
-        --metrics-port 9090 --tls-cert /etc/gpunet/tls/tls.crt --tls-key /etc/gpunet/tls/tls.key
+        --metrics-port 9090 --health-port 50052 --tls-cert /etc/gpunet/tls/tls.crt --tls-key /etc/gpunet/tls/tls.key
 
 The spec file is the ``NASSearch`` (or just its ``spec`` wrapped by the operator into a full document). The
 process serves until the search reaches a terminal phase and then keeps serving status (``--exit-when-done``
@@ -36,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=50051)
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (default: none)")
+    p.add_argument("--health-port", type=int, default=None,
+                   help="plaintext port serving only grpc.health.v1, for the kubelet's grpc: probes (default: none; "
+                        "health is always served on --port too)")
     p.add_argument("--lease-seconds", type=float, default=float(os.environ.get("GPUNET_LEASE_SECONDS", "300")))
     p.add_argument("--token-file", type=Path, help=f"file holding the token (default: ${TOKEN_ENV})")
     p.add_argument("--exit-when-done", action="store_true",
@@ -72,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     controller = SearchController(spec, args.state_dir, lease_s=args.lease_seconds, searcher_processes=True,
                                   results=not args.no_outputs, finalize_timeout_s=args.finalize_timeout_seconds)
     server = ControllerServer(controller, token, f"{args.host}:{args.port}", metrics_port=args.metrics_port,
-                              credentials=credentials).start()
+                              credentials=credentials, health_port=args.health_port).start()
     transport = ("TLS with client certificates (mutual TLS)" if args.tls_client_ca or os.environ.get(tls.TLS_CLIENT_CA_ENV)
                  else "TLS") if credentials else "plaintext"
     logging.info("serving search %s on %s:%d over %s (phase %s)", spec.name, args.host, server.port, transport,

@@ -4,6 +4,11 @@ The servicer subclasses the generated ``SearchControllerServiceServicer`` and de
 :class:`~gpunet.controller.core.SearchController`; domain errors become gRPC status codes through
 :func:`gpunet.controller.errors.grpc_status` (the one mapping). Authentication is a server interceptor: every
 call must carry ``authorization: Bearer <token>`` in its metadata, else ``UNAUTHENTICATED``.
+
+Health (``grpc.health.v1``, the ``grpcio-health-checking`` servicer): the only service that needs no token, since it
+says nothing but SERVING or NOT_SERVING. It answers for ``""`` (the process) and for :data:`SERVICE_NAME`, on the
+gRPC port and, with ``health_port``, on a plaintext port of its own: the kubelet's ``grpc:`` probes speak neither
+TLS nor tokens, so a controller that serves TLS is probed there. Both go NOT_SERVING when the server stops.
 """
 
 from __future__ import annotations
@@ -15,12 +20,16 @@ from concurrent import futures
 from typing import Any, Callable
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ..rpc import AUTH_METADATA_KEY, pb, pb_grpc
+from ..rpc import AUTH_METADATA_KEY, SERVICE_NAME, pb, pb_grpc
 from .core import SearchController
 from .errors import ConfigError, grpc_status
 
 log = logging.getLogger(__name__)
+
+#: Method prefix of the health service; its calls pass without a token.
+HEALTH_METHOD_PREFIX = f"/{health.SERVICE_NAME}/"
 
 
 class TokenAuthInterceptor(grpc.ServerInterceptor):
@@ -37,6 +46,8 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         self._deny = grpc.unary_unary_rpc_method_handler(deny)
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
+        if details.method.startswith(HEALTH_METHOD_PREFIX):
+            return continuation(details)
         for key, value in details.invocation_metadata or ():
             if key == AUTH_METADATA_KEY and hmac.compare_digest(str(value).encode(), self._expected):
                 return continuation(details)
@@ -91,22 +102,39 @@ class ControllerServer:
         max_workers: gRPC handler threads. Handlers are short and hold the GIL, so a few threads serve best (more
             threads lengthen the latency tail under load: p99 923 ms with 64 against 535 ms with 8, see benchmarks).
         credentials: serve TLS with these (:func:`gpunet.rpc.tls.server_credentials`); None serves plaintext.
+        health_port: also serve the health service alone, in plaintext, on this port of the same host (0: any
+            free one, see :attr:`health_port`); None: health is served on the gRPC port only.
+
+    Raises:
+        OSError: a port cannot be bound.
     """
 
     def __init__(self, controller: SearchController, token: str, address: str = "127.0.0.1:0",
                  metrics_port: int | None = None, max_workers: int = 8,
-                 credentials: grpc.ServerCredentials | None = None) -> None:
+                 credentials: grpc.ServerCredentials | None = None, health_port: int | None = None) -> None:
         self.controller = controller
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="gpunet-rpc"),
                                   interceptors=[TokenAuthInterceptor(token)],
                                   options=[("grpc.so_reuseport", 0)])
         pb_grpc.add_SearchControllerServiceServicer_to_server(SearchControllerServicer(controller), self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.tls = credentials is not None
         self.port = self.server.add_secure_port(address, credentials) if credentials is not None \
             else self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         self.host = address.rsplit(":", 1)[0]
+        self.health_server: grpc.Server | None = None
+        self.health_port: int | None = None
+        if health_port is not None:
+            # Two threads: a probe is one short unary call; Watch streams run on the servicer's own pool.
+            self.health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="gpunet-health"),
+                                             options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.health_port = self.health_server.add_insecure_port(f"{self.host}:{health_port}")
+            if self.health_port == 0:
+                raise OSError(f"cannot listen on {self.host}:{health_port} (health)")
         self.metrics_port = controller.metrics.serve(metrics_port, addr=self.host if self.host not in ("[::]", "") else "0.0.0.0") \
             if metrics_port is not None else None
 
@@ -117,12 +145,19 @@ class ControllerServer:
 
     def start(self) -> "ControllerServer":
         self.server.start()
+        if self.health_server is not None:
+            self.health_server.start()
         self.controller.start()
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         return self
 
     def stop(self, grace: float = 1.0) -> None:
-        """Stop serving, stop the driver and save the state."""
+        """Say NOT_SERVING, stop serving, stop the driver and save the state."""
+        self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.health_server is not None:
+            self.health_server.stop(0).wait()
         self.controller.metrics.close()
         self.controller.close()
 

@@ -27,6 +27,9 @@ TOKEN_ENV = "GPUNET_TOKEN"
 #: Environment variable holding the controller address (``host:port``) in worker pods.
 ADDRESS_ENV = "GPUNET_CONTROLLER"
 _PHASE_PREFIX = "SEARCH_PHASE_"
+#: The controller's gRPC service by its full name (``gpunet.nas.v1.SearchControllerService``), as health checks
+#: (``grpc.health.v1``) and the kubelet's ``grpc:`` probes name it.
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SearchControllerService"].full_name
 
 
 def _camel(enum_name: str) -> str:
@@ -72,8 +75,8 @@ def phase_value(name: str) -> int:
         raise GpunetError("phase", name, PHASES) from None
 
 
-__all__ = ["ACTIVE_PHASES", "ADDRESS_ENV", "AUTH_METADATA_KEY", "PHASES", "TERMINAL_PHASES", "TOKEN_ENV", "auth_metadata",
-           "connect", "pb", "pb_grpc", "phase_name", "phase_value"]
+__all__ = ["ACTIVE_PHASES", "ADDRESS_ENV", "AUTH_METADATA_KEY", "PHASES", "SERVICE_NAME", "TERMINAL_PHASES", "TOKEN_ENV", "auth_metadata",
+           "connect", "open_channel", "pb", "pb_grpc", "phase_name", "phase_value"]
 
 
 def auth_metadata(token: str) -> tuple[tuple[str, str], ...]:
@@ -103,18 +106,26 @@ class _Details(grpc.ClientCallDetails):
         self.compression = getattr(base, "compression", None)
 
 
+def open_channel(address: str, *, credentials: grpc.ChannelCredentials | None = None,
+                 options: list[tuple[str, Any]] | None = None, aio: bool = False) -> Any:
+    """A channel to ``address`` (``host:port`` or ``unix:PATH``): TLS with ``credentials``
+    (:func:`gpunet.rpc.tls.channel_credentials`), else plaintext; a ``grpc.aio`` channel with ``aio=True``
+    (create it on the event loop that will use it)."""
+    module: Any = grpc.aio if aio else grpc
+    if credentials is not None:
+        return module.secure_channel(address, credentials, options=options or [])
+    return module.insecure_channel(address, options=options or [])
+
+
 def connect(address: str, token: str | None, options: list[tuple[str, Any]] | None = None,
             credentials: grpc.ChannelCredentials | None = None) -> pb_grpc.SearchControllerServiceStub:
-    """A stub of the controller at ``address`` (``host:port``) that sends ``token`` on every call.
+    """A blocking stub of the controller at ``address`` (``host:port``) that sends ``token`` on every call.
 
     ``credentials`` (:func:`gpunet.rpc.tls.channel_credentials`) make it a TLS channel; None is plaintext.
     ``token=None`` sends no token (the controller then answers UNAUTHENTICATED). The channel is reachable as
-    ``stub.channel`` for closing.
+    ``stub.channel`` for closing. Clients with retries and error handling: :mod:`gpunet.rpc.client`.
     """
-    if credentials is not None:
-        channel = grpc.secure_channel(address, credentials, options=options or [])
-    else:
-        channel = grpc.insecure_channel(address, options=options or [])
+    channel = open_channel(address, credentials=credentials, options=options)
     if token is not None:
         channel = grpc.intercept_channel(channel, _TokenInterceptor(token))
     stub = pb_grpc.SearchControllerServiceStub(channel)

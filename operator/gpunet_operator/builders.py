@@ -26,7 +26,7 @@ from gpunet import rpc
 from gpunet.spec import parse_latency
 
 from . import API_VERSION, KIND
-from .settings import CONTROLLER_PORT, METRICS_PORT, Settings
+from .settings import CONTROLLER_PORT, HEALTH_PORT, METRICS_PORT, Settings
 from .spec import DEFAULT_STORAGE_SIZE
 
 Manifest = dict[str, Any]
@@ -45,6 +45,9 @@ TRAINER_COMMAND = ("python", "-m", "gpunet_worker", "trainer")
 PROFILER_COMMAND = ("python", "-m", "gpunet_worker", "profiler")
 #: Seconds a trainer gets between SIGTERM (a spot notice) and SIGKILL to save a checkpoint and release its lease.
 TRAINER_GRACE_S = 120
+#: Seconds the controller gets between SIGTERM and SIGKILL: enough to save its state. The result files need no
+#: grace: they are written in phase Finalizing, before Succeeded, and the operator scales down only after that.
+CONTROLLER_GRACE_S = 30
 #: User and group of the pods' processes (the worker image's non-root user).
 RUN_AS_USER = 1000
 
@@ -263,17 +266,21 @@ def build_controller_deployment(search: str, namespace: str, spec: Mapping[str, 
     """The search controller: one replica, ``Recreate`` (never two controllers on one state), never on spot."""
     section = spec.get("controller", {})
     command = (*CONTROLLER_COMMAND, "--spec", f"{SPEC_MOUNT}/{SPEC_KEY}", "--state-dir", state_dir(search, namespace),
-               "--port", str(CONTROLLER_PORT), "--metrics-port", str(METRICS_PORT))
+               "--port", str(CONTROLLER_PORT), "--metrics-port", str(METRICS_PORT), "--health-port", str(HEALTH_PORT))
     env = [e for e in _env(search, namespace, settings) if e["name"] == ENV_TOKEN]
     container = _container("controller", section.get("image") or settings.worker_image, command, section, env, settings, shm=False)
     container["ports"] = [{"name": "grpc", "containerPort": CONTROLLER_PORT, "protocol": "TCP"},
-                          {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
-    container["readinessProbe"] = {"tcpSocket": {"port": "grpc"}, "periodSeconds": 5}
-    container["livenessProbe"] = {"tcpSocket": {"port": "grpc"}, "periodSeconds": 20, "failureThreshold": 6}
+                          {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+                          {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"}]
+    # gRPC health checking (grpc.health.v1): ready while the search service says SERVING, alive while the process
+    # answers at all. A failed search stays ready: its status must stay readable.
+    container["readinessProbe"] = {"grpc": {"port": HEALTH_PORT, "service": rpc.SERVICE_NAME}, "periodSeconds": 5}
+    container["livenessProbe"] = {"grpc": {"port": HEALTH_PORT}, "periodSeconds": 20, "failureThreshold": 6}
     pod_spec = {
         "automountServiceAccountToken": False,
         "securityContext": _pod_security(),
         "affinity": _not_spot_affinity(),
+        "terminationGracePeriodSeconds": CONTROLLER_GRACE_S,
         "containers": [container],
         "volumes": _volumes(search, spec, shm=False),
     }
@@ -348,7 +355,7 @@ def build_trainer_deployment(search: str, namespace: str, spec: Mapping[str, Any
 
 def build_network_policy(search: str, namespace: str, settings: Settings) -> Manifest:
     """Only this search's own pods (and the operator) may reach its controller's gRPC port; its metrics port is
-    open to scrapers."""
+    open to scrapers and its health port to the kubelet's probes (it says SERVING or NOT_SERVING, nothing else)."""
     operator_peer: dict[str, Any] = {"podSelector": {"matchLabels": dict(settings.operator_labels)}}
     if settings.operator_namespace:
         operator_peer["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": settings.operator_namespace}}
@@ -364,7 +371,7 @@ def build_network_policy(search: str, namespace: str, settings: Settings) -> Man
                     "from": [{"podSelector": {"matchLabels": {SEARCH_LABEL: search}}}, operator_peer],
                     "ports": [{"port": CONTROLLER_PORT, "protocol": "TCP"}],
                 },
-                {"ports": [{"port": METRICS_PORT, "protocol": "TCP"}]},
+                {"ports": [{"port": METRICS_PORT, "protocol": "TCP"}, {"port": HEALTH_PORT, "protocol": "TCP"}]},
             ],
         },
     }

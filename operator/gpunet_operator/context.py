@@ -13,9 +13,11 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpunet.rpc.client import AsyncControllerClient
+
 from . import builders
 from .api import KubeApi
-from .controller import ControllerClient, ControllerClients
+from .controller import ControllerClients
 from .settings import Settings
 from .status_writer import StatusWriter
 
@@ -40,7 +42,7 @@ class OperatorContext:
         return cls(settings=settings, api=api, status=StatusWriter(api), trainer_nodes=TrainerNodes())
 
     async def close(self) -> None:
-        self.controllers.close()
+        await self.controllers.close()
         await self.api.close()
 
     async def token(self, namespace: str, name: str) -> str | None:
@@ -54,17 +56,17 @@ class OperatorContext:
             self._tokens[key] = base64.b64decode(data).decode()
         return self._tokens[key]
 
-    async def controller(self, namespace: str, name: str) -> ControllerClient | None:
+    async def controller(self, namespace: str, name: str) -> AsyncControllerClient | None:
         """The gRPC client of the search's controller, or None while the search has no token yet."""
         token = await self.token(namespace, name)
         if token is None:
             return None
         s = self.settings
-        return self.controllers.get(namespace, name, s.controller_address_of(name, namespace), token, s.grpc_timeout_s)
+        return await self.controllers.get(namespace, name, s.controller_address_of(name, namespace), token, s.grpc_timeout_s)
 
-    def forget(self, namespace: str, name: str, uid: str | None) -> None:
+    async def forget(self, namespace: str, name: str, uid: str | None) -> None:
         """Drop what this process knows of a deleted search."""
-        self.controllers.forget(namespace, name)
+        await self.controllers.forget(namespace, name)
         self._tokens.pop((namespace, name), None)
         self.ledgers.pop((namespace, name), None)
         if uid:

@@ -31,9 +31,10 @@ from typing import Any, Iterable, Mapping
 
 import kopf
 
+from gpunet.rpc.client import ControllerUnavailable
+
 from . import API_VERSION, KIND, builders
 from .context import OperatorContext, meta_of
-from .controller import ControllerUnavailable
 from .status_writer import PODS
 
 PREEMPTION_REASONS = frozenset({"Preempted", "Evicted", "Shutdown", "NodeShutdown", "Terminated", "NodeLost",

@@ -10,6 +10,9 @@ from typing import Mapping
 CONTROLLER_PORT = 50051
 #: Port of the search-controller's Prometheus ``/metrics`` (container and Service, port name ``metrics``).
 METRICS_PORT = 9090
+#: Plaintext port of the controller's ``grpc.health.v1`` service alone, for the kubelet's ``grpc:`` probes (which
+#: speak neither TLS nor tokens, and take a port number, not a name).
+HEALTH_PORT = 50052
 
 #: Taint keys that announce a spot/preemptible node going away (cloud notices and node-termination handlers).
 DEFAULT_PREEMPTION_TAINTS: tuple[str, ...] = (

@@ -25,8 +25,7 @@ from typing import Any, Sequence
 
 from gpunet.rpc import ADDRESS_ENV, TOKEN_ENV
 from gpunet.rpc import tls
-
-from .client import ControllerClient
+from gpunet.rpc.client import ControllerClient
 
 
 def parser() -> argparse.ArgumentParser:

@@ -16,8 +16,9 @@ import threading
 from typing import Any
 
 from gpunet.rpc import pb
+from gpunet.rpc.client import ControllerClient, ControllerUnavailable
 
-from .client import ControllerClient, ControllerUnreachable, work_loop
+from .client import work_loop
 
 log = logging.getLogger("gpunet_worker")
 
@@ -89,7 +90,7 @@ class ProfilerWorker:
                 device=self.backend.version()), give_up_s=30.0 if self.preempted.is_set() else None)
             log.info("network %s: %s (accepted: %s %s)", task.measurement_id,
                      result.error or f"{result.latency_ms:.4f} ms", answer.accepted, answer.reason)
-        except ControllerUnreachable as exc:
+        except ControllerUnavailable as exc:
             log.error("%s", exc)
         return 0 if result.error else 1
 
@@ -125,6 +126,6 @@ class ProfilerWorker:
                 worker_id=self.worker_id, batch_id=task.batch_id, lease_id=task.lease_id, measurements=results,
                 device=self.backend.version()), give_up_s=30.0 if self.preempted.is_set() else None)
             log.info("batch %s: %d layers measured, %d stored (accepted: %s)", task.batch_id, len(results), answer.stored, answer.accepted)
-        except ControllerUnreachable as exc:
+        except ControllerUnavailable as exc:
             log.error("%s", exc)
         self.measured += len(results)

@@ -23,8 +23,9 @@ from typing import Any
 import grpc
 
 from gpunet.rpc import pb
+from gpunet.rpc.client import ControllerClient, ControllerUnavailable
 
-from .client import ControllerClient, ControllerUnreachable, work_loop
+from .client import work_loop
 
 log = logging.getLogger("gpunet_worker")
 #: The log line of a finished epoch (benchmarks/gpu_suite.py reads the epoch and checkpoint seconds from it).
@@ -76,7 +77,7 @@ class TrainerWorker:
                     worker_id=self.worker_id, candidate_id=task.candidate_id, lease_id=task.lease_id, epoch=report.epoch,
                     top1=report.top1, train_loss=report.train_loss, checkpoint_path=report.checkpoint_path,
                     epoch_s=report.epoch_s, images_per_s=report.images_per_s))
-            except ControllerUnreachable:
+            except ControllerUnavailable:
                 return pb.PROGRESS_ACTION_ABANDON
             log.info(EPOCH_LOG, task.candidate_id, report.epoch, report.top1, report.images_per_s, report.epoch_s,
                      report.checkpoint_s, pb.ProgressAction.Name(answer.action))
@@ -111,7 +112,7 @@ class TrainerWorker:
                 log.info("%s %s: top-1 %.4f (accepted: %s %s)", task.candidate_id, outcome.status, outcome.best_top1,
                          answer.accepted, answer.reason)
                 self.trained += 1
-            except ControllerUnreachable as exc:
+            except ControllerUnavailable as exc:
                 log.error("%s", exc)
         return outcome.status
 
@@ -136,5 +137,5 @@ class TrainerWorker:
                 epoch=int(last["epoch"]), message=message[:500]), give_up_s=10.0)
             log.info("released lease %s of %s (%s): requeued=%s", task.lease_id, task.candidate_id,
                      pb.ReleaseReason.Name(reason), answer.requeued)
-        except (ControllerUnreachable, grpc.RpcError) as exc:
+        except (ControllerUnavailable, grpc.RpcError) as exc:
             log.error("could not release lease %s: %s", task.lease_id, exc)

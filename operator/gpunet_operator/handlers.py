@@ -68,7 +68,9 @@ def _active(status: kopf.Status, **_: Any) -> bool:
     return status.get("phase") in ACTIVE_PHASES
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, id="status", when=_active, cancellation_timeout=10)
+# cancellation_backoff: when the search leaves the active phases, kopf first asks the daemon to stop (``stopped``)
+# and cancels it only after that; without it, kopf cancels at once, mid-apply.
+@kopf.daemon(GROUP, VERSION, PLURAL, id="status", when=_active, cancellation_backoff=5, cancellation_timeout=10)
 async def mirror_status(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, logger: logging.Logger, **_: Any) -> None:
     await reconcile.run(_ctx(memo), body, stopped, logger)
 
@@ -76,7 +78,7 @@ async def mirror_status(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonSt
 @kopf.on.delete(GROUP, VERSION, PLURAL, id="forget", optional=True)
 async def forget(name: str, namespace: str, uid: str, memo: kopf.Memo, **_: Any) -> None:
     """The children go with their owner references (the garbage collector); only caches are ours to drop."""
-    _ctx(memo).forget(namespace, name, uid)
+    await _ctx(memo).forget(namespace, name, uid)
 
 
 @kopf.on.event("", "v1", "pods", id="trainer-pods",

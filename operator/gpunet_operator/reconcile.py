@@ -15,10 +15,10 @@ from typing import Any, Mapping
 import kopf
 
 from gpunet.rpc import phase_name
+from gpunet.rpc.client import ControllerUnavailable
 
 from . import PENDING, SUCCEEDED, TERMINAL_PHASES, scaling
 from .context import OperatorContext, meta_of
-from .controller import ControllerUnavailable
 from .spec import with_defaults
 from .status import mirror, set_condition
 from .status_writer import MIRROR, MIRROR_CONDITIONS, mirror_part, owned_conditions
@@ -74,15 +74,21 @@ async def poll_once(ctx: OperatorContext, body: Mapping[str, Any], pools: PoolSt
     table = reply.latency_table
     want = scaling.desired_scale(phase, spec, queued=reply.candidates.queued, running=reply.candidates.running,
                                  table_complete=table.layers_needed > 0 and table.layers_measured >= table.layers_needed)
-    await ctx.status.apply(meta, MIRROR, new)  # first: what users and the tests read
+    terminal = phase in TERMINAL_PHASES
+    if not terminal:
+        await ctx.status.apply(meta, MIRROR, new)  # first: what users and the tests read
     await scaling.apply_scale(ctx, meta["name"], meta["namespace"], want, pools.replicas)
     busy = {r.worker_id for r in reply.records if r.state == "running" and r.worker_id}
     await scaling.protect_busy_trainers(ctx, meta["namespace"], busy, pools.busy)
     if phase != last.get("phase"):
         logger.info("phase %s -> %s", last.get("phase"), phase)
-        if phase in TERMINAL_PHASES:
+        if terminal:
             kopf.event(dict(body), type="Normal" if phase == SUCCEEDED else "Warning", reason=f"Search{phase}",
                        message=reply.message or f"search {phase.lower()}")
+    if terminal:
+        # Last: a terminal phase in the status ends this daemon (its ``when`` filter), and a restarted operator
+        # starts no daemon for it; so the scale-down to 0 goes first, and a crash in between is redone.
+        await ctx.status.apply(meta, MIRROR, new)
     return Poll(phase, reachable=True)
 
 

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from gpunet import rpc
 from gpunet.rpc import pb
@@ -28,6 +28,10 @@ ROOT = Path(__file__).resolve().parents[2]
 CONTROLLER_PORT = 50051
 #: Every fake layer measurement of the scripted profiler, in ms.
 FAKE_LAYER_MS = 0.01
+#: Every fake end-to-end network measurement of the scripted profiler (phase Finalizing), in ms.
+FAKE_NETWORK_MS = 0.5
+#: The device the scripted profilers say they measure on.
+SIM_DEVICE = "sim-gpu"
 
 
 def python_env(**extra: str) -> dict[str, str]:
@@ -49,15 +53,20 @@ class ControllerProcess:
     address: str
     proc: subprocess.Popen | None = None
 
+    #: the controller's command before its arguments (a wrapper script may stand in for ``-m gpunet.controller``)
+    entry: tuple[str, ...] = ("-m", "gpunet.controller")
+    #: extra arguments (``--no-outputs`` by default: the search tests stop before the end of the search)
+    extra_args: tuple[str, ...] = ("--no-outputs",)
+
     def start(self, lease_s: float = 120.0) -> "ControllerProcess":
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "search.yaml").write_text(self.spec_yaml)
         host = self.address.rsplit(":", 1)[0]
         log = open(self.workdir / "controller.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gpunet.controller", "--spec", str(self.workdir / "search.yaml"), "--state-dir",
+            [sys.executable, *self.entry, "--spec", str(self.workdir / "search.yaml"), "--state-dir",
              str(self.workdir / "state"), "--host", host, "--port", str(CONTROLLER_PORT), "--lease-seconds", str(lease_s),
-             "--no-outputs"], env=python_env(**{rpc.TOKEN_ENV: self.token}), stdout=log, stderr=subprocess.STDOUT,
+             *self.extra_args], env=python_env(**{rpc.TOKEN_ENV: self.token}), stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL)
         log.close()
         self.stub = rpc.connect(self.address, self.token)
@@ -88,25 +97,46 @@ class ControllerProcess:
                 self.proc.wait(10)
 
 
+def _play_profiler(stub: Any, worker_id: str, kind: str, report: Callable[[Any], int], timeout: float) -> int:
+    """Ask for profiler work until the controller says done, handing each assignment of ``kind`` to ``report``
+    (which reports it and returns how many measurements it sent). Returns the number reported."""
+    reported = 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        work = stub.RequestWork(pb.WorkRequest(worker_id=worker_id, kind=pb.WORKER_KIND_PROFILER, device=SIM_DEVICE), timeout=5)
+        got = work.WhichOneof("work")
+        if got == "done":
+            return reported
+        if got == kind:
+            reported += report(getattr(work, kind))
+        else:
+            time.sleep(0.2)
+    raise TimeoutError(f"the controller never said its {kind} work was done")
+
+
 def fill_latency_table(stub: Any, worker_id: str) -> int:
     """Play a profiler pod: measure every layer the controller hands out (:data:`FAKE_LAYER_MS` each) until it
     says done. Returns the number of layers reported."""
-    reported = 0
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        work = stub.RequestWork(pb.WorkRequest(worker_id=worker_id, kind=pb.WORKER_KIND_PROFILER, device="sim-gpu"), timeout=5)
-        kind = work.WhichOneof("work")
-        if kind == "done":
-            return reported
-        if kind == "layers":
-            task = work.layers
-            ms = [pb.LayerMeasurement(layer_key_json=k, latency_ms=FAKE_LAYER_MS, runs=1) for k in task.layer_keys_json]
-            stub.ReportLatencies(pb.LatencyReport(worker_id=worker_id, batch_id=task.batch_id, lease_id=task.lease_id,
-                                                  measurements=ms), timeout=5)
-            reported += len(ms)
-        else:
-            time.sleep(0.2)
-    raise TimeoutError("the controller never said the latency table was done")
+    def report(task: pb.ProfilingAssignment) -> int:
+        ms = [pb.LayerMeasurement(layer_key_json=k, latency_ms=FAKE_LAYER_MS, runs=1) for k in task.layer_keys_json]
+        stub.ReportLatencies(pb.LatencyReport(worker_id=worker_id, batch_id=task.batch_id, lease_id=task.lease_id,
+                                              measurements=ms), timeout=5)
+        return len(ms)
+
+    return _play_profiler(stub, worker_id, "layers", report, timeout=60.0)
+
+
+def measure_networks(stub: Any, worker_id: str, timeout: float = 60.0) -> int:
+    """Play a profiler pod in phase Finalizing: measure every tier winner the controller hands out
+    (:data:`FAKE_NETWORK_MS` each) until it says done. Returns the number of networks reported."""
+    def report(task: pb.NetworkMeasurementAssignment) -> int:
+        m = pb.NetworkMeasurement(latency_ms=FAKE_NETWORK_MS, runs=1, backend_version="scripted", device_name=SIM_DEVICE)
+        reply = stub.ReportLatencies(pb.LatencyReport(worker_id=worker_id, batch_id=task.measurement_id,
+                                                      lease_id=task.lease_id, network=m), timeout=5)
+        assert reply.accepted, reply.reason
+        return 1
+
+    return _play_profiler(stub, worker_id, "network", report, timeout)
 
 
 @dataclass
@@ -124,7 +154,7 @@ class ScriptedTrainer:
         """Ask for work until a candidate comes (the controller may still be proposing)."""
         deadline = time.monotonic() + timeout
         while True:
-            work = self.stub.RequestWork(pb.WorkRequest(worker_id=self.worker_id, kind=pb.WORKER_KIND_TRAINER, device="sim-gpu"), timeout=5)
+            work = self.stub.RequestWork(pb.WorkRequest(worker_id=self.worker_id, kind=pb.WORKER_KIND_TRAINER, device=SIM_DEVICE), timeout=5)
             if work.WhichOneof("work") == "candidate":
                 self.lease, self.taken_at = work.candidate, time.time()
                 return self.lease

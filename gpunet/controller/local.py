@@ -132,6 +132,7 @@ class LocalRun:
             rc = w.proc.poll()
             if rc is None or rc == 0 or phase in TERMINAL_PHASES:
                 continue
+            self._release_dead(w, rc)
             if w.role == "profiler" and phase != PHASE_PROFILING:
                 continue
             w.exit_codes.append(rc)
@@ -144,6 +145,18 @@ class LocalRun:
             self.procs[i] = fresh
         if phase == PHASE_FINALIZING:
             self._finalizing_profiler()
+
+    def _release_dead(self, w: WorkerProcess, rc: int) -> None:
+        """Give back, as ``failed``, the lease a worker process held when it died (out of memory, a crash), before
+        anything is restarted: the work is a failed attempt (:mod:`.trainers`), and the restarted process, which has
+        the same worker id, never gets that lease back."""
+        how = f"killed by {signal.Signals(-rc).name}" if rc < 0 and -rc in signal.valid_signals() else f"exit code {rc}"
+        answer = self.controller.release_lease(pb.ReleaseRequest(
+            worker_id=w.worker_id, reason=pb.RELEASE_REASON_FAILED,
+            message=f"worker process {w.worker_id} died ({how}); see {self.out / 'logs' / (w.worker_id + '.log')}"))
+        if answer.released:
+            log.warning("worker %s died (%s) holding %s; counted as a failed attempt (requeued: %s)", w.worker_id, how,
+                        answer.work_id, answer.requeued)
 
     def _finalizing_profiler(self) -> None:
         """Keep one profiler running while phase Finalizing has tier winners to measure; give the measurements up

@@ -80,6 +80,9 @@ class Candidate:
     stop_requested: bool = False
     told: bool = False
     requeued_at: float = 0.0
+    #: The error of the last failed attempt (a failed release's message, or the lease expiry); a ``failed``
+    #: candidate failed with it.
+    error: str = ""
     events: list[str] = field(default_factory=list)
 
     def note(self, event: str) -> None:

@@ -3,7 +3,8 @@ results and releases (GPUNet paper 3.3.3: a free client asks for work, trains an
 
 A candidate is ``queued`` (proposed, waiting), ``running`` (leased: exactly the candidates with a lease in the
 :class:`~gpunet.controller.leases.LeaseBook`), or finished: ``completed``, ``stopped`` (early stopping) or
-``failed`` (more than ``spec.training.maxRetries`` failed attempts). Re-queued work resumes from the candidate's
+``failed`` (more than ``spec.training.maxRetries`` failed attempts: a release with reason ``failed``, or a lease
+that expired because its trainer died or hung; preemptions do not count). Re-queued work resumes from the candidate's
 last epoch checkpoint. Every method expects the controller's lock held and returns the candidate to save, if any.
 """
 
@@ -216,23 +217,35 @@ class TrainerDesk:
         requeued = True
         if req.reason == pb.RELEASE_REASON_PREEMPTED:
             cand.preemptions += 1
-        elif req.reason == pb.RELEASE_REASON_FAILED:
-            cand.failures += 1
-            self.state.failures += 1
-            requeued = cand.failures <= self.spec.training.max_retries
-        if requeued:
             self._requeue(cand, lease, now)
+        elif req.reason == pb.RELEASE_REASON_FAILED:
+            requeued = self._failed_attempt(cand, lease, req.message or "the trainer failed (no message)", now)
         else:
-            self.leases.release(lease)
-            self._set_state(cand, FAILED)
-            cand.finished = now
-            cand.note(f"{now:.0f}: failed after {cand.failures} failed attempts")
+            self._requeue(cand, lease, now)
         return pb.ReleaseResponse(released=True, work_id=cand.id, requeued=requeued, lease_id=lease.id), cand
 
     def expire(self, lease: Lease, now: float) -> Candidate:
-        """A lease past its deadline: the candidate goes back to the queue."""
+        """A lease past its deadline: the trainer died or hung, a failed attempt (:meth:`_failed_attempt`)."""
         cand = self.state.candidates[lease.work_id]
         cand.lease_expiries += 1
         cand.note(f"{now:.0f}: lease {cand.lease_id} of {cand.worker_id} expired")
-        self._requeue(cand, lease, now)
+        self._failed_attempt(cand, lease, f"lease {lease.id} of {lease.worker_id} expired: no report for "
+                                          f"{self.leases.duration_s:g} s (the trainer died or hung)", now)
         return cand
+
+    def _failed_attempt(self, cand: Candidate, lease: Lease, error: str, now: float) -> bool:
+        """Count a failed attempt of ``cand`` (a failed release, a lease expiry, a dead worker): re-queued while it
+        has at most ``spec.training.maxRetries`` failed attempts, else ``failed`` with ``error``, for the searcher
+        to be told (a poison candidate, e.g. one whose training runs out of memory, cannot use up every trainer).
+        Returns True when re-queued."""
+        cand.failures += 1
+        self.state.failures += 1
+        cand.error = error[:500]
+        if cand.failures <= self.spec.training.max_retries:
+            self._requeue(cand, lease, now)
+            return True
+        self.leases.release(lease)
+        self._set_state(cand, FAILED)
+        cand.finished = now
+        cand.note(f"{now:.0f}: failed after {cand.failures} failed attempts: {cand.error}")
+        return False

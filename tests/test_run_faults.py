@@ -3,8 +3,10 @@ cannot start (issue 13 items 4-6)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,93 @@ def test_a_dead_trainers_lease_is_a_failed_attempt_and_never_goes_to_its_restart
     cand = ctl.state.candidates[again.candidate_id]
     assert cand.state == "failed" and "local-trainer-0 died" in cand.error
     assert ctl.leases.held_by("local-trainer-0") is None
+
+
+def test_a_second_owner_of_the_state_directory_is_refused_and_the_first_goes_on(run: LocalRun) -> None:
+    from gpunet.controller.lock import StateDirLockedError
+
+    before = sorted(p.name for p in run.out.iterdir())
+    with pytest.raises(StateDirLockedError, match=rf"in use by pid {os.getpid()} .*choose another --out"):
+        LocalRun(micro_spec(), run.out)
+    assert sorted(p.name for p in run.out.iterdir()) == before
+    fake_profile(run.controller)  # the first run's controller is untouched and works on
+    assert run.controller.state.phase == "Searching"
+
+
+SPEC = "search.yaml"
+
+
+def test_second_gpunet_run_and_controller_exit_at_once_and_write_nothing(tmp_path: Path) -> None:
+    from controller_helpers import write_spec
+    from gpunet.controller.lock import StateDirLock
+    from gpunet.rpc import TOKEN_ENV
+
+    spec = write_spec(tmp_path / SPEC)
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        run = subprocess.run([sys.executable, "-m", "gpunet", "run", str(spec), "--out", str(out), "--no-display"],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and f"in use by pid {holder.pid}" in run.stderr, run.stderr
+        env = dict(os.environ, **{TOKEN_ENV: "t"})
+        ctl = subprocess.run([sys.executable, "-m", "gpunet.controller", "--spec", str(spec), "--state-dir", str(out),
+                              "--port", "0"], capture_output=True, text=True, timeout=120, env=env)
+        assert ctl.returncode == 3 and f"in use by pid {holder.pid}" in ctl.stderr, ctl.stderr
+        assert sorted(p.name for p in out.iterdir()) == ["owner.lock"], "the second owners wrote nothing"
+        assert holder.poll() is None
+    finally:
+        holder.kill()
+        holder.wait()
+    # The kernel drops the lock of a killed owner: the next one gets it at once.
+    with StateDirLock(out):
+        pass
+
+
+HOLD_LOCK = """
+import sys, time
+from gpunet.controller.lock import StateDirLock
+StateDirLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def children(pid: int) -> set[int]:
+    kids = set()
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        kids |= {int(k) for k in task.read_text().split()}
+    return kids
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_die_with_a_sigkilled_gpunet_run(tmp_path: Path) -> None:
+    from controller_helpers import write_spec
+
+    spec = write_spec(tmp_path / SPEC)
+    out = tmp_path / "out"
+    run = subprocess.Popen([sys.executable, "-m", "gpunet", "run", str(spec), "--out", str(out), "--no-display",
+                            "--workers", "1", "--profilers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 90
+        workers: set[int] = set()
+        while time.time() < deadline and len(workers) < 2:
+            workers = {k for k in children(run.pid) if "gpunet_worker" in Path(f"/proc/{k}/cmdline").read_text()}
+            time.sleep(0.2)
+        assert len(workers) == 2, "a profiler and a trainer were started"
+        time.sleep(3)  # let them get past start-up
+        run.kill()
+        run.wait()
+        deadline = time.time() + 10
+        while time.time() < deadline and any(alive(w) for w in workers):
+            time.sleep(0.1)
+        assert not any(alive(w) for w in workers), "every worker died with its gpunet run"
+    finally:
+        run.kill()

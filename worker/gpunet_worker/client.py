@@ -23,6 +23,11 @@ class ControllerUnreachable(GpunetError, RuntimeError):
     """The controller did not answer within the give-up time (or the worker was stopped while it waited)."""
 
 
+class WorkerCannotStart(GpunetError, RuntimeError):
+    """This worker cannot work on this machine: its device, latency backend or dataset is missing. The process
+    exits with ``EXIT_CANNOT_START`` (:mod:`gpunet_worker.__main__`) rather than fail every piece of work."""
+
+
 class ControllerClient:
     """Calls the controller's RPCs with a per-call timeout and retries retryable failures.
 

@@ -148,3 +148,39 @@ def test_workers_die_with_a_sigkilled_gpunet_run(tmp_path: Path) -> None:
         assert not any(alive(w) for w in workers), "every worker died with its gpunet run"
     finally:
         run.kill()
+
+
+def test_a_worker_that_cannot_start_stops_the_run_with_its_reason(run: LocalRun) -> None:
+    from gpunet.controller.errors import WorkerCannotStartError
+    from gpunet.errors import EXIT_CANNOT_START
+
+    log = run.out / "logs" / "local-profiler-0.log"
+    log.parent.mkdir(exist_ok=True)
+    log.write_text("starting\ngpunet_worker: cannot start: torch: a CUDA GPU is missing\n")
+    proc = subprocess.Popen([sys.executable, "-c", f"raise SystemExit({EXIT_CANNOT_START})"])
+    proc.wait()
+    run.procs = [WorkerProcess("profiler", "local-profiler-0", proc, open(log, "a"))]
+    with pytest.raises(WorkerCannotStartError, match=r"profiler local-profiler-0: .*torch: a CUDA GPU is missing"):
+        run.supervise()
+    assert run.spawned == [], "a worker that cannot start is not restarted"
+
+
+def test_gpunet_run_with_a_backend_that_cannot_start_stops_within_seconds(tmp_path: Path) -> None:
+    import torch
+    import yaml
+
+    from controller_helpers import micro_doc
+
+    if torch.cuda.is_available():
+        pytest.skip("torch sees a GPU here: the cuda backend starts")
+    doc = micro_doc()
+    doc["spec"]["latency"].update(backend="torch", device="cuda")  # valid when parsed; no GPU is a runtime fault
+    spec = tmp_path / SPEC
+    spec.write_text(yaml.safe_dump(doc))
+    started = time.time()
+    run = subprocess.run([sys.executable, "-m", "gpunet", "run", str(spec), "--out", str(tmp_path / "out"), "--no-display",
+                          "--workers", "1", "--profilers", "1"], capture_output=True, text=True, timeout=180)
+    took = time.time() - started
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "profiler local-profiler-0" in run.stderr and "a CUDA" in run.stderr, run.stderr[-2000:]
+    assert took < 60, f"stopped after {took:.0f} s"

@@ -240,3 +240,24 @@ def test_train_candidate_writes_no_checkpoint_once_it_may_not(tmp_path: Path) ->
     ckpt = tmp_path / "c.pt"
     outcome = train_candidate(arch, spec.training, ckpt, datasets=(data, data, 10), may_write=lambda: False)
     assert outcome.status == "abandoned" and outcome.epochs == 0 and not ckpt.exists()
+
+
+def test_a_trainer_without_its_dataset_gives_the_lease_back_and_exits_cannot_start(tmp_path: Path) -> None:
+    from controller_helpers import micro_doc
+    from gpunet.errors import EXIT_CANNOT_START
+    from gpunet.spec import load_spec
+
+    doc = micro_doc(budget=1)
+    doc["spec"]["training"]["dataset"]["path"] = str(tmp_path / "no-such-dataset")
+    ctl = SearchController(load_spec(doc), tmp_path / "state", lease_s=30.0)
+    fake_profile(ctl)
+    srv = ControllerServer(ctl, TOKEN, "127.0.0.1:0").start()
+    try:
+        trainer = spawn_trainer(srv, "trainer-a", tmp_path / "a.log")
+        assert trainer.wait(120) == EXIT_CANNOT_START
+        assert "cannot start" in (tmp_path / "a.log").read_text().splitlines()[-1]
+        cand = only_candidate(srv)
+        assert cand.state == "queued" and cand.failures == 0, "not the candidate's fault"
+        assert any("shutdown dataset missing" in e for e in cand.events)
+    finally:
+        srv.stop()

@@ -164,7 +164,8 @@ class TrainingSpec:
     batch_size: int = _f(128, "Training batch size.", minimum=1)
     recipe: RecipeSpec = _f(RecipeSpec, "Training recipe (GPUNet supplement, Table 5).")
     early_stopping: EarlyStoppingSpec = _f(EarlyStoppingSpec, "Early stopping of unpromising candidates.")
-    max_retries: int = _f(3, "Failed attempts (not preemptions) after which a candidate is given up.", minimum=0)
+    max_retries: int = _f(3, "Retries of a candidate after failed attempts (a training error, an expired lease, a dead "
+                         "worker; preemptions do not count): failed attempt maxRetries + 1 marks it failed.", minimum=0)
 
     def to_dict(self) -> dict[str, Any]:
         """camelCase mapping, as in the YAML; :func:`parse_training` reads it back."""

@@ -33,7 +33,6 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         return WorkerProcess(role, f"local-{role}-{index}", proc, open(tmp_path / f"{role}-{index}.log", "a"))
 
     monkeypatch.setattr(local, "_spawn", spawn)
-    local.controller.round_interval_s = 0
     yield local
     local.close()
     local.controller.close()

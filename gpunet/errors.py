@@ -78,3 +78,9 @@ class SpaceError(GpunetError, ValueError):
 
 class NotInSpaceError(SpaceError):
     """A valid network that the chosen search space cannot encode (e.g. GPUNet-0's filters)."""
+
+
+#: Exit status of a worker process that cannot work on its machine (its device, latency backend or dataset is
+#: missing): sysexits' ``EX_CONFIG``. ``gpunet run`` stops the run at once with the reason (the worker's last
+#: line on stderr) instead of restarting it.
+EXIT_CANNOT_START = 78

@@ -164,7 +164,8 @@ class TrainingSpec:
     batch_size: int = _f(128, "Training batch size.", minimum=1)
     recipe: RecipeSpec = _f(RecipeSpec, "Training recipe (GPUNet supplement, Table 5).")
     early_stopping: EarlyStoppingSpec = _f(EarlyStoppingSpec, "Early stopping of unpromising candidates.")
-    max_retries: int = _f(3, "Failed attempts (not preemptions) after which a candidate is given up.", minimum=0)
+    max_retries: int = _f(3, "Retries of a candidate after failed attempts (a training error, an expired lease, a dead "
+                         "worker; preemptions do not count): failed attempt maxRetries + 1 marks it failed.", minimum=0)
 
     def to_dict(self) -> dict[str, Any]:
         """camelCase mapping, as in the YAML; :func:`parse_training` reads it back."""
@@ -189,7 +190,13 @@ class CrossRule(NamedTuple):
 #: Rules across fields, by section dataclass.
 CROSS_FIELD_RULES: dict[type, tuple[CrossRule, ...]] = {
     LatencySpec: (CrossRule("!has(self.precision) || self.precision != 'fp16' || has(self.device) && self.device == 'cuda'", "precision",
-                            "fp32 on device cpu (fp16 needs cuda)", lambda s: s.precision != "fp16" or s.device == "cuda"),),
+                            "fp32 on device cpu (fp16 needs cuda)", lambda s: s.precision != "fp16" or s.device == "cuda"),
+                  CrossRule("!has(self.backend) || self.backend != 'tensorrt' || has(self.device) && self.device == 'cuda'", "device",
+                            "cuda with backend tensorrt (TensorRT runs on NVIDIA GPUs only)",
+                            lambda s: s.backend != "tensorrt" or s.device == "cuda"),
+                  CrossRule("has(self.backend) && self.backend != 'onnxruntime' || !has(self.device) || self.device == 'cpu'", "device",
+                            "cpu with backend onnxruntime (it measures on the CPU in fp32; use backend torch or tensorrt on cuda)",
+                            lambda s: s.backend != "onnxruntime" or s.device == "cpu")),
     DatasetSpec: (CrossRule("!has(self.kind) || self.kind != 'imagefolder' || has(self.path) && self.path != ''", "path", "the ImageFolder root (train/ and val/)",
                             lambda d: d.kind != "imagefolder" or d.path != ""),),
 }

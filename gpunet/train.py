@@ -252,6 +252,7 @@ def train_candidate(
     seed: int = 0,
     datasets: tuple[Any, Any, int] | None = None,
     precision: Precision | None = None,
+    may_write: Callable[[], bool] | None = None,
 ) -> TrainOutcome:
     """Train ``arch`` for ``training.epochs`` epochs, resuming from ``resume_checkpoint`` when it is usable.
 
@@ -262,6 +263,8 @@ def train_candidate(
             the resume point) and the outcome is ``interrupted``.
         datasets: ``(train, val, num_classes)`` to reuse; default :func:`gpunet.data.build_datasets`.
         precision: AMP dtype and memory format; default :func:`precision_policy` of ``device`` and the recipe.
+        may_write: asked right before each epoch checkpoint is written; when false (the worker's lease is gone),
+            nothing is written and the outcome is ``abandoned``.
     """
     start = time.perf_counter()
     dev = torch.device(device)
@@ -350,6 +353,9 @@ def train_candidate(
             top1 = max(top1, top1_ema)
         history.append(top1)
         best = max(best, top1)
+        if may_write is not None and not may_write():
+            epoch -= 1  # not saved: the last checkpoint written stays the resume point
+            return outcome("abandoned")
         t_ckpt = time.perf_counter()
         save_checkpoint(checkpoint_path, {
             "format": CHECKPOINT_FORMAT, "arch": arch.to_dict(), "epoch": epoch, "step": step, "best_top1": best,

@@ -332,3 +332,34 @@ def test_the_lease_book_holds_one_lease_per_worker_and_per_work() -> None:
     book.release(c)
     book.release(c)  # releasing twice is harmless
     assert book.of(BATCH, "b1") is None and len(book) == 1
+
+
+def test_lease_expiries_are_failed_attempts_and_a_poison_candidate_fails_with_its_error(tmp_path: Path, clock: Clock) -> None:
+    ctl = searching(tmp_path, clock)  # maxRetries: 1
+    task = ctl.request_work(trainer_request("w1")).candidate
+    clock.now += 11
+    assert ctl.expire_leases() == 1
+    cand = ctl.state.candidates[task.candidate_id]
+    assert cand.state == "queued" and cand.failures == 1 and "expired" in cand.error
+    again = ctl.request_work(trainer_request("w2")).candidate
+    assert again.candidate_id == task.candidate_id and again.attempt == 2
+    clock.now += 11
+    assert ctl.expire_leases() == 1
+    cand = ctl.state.candidates[task.candidate_id]
+    assert cand.state == "failed" and cand.failures == 2 and again.lease_id in cand.error
+    assert any("failed after 2 failed attempts" in e for e in cand.events)
+    # No trainer gets it again, and the searcher is told of the failure.
+    assert all(ctl.request_work(trainer_request(f"x{i}")).candidate.candidate_id != task.candidate_id for i in range(3))
+    ctl.step()
+    assert ctl.state.candidates[task.candidate_id].told
+    assert ctl.status().candidates.failed == 1
+
+
+def test_a_failed_release_keeps_its_message_as_the_candidates_error(tmp_path: Path, clock: Clock) -> None:
+    ctl = searching(tmp_path, clock)
+    task = ctl.request_work(trainer_request("w1")).candidate
+    ctl.release_lease(pb.ReleaseRequest(worker_id="w1", reason=pb.RELEASE_REASON_FAILED, message="OutOfMemoryError: CUDA"))
+    ctl.request_work(trainer_request("w1"))
+    ctl.release_lease(pb.ReleaseRequest(worker_id="w1", reason=pb.RELEASE_REASON_FAILED, message="OutOfMemoryError: again"))
+    cand = ctl.state.candidates[task.candidate_id]
+    assert cand.state == "failed" and cand.error == "OutOfMemoryError: again"

@@ -65,6 +65,8 @@ def test_right_token_is_served(server: ControllerServer) -> None:
         ("ReportLatencies", pb.LatencyReport(worker_id="w", batch_id="b", lease_id="L",
                                              measurements=[pb.LayerMeasurement(layer_key_json="{not json")]), "layer_key_json"),
         ("ReleaseLease", pb.ReleaseRequest(worker_id="w"), "reason"),
+        ("ReportProgress", pb.ProgressReport(worker_id="w", candidate_id="t0-c0000", lease_id="L", epoch=1, top1=0.5,
+                                             checkpoint_path="/etc/passwd"), "checkpoint_path: got '/etc/passwd'"),
         ("GetStatus", pb.StatusRequest(max_candidates=-1), "max_candidates"),
     ],
 )

@@ -12,12 +12,14 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
 from controller_helpers import fake_profile, micro_spec
 from gpunet.controller import ControllerServer, SearchController
 from gpunet.controller.local import worker_command
 from gpunet.rpc import TOKEN_ENV, pb
+from gpunet.rpc.client import ControllerUnavailable
 
 TOKEN = "worker-test-token"
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
@@ -144,7 +146,7 @@ def test_client_reconnects_with_backoff_until_the_controller_is_up(tmp_path: Pat
 
 
 def test_client_gives_up_after_the_configured_time() -> None:
-    from gpunet.rpc.client import ControllerClient, ControllerUnavailable
+    from gpunet.rpc.client import ControllerClient
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -171,5 +173,91 @@ def test_profiler_worker_fills_the_latency_table(tmp_path: Path) -> None:
         assert ctl.state.target["device"] == backend.device_name() and ctl.state.target["backend"] == "onnxruntime"
         assert len(ctl.table.medians()) == 14
         assert ctl.status().tiers[0].pool_size > 0
+    finally:
+        srv.stop()
+
+
+class _Unreachable(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+
+class PartitionedClient:
+    """A controller client cut off from the controller after the assignment: every heartbeat fails."""
+
+    timeout_s = 1.0
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.stub = self
+
+    def ReportProgress(self, request, timeout=None):  # noqa: N802 - the stub's method name
+        raise _Unreachable()
+
+    def call(self, method: str, request, give_up_s=None):
+        self.calls.append(method)
+        raise ControllerUnavailable("127.0.0.1:1", "ReportProgress", "UNAVAILABLE", "partitioned")
+
+
+def test_a_trainer_whose_lease_ran_out_stops_and_writes_no_checkpoint(tmp_path: Path) -> None:
+    import json
+
+    import torch
+
+    from gpunet_worker.trainer import TrainerWorker
+
+    spec = micro_spec(epochs=2)
+    arch = spec.space().decode(spec.space().sample(1, seed=0)[0])
+
+    class Slow(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 64
+
+        def __getitem__(self, i: int):
+            time.sleep(0.02)  # an epoch takes > 1 s: longer than the lease
+            return torch.zeros(1, 28, 28), i % 10
+
+    ckpt = tmp_path / "checkpoints" / "t0-c0000" / "L1-x.pt"
+    task = pb.TrainingAssignment(candidate_id="t0-c0000", lease_id="L1-x", architecture_json=json.dumps(arch.to_dict()),
+                                 training_json=json.dumps(spec.training.to_dict()), checkpoint_path=str(ckpt),
+                                 lease_duration_s=0.5, attempt=1)
+    worker = TrainerWorker(PartitionedClient(), "w1")
+    worker._data = lambda training, arch: (Slow(), Slow(), 10)
+    started = time.monotonic()
+    assert worker.train(task) == "interrupted"
+    assert time.monotonic() - started < 1.0, "training stopped once the lease ran out, not at the end of an epoch"
+    assert not ckpt.exists() and not ckpt.parent.exists(), "nothing written after the lease was gone"
+
+
+def test_train_candidate_writes_no_checkpoint_once_it_may_not(tmp_path: Path) -> None:
+    import torch
+
+    from gpunet.train import train_candidate
+
+    spec = micro_spec(epochs=2)
+    arch = spec.space().decode(spec.space().sample(1, seed=0)[0])
+    data = torch.utils.data.TensorDataset(torch.zeros(32, 1, 28, 28), torch.arange(32) % 10)
+    ckpt = tmp_path / "c.pt"
+    outcome = train_candidate(arch, spec.training, ckpt, datasets=(data, data, 10), may_write=lambda: False)
+    assert outcome.status == "abandoned" and outcome.epochs == 0 and not ckpt.exists()
+
+
+def test_a_trainer_without_its_dataset_gives_the_lease_back_and_exits_cannot_start(tmp_path: Path) -> None:
+    from controller_helpers import micro_doc
+    from gpunet.errors import EXIT_CANNOT_START
+    from gpunet.spec import load_spec
+
+    doc = micro_doc(budget=1)
+    doc["spec"]["training"]["dataset"]["path"] = str(tmp_path / "no-such-dataset")
+    ctl = SearchController(load_spec(doc), tmp_path / "state", lease_s=30.0)
+    fake_profile(ctl)
+    srv = ControllerServer(ctl, TOKEN, "127.0.0.1:0").start()
+    try:
+        trainer = spawn_trainer(srv, "trainer-a", tmp_path / "a.log")
+        assert trainer.wait(120) == EXIT_CANNOT_START
+        assert "cannot start" in (tmp_path / "a.log").read_text().splitlines()[-1]
+        cand = only_candidate(srv)
+        assert cand.state == "queued" and cand.failures == 0, "not the candidate's fault"
+        assert any("shutdown dataset missing" in e for e in cand.events)
     finally:
         srv.stop()

@@ -45,9 +45,10 @@ def run(args: argparse.Namespace) -> Output | int:
     spec = load_spec(args.search)
     out = args.out or Path("runs") / spec.name
     text = args.search.read_bytes()  # for `gpunet status` (tiers, table plan); load_spec has read it already
-    write_atomic(Path(out) / SPEC_COPY, lambda f: f.write(text))
+    # LocalRun takes the state directory's lock first: a second run on it (StateDirLockedError, exit 2) writes nothing.
     run_ = LocalRun(spec, out, workers=args.workers, profilers=args.profilers, lease_s=args.lease_seconds,
                     threads=args.threads, profiler_runs=args.profiler_runs, metrics_port=args.metrics_port)
+    write_atomic(Path(out) / SPEC_COPY, lambda f: f.write(text))
     machine_readable = args.output != "table"
     say = (lambda *a: print(*a, file=sys.stderr)) if machine_readable else print
     say(f"gpunet run: search {spec.name!r}, state in {run_.out}, controller on {run_.server.address} "

@@ -7,7 +7,8 @@ The spec file is the ``NASSearch`` (or just its ``spec`` wrapped by the operator
 process serves until the search reaches a terminal phase and then keeps serving status (``--exit-when-done``
 exits instead). The result files are written into the state directory in phase Finalizing, before the search is
 Succeeded; profilers measure the tier winners for them (see :mod:`gpunet.controller.finalizing`). SIGTERM stops
-it cleanly; a restart resumes.
+it cleanly; a restart resumes. It holds the state directory's lock (:mod:`gpunet.controller.lock`) while it runs:
+a second controller on the same directory exits at once with status 3, naming the owner.
 
 TLS (:mod:`gpunet.rpc.tls`): ``--tls-cert``/``--tls-key`` (``GPUNET_TLS_CERT``/``GPUNET_TLS_KEY``) serve the port with
 TLS; ``--tls-client-ca`` (``GPUNET_TLS_CLIENT_CA``) also requires every client to present a certificate signed by
@@ -69,9 +70,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from ..spec import load_spec
     from .core import SearchController
+    from .lock import StateDirLock, StateDirLockedError
     from .service import ControllerServer
 
     spec = load_spec(args.spec)
+    try:  # one owner per state directory: a second controller on it exits before it writes anything
+        owner = StateDirLock(args.state_dir).acquire()
+    except StateDirLockedError as exc:
+        print(f"gpunet.controller: error: {exc}", file=sys.stderr)
+        return 3
     controller = SearchController(spec, args.state_dir, lease_s=args.lease_seconds, searcher_processes=True,
                                   results=not args.no_outputs, finalize_timeout_s=args.finalize_timeout_seconds)
     server = ControllerServer(controller, token, f"{args.host}:{args.port}", metrics_port=args.metrics_port,
@@ -93,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if controller.state.phase in TERMINAL_PHASES and done_at is None and args.exit_when_done:
             done_at = time.monotonic()
     server.stop()
+    owner.release()
     return 0
 
 

@@ -51,6 +51,10 @@ class WorkersCrashedError(ControllerError, RuntimeError):
     """Every local worker process of a ``gpunet run`` crashed more often than it is restarted."""
 
 
+class WorkerCannotStartError(ControllerError, RuntimeError):
+    """A local worker process cannot work on this machine (its device, latency backend or dataset is missing)."""
+
+
 class StateFileError(ControllerError):
     """A controller state file that cannot be used (not ours, corrupt, a newer format); it is left untouched."""
 

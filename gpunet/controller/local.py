@@ -5,6 +5,13 @@ trainers run as ``python -m gpunet_worker`` subprocesses. Everything lives in th
 with the same directory resumes the search. Ctrl-C sends SIGTERM to the workers (they release their leases as
 ``preempted``), saves the controller's state and exits.
 
+Faults (issue 13): the run holds the state directory's lock (:mod:`.lock`) from before it writes anything, so a
+second run on it exits at once and the first goes on untouched. Workers die with the run, however it dies
+(``--parent-pid``: the kernel's parent-death signal). A worker process that dies holding a lease has it released
+as ``failed`` (a failed attempt of that candidate) before it is restarted, so its successor never gets it back;
+one that exits with :data:`gpunet.errors.EXIT_CANNOT_START` (no device, latency backend or dataset here) stops
+the run at once with its reason (:class:`~.errors.WorkerCannotStartError`).
+
 The gRPC port is plaintext: it listens on 127.0.0.1 only, and the token is fresh per run and handed to the workers
 in their environment. Profilers run while the latency table fills and again, one of them, in phase Finalizing to
 measure each tier's best network end to end (one at a time, so that CPU measurements do not disturb each other).
@@ -24,12 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable
 
-from ..errors import GpunetError
+from ..errors import EXIT_CANNOT_START, GpunetError
 from ..rpc import TERMINAL_PHASES, TOKEN_ENV, pb, phase_name
 from ..spec import SearchSpec
 from .core import SearchController
-from .errors import WorkersCrashedError
+from .errors import WorkerCannotStartError, WorkersCrashedError
 from .finalizing import PHASE_FINALIZING
+from .lock import StateDirLock
 from .service import ControllerServer
 from .state import PHASE_PROFILING
 
@@ -78,10 +86,18 @@ class LocalRun:
     def __init__(self, spec: SearchSpec, out_dir: str | Path, *, workers: int = 2, profilers: int = 2,
                  lease_s: float = 30.0, threads: int | None = None, profiler_runs: int | None = None,
                  metrics_port: int | None = None, finalize_timeout_s: float = 600.0) -> None:
+        self.spec, self.out = spec, Path(out_dir).resolve()
+        self.lock = StateDirLock(self.out).acquire()  # before anything is written: a second run exits untouched
+        try:
+            self._setup(spec, workers, profilers, lease_s, threads, profiler_runs, metrics_port, finalize_timeout_s)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _setup(self, spec: SearchSpec, workers: int, profilers: int, lease_s: float, threads: int | None,
+               profiler_runs: int | None, metrics_port: int | None, finalize_timeout_s: float) -> None:
         from ..data import available_cpus
 
-        self.spec, self.out = spec, Path(out_dir).resolve()
-        self.out.mkdir(parents=True, exist_ok=True)
         self.n_workers, self.n_profilers = workers, profilers
         self.threads = threads or max(1, available_cpus() // max(1, workers))
         self.profiler_runs = profiler_runs
@@ -98,7 +114,7 @@ class LocalRun:
     def _spawn(self, role: str, index: int) -> WorkerProcess:
         worker_id = f"local-{role}-{index}"
         cmd = [*worker_command(), role, "--controller", self.server.address, "--worker-id", worker_id,
-               "--give-up-after", "60"]
+               "--give-up-after", "60", "--parent-pid", str(os.getpid())]
         if role == "trainer":
             cmd += ["--threads", str(self.threads)]
         else:
@@ -126,12 +142,21 @@ class LocalRun:
         return self
 
     def supervise(self) -> None:
-        """Restart worker processes that crashed (a nonzero exit other than SIGTERM's) while work remains."""
+        """Restart worker processes that crashed (a nonzero exit) while work remains, after releasing the lease each
+        one held as ``failed``.
+
+        Raises:
+            WorkerCannotStartError: a worker exited with :data:`~gpunet.errors.EXIT_CANNOT_START` (the reason is
+                its last log line).
+        """
         phase = self.controller.state.phase
         for i, w in enumerate(self.procs):
             rc = w.proc.poll()
             if rc is None or rc == 0 or phase in TERMINAL_PHASES:
                 continue
+            self._release_dead(w, rc)
+            if rc == EXIT_CANNOT_START:
+                raise WorkerCannotStartError(f"{w.role} {w.worker_id}", reason=self._last_words(w))
             if w.role == "profiler" and phase != PHASE_PROFILING:
                 continue
             w.exit_codes.append(rc)
@@ -144,6 +169,28 @@ class LocalRun:
             self.procs[i] = fresh
         if phase == PHASE_FINALIZING:
             self._finalizing_profiler()
+
+    def _last_words(self, w: WorkerProcess) -> str:
+        """The last line a worker process wrote (its log), e.g. why it cannot start."""
+        w.log.flush()
+        try:
+            lines = (self.out / "logs" / f"{w.worker_id}.log").read_text(errors="replace").strip().splitlines()
+        except OSError:
+            lines = []
+        last = lines[-1].removeprefix("gpunet_worker: cannot start: ") if lines else "no output"
+        return f"{last} (log: {self.out / 'logs' / (w.worker_id + '.log')})"
+
+    def _release_dead(self, w: WorkerProcess, rc: int) -> None:
+        """Give back, as ``failed``, the lease a worker process held when it died (out of memory, a crash), before
+        anything is restarted: the work is a failed attempt (:mod:`.trainers`), and the restarted process, which has
+        the same worker id, never gets that lease back."""
+        how = f"killed by {signal.Signals(-rc).name}" if rc < 0 and -rc in signal.valid_signals() else f"exit code {rc}"
+        answer = self.controller.release_lease(pb.ReleaseRequest(
+            worker_id=w.worker_id, reason=pb.RELEASE_REASON_FAILED,
+            message=f"worker process {w.worker_id} died ({how}); see {self.out / 'logs' / (w.worker_id + '.log')}"))
+        if answer.released:
+            log.warning("worker %s died (%s) holding %s; counted as a failed attempt (requeued: %s)", w.worker_id, how,
+                        answer.work_id, answer.requeued)
 
     def _finalizing_profiler(self) -> None:
         """Keep one profiler running while phase Finalizing has tier winners to measure; give the measurements up
@@ -188,8 +235,11 @@ class LocalRun:
         if getattr(self, "_closed", False):
             return
         self._closed = True
-        self.stop_workers()
-        self.server.stop()
+        try:
+            self.stop_workers()
+            self.server.stop()
+        finally:
+            self.lock.release()
 
     # --- the whole run ---------------------------------------------------------------------------------------
     def wait(self, on_tick: Callable[[pb.SearchStatus], None] | None = None, period_s: float = 0.5,

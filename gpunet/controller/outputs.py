@@ -66,7 +66,7 @@ def candidate_record(c: Candidate, spec: SearchSpec) -> dict[str, Any]:
         "top1": _num(c.top1), "history": [round(h, 6) for h in c.history], "epochs": c.epoch,
         "latency_ms_estimated": _num(c.latency_ms), "attempts": c.attempts, "preemptions": c.preemptions,
         "lease_expiries": c.lease_expiries, "failures": c.failures, "restarts_from_scratch": c.restarts_from_scratch,
-        "worker_id": c.worker_id, "checkpoint": c.checkpoint, "events": c.events,
+        "error": c.error, "worker_id": c.worker_id, "checkpoint": c.checkpoint, "events": c.events,
     }
 
 

@@ -11,7 +11,8 @@ Files in the state directory (the shared volume on Kubernetes, ``--out`` under `
 - ``searchers/tier-<t>-v<k>.json``: snapshots of each tier's searcher; the state names the current one, so a
   crash between the two writes leaves a consistent pair.
 - ``latency.sqlite``: the latency table (:class:`gpunet.latency.LatencyTable`, written only by the controller).
-- ``checkpoints/<candidate>/<lease>.pt``: trainers' epoch checkpoints.
+- ``checkpoints/<candidate>/<lease>.pt``: trainers' epoch checkpoints (paths checked by :mod:`.paths`).
+- ``owner.lock``: held by the one process that owns the directory (:mod:`.lock`).
 
 JSON files are written atomically (:mod:`gpunet.fileio`).
 """
@@ -80,6 +81,9 @@ class Candidate:
     stop_requested: bool = False
     told: bool = False
     requeued_at: float = 0.0
+    #: The error of the last failed attempt (a failed release's message, or the lease expiry); a ``failed``
+    #: candidate failed with it.
+    error: str = ""
     events: list[str] = field(default_factory=list)
 
     def note(self, event: str) -> None:

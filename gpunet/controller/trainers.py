@@ -3,7 +3,8 @@ results and releases (GPUNet paper 3.3.3: a free client asks for work, trains an
 
 A candidate is ``queued`` (proposed, waiting), ``running`` (leased: exactly the candidates with a lease in the
 :class:`~gpunet.controller.leases.LeaseBook`), or finished: ``completed``, ``stopped`` (early stopping) or
-``failed`` (more than ``spec.training.maxRetries`` failed attempts). Re-queued work resumes from the candidate's
+``failed`` (more than ``spec.training.maxRetries`` failed attempts: a release with reason ``failed``, or a lease
+that expired because its trainer died or hung; preemptions do not count). Re-queued work resumes from the candidate's
 last epoch checkpoint. Every method expects the controller's lock held and returns the candidate to save, if any.
 """
 
@@ -21,6 +22,7 @@ from ..spec import SearchSpec
 from .errors import UnknownWorkError, check_id, require
 from .leases import CANDIDATE, Lease, LeaseBook, Roster
 from .metrics import ControllerMetrics
+from .paths import CheckpointPaths
 from .finalizing import PHASE_FINALIZING
 from .state import COMPLETED, FAILED, FINISHED, PHASE_SEARCHING, QUEUED, RUNNING, STOPPED, Candidate, ControllerState
 
@@ -48,11 +50,17 @@ class TrainerDesk:
                  metrics: ControllerMetrics, should_stop: StoppingRule, now: float) -> None:
         self.spec, self.space, self.state, self.dir = spec, spec.space(), state, state_dir
         self.leases, self.roster, self.metrics, self.should_stop = leases, roster, metrics, should_stop
+        self.paths = CheckpointPaths(state_dir)
         self.training_json = json.dumps(spec.training.to_dict())
         self._queued: dict[str, Candidate] = {}
         self.tier_count: Tally = Tally()
         for cand in state.candidates.values():
             self.tier_count[cand.tier] += 1
+            if cand.checkpoint and self.paths.inside(cand.checkpoint, cand.id) is None:
+                cand.note(f"{now:.0f}: checkpoint {cand.checkpoint[:200]} lies outside {self.paths.folder(cand.id)}; dropped")
+                cand.checkpoint = ""
+                if cand.state in (QUEUED, RUNNING):
+                    cand.epoch = 0  # the next attempt starts from scratch
             if cand.state == RUNNING and self.leases.held_by(cand.worker_id) is not None:
                 cand.note(f"{now:.0f}: {cand.worker_id} holds another lease; requeued")
                 self._set_state(cand, QUEUED)
@@ -114,7 +122,7 @@ class TrainerDesk:
             candidate_id=cand.id, lease_id=lease.id, tier_index=cand.tier,
             target_ms=float(self.spec.latency.tiers[cand.tier]), vector=cand.vector,
             architecture_json=json.dumps(arch.to_dict()), training_json=self.training_json,
-            resume_checkpoint=cand.checkpoint, checkpoint_path=str(self.dir / "checkpoints" / cand.id / f"{lease.id}.pt"),
+            resume_checkpoint=cand.checkpoint, checkpoint_path=self.paths.assigned(cand.id, lease.id),
             lease_deadline_unix_s=lease.deadline, lease_duration_s=self.leases.duration_s, attempt=cand.attempts,
             start_epoch=cand.epoch,
         )
@@ -131,6 +139,7 @@ class TrainerDesk:
             require(math.isfinite(req.top1) and 0.0 <= req.top1 <= 1.0, "top1", req.top1, "a fraction in [0, 1]")
             require(bool(req.checkpoint_path), "checkpoint_path", reason="required with an epoch report")
         cand = self.lookup(req.candidate_id)
+        checkpoint = self.paths.check("checkpoint_path", req.checkpoint_path, cand.id)
         lease = self.leases.of(CANDIDATE, cand.id)
         if lease is None or lease.id != req.lease_id or lease.worker_id != req.worker_id:
             self.metrics.reports_ignored.labels("progress").inc()
@@ -140,7 +149,7 @@ class TrainerDesk:
         deadline = self.leases.renew(lease, now)
         if req.heartbeat:
             return pb.ProgressResponse(action=pb.PROGRESS_ACTION_CONTINUE, lease_deadline_unix_s=deadline), None
-        duplicate = req.epoch == cand.epoch and req.checkpoint_path == cand.checkpoint
+        duplicate = req.epoch == cand.epoch and checkpoint == cand.checkpoint
         if not duplicate:
             if req.epoch <= cand.epoch:
                 cand.note(f"{now:.0f}: epoch went back from {cand.epoch} to {req.epoch} (resume checkpoint unusable)")
@@ -148,7 +157,7 @@ class TrainerDesk:
             history += [history[-1] if history else req.top1] * (req.epoch - 1 - len(history))
             cand.history = history + [float(req.top1)]
             cand.epoch = req.epoch
-            self._replace_checkpoint(cand, req.checkpoint_path)
+            self._replace_checkpoint(cand, checkpoint)
         action, reason = self.should_stop(cand, req.epoch)
         if action == pb.PROGRESS_ACTION_STOP and not cand.stop_requested:
             cand.stop_requested = True
@@ -157,12 +166,11 @@ class TrainerDesk:
         return response, None if duplicate else cand
 
     def _replace_checkpoint(self, cand: Candidate, path: str) -> None:
-        """Point the candidate at its newest checkpoint and delete the previous one (ours only)."""
+        """Point the candidate at its newest checkpoint (a path :meth:`CheckpointPaths.check` passed) and delete
+        the previous one, if it lies in the candidate's folder."""
         old, cand.checkpoint = cand.checkpoint, path
         if old and old != path:
-            p = Path(old)
-            if self.dir / "checkpoints" in p.parents:
-                p.unlink(missing_ok=True)
+            self.paths.delete(old, cand.id)
 
     def result(self, req: pb.ResultReport, now: float) -> tuple[pb.ResultResponse, Candidate | None]:
         """The final result of a candidate; duplicate and late results are ignored."""
@@ -173,6 +181,7 @@ class TrainerDesk:
         require(math.isfinite(req.top1) and 0.0 <= req.top1 <= 1.0, "top1", req.top1, "a fraction in [0, 1]")
         require(0 <= req.epochs <= epochs, "epochs", req.epochs, f"0..{epochs}")
         cand = self.lookup(req.candidate_id)
+        checkpoint = self.paths.check("checkpoint_path", req.checkpoint_path, cand.id)
         lease = self.leases.of(CANDIDATE, cand.id)
         if cand.state in FINISHED or cand.state == FAILED or lease is None or lease.id != req.lease_id:
             self.state.duplicate_reports += 1
@@ -185,8 +194,8 @@ class TrainerDesk:
         self._set_state(cand, STOPPED if req.stopped_early else COMPLETED)
         cand.top1 = float(max(req.top1, max(cand.history, default=0.0)))
         cand.epoch = max(cand.epoch, req.epochs)
-        if req.checkpoint_path:
-            self._replace_checkpoint(cand, req.checkpoint_path)
+        if checkpoint:
+            self._replace_checkpoint(cand, checkpoint)
         cand.finished = now
         if req.restarted_from_scratch:
             cand.restarts_from_scratch += 1
@@ -198,31 +207,45 @@ class TrainerDesk:
     def release(self, lease: Lease, req: pb.ReleaseRequest, now: float) -> tuple[pb.ReleaseResponse, Candidate]:
         """A lease given back (SIGTERM, a failure, a lost pod): re-queue, or fail after too many failed attempts."""
         cand = self.state.candidates[lease.work_id]
-        if req.checkpoint_path and req.epoch > cand.epoch:
-            cand.checkpoint, cand.epoch = req.checkpoint_path, req.epoch
+        checkpoint = self.paths.check("checkpoint_path", req.checkpoint_path, cand.id)
+        if checkpoint and req.epoch > cand.epoch:
+            self._replace_checkpoint(cand, checkpoint)
+            cand.epoch = req.epoch
             cand.history = cand.history[: req.epoch]
         reason = pb.ReleaseReason.Name(req.reason).removeprefix("RELEASE_REASON_").lower()
         cand.note(f"{now:.0f}: {req.worker_id} released lease {cand.lease_id}: {reason} {req.message}".rstrip())
         requeued = True
         if req.reason == pb.RELEASE_REASON_PREEMPTED:
             cand.preemptions += 1
-        elif req.reason == pb.RELEASE_REASON_FAILED:
-            cand.failures += 1
-            self.state.failures += 1
-            requeued = cand.failures <= self.spec.training.max_retries
-        if requeued:
             self._requeue(cand, lease, now)
+        elif req.reason == pb.RELEASE_REASON_FAILED:
+            requeued = self._failed_attempt(cand, lease, req.message or "the trainer failed (no message)", now)
         else:
-            self.leases.release(lease)
-            self._set_state(cand, FAILED)
-            cand.finished = now
-            cand.note(f"{now:.0f}: failed after {cand.failures} failed attempts")
+            self._requeue(cand, lease, now)
         return pb.ReleaseResponse(released=True, work_id=cand.id, requeued=requeued, lease_id=lease.id), cand
 
     def expire(self, lease: Lease, now: float) -> Candidate:
-        """A lease past its deadline: the candidate goes back to the queue."""
+        """A lease past its deadline: the trainer died or hung, a failed attempt (:meth:`_failed_attempt`)."""
         cand = self.state.candidates[lease.work_id]
         cand.lease_expiries += 1
         cand.note(f"{now:.0f}: lease {cand.lease_id} of {cand.worker_id} expired")
-        self._requeue(cand, lease, now)
+        self._failed_attempt(cand, lease, f"lease {lease.id} of {lease.worker_id} expired: no report for "
+                                          f"{self.leases.duration_s:g} s (the trainer died or hung)", now)
         return cand
+
+    def _failed_attempt(self, cand: Candidate, lease: Lease, error: str, now: float) -> bool:
+        """Count a failed attempt of ``cand`` (a failed release, a lease expiry, a dead worker): re-queued while it
+        has at most ``spec.training.maxRetries`` failed attempts, else ``failed`` with ``error``, for the searcher
+        to be told (a poison candidate, e.g. one whose training runs out of memory, cannot use up every trainer).
+        Returns True when re-queued."""
+        cand.failures += 1
+        self.state.failures += 1
+        cand.error = error[:500]
+        if cand.failures <= self.spec.training.max_retries:
+            self._requeue(cand, lease, now)
+            return True
+        self.leases.release(lease)
+        self._set_state(cand, FAILED)
+        cand.finished = now
+        cand.note(f"{now:.0f}: failed after {cand.failures} failed attempts: {cand.error}")
+        return False

@@ -96,6 +96,23 @@ def test_snake_case_is_refused_by_the_server_and_by_gpunet_run(api: Api) -> None
         parse_search({"apiVersion": f"{GROUP}/{VERSION}", "kind": "NASSearch", "metadata": {"name": "snake"}, "spec": spec})
 
 
+@pytest.mark.parametrize("latency, words", [
+    ({"backend": "tensorrt", "device": "cpu"}, "cuda with backend tensorrt"),
+    ({"backend": "onnxruntime", "device": "cuda"}, "cpu with backend onnxruntime"),
+    ({"device": "cuda", "precision": "fp16"}, "cpu with backend onnxruntime"),
+    ({"backend": "torch", "precision": "fp16"}, "fp16 needs cuda"),
+])
+def test_impossible_latency_targets_are_refused_by_the_server_and_by_gpunet_run(api: Api, latency: dict, words: str) -> None:
+    from gpunet.spec import SpecError, parse_search
+
+    spec = {"latency": {"tiers": [0.5], **latency}}
+    with pytest.raises(client.exceptions.ApiException) as info:
+        _create(api, "impossible", spec)
+    assert info.value.status == 422 and words in json.loads(info.value.body)["message"], info.value.body
+    with pytest.raises(SpecError, match=words):
+        parse_search({"apiVersion": f"{GROUP}/{VERSION}", "kind": "NASSearch", "metadata": {"name": "x"}, "spec": spec})
+
+
 class FailingController(pb_grpc.SearchControllerServiceServicer):
     """A controller that is up but answers every call UNAVAILABLE (restarting); it counts the calls."""
 

@@ -10,6 +10,13 @@ Configuration comes from flags or the environment (what the operator's pods set)
   controller requires mutual TLS), ``--tls-server-name`` / ``GPUNET_TLS_SERVER_NAME`` (check the controller's
   certificate against this name instead of the address's host), ``--tls`` / ``GPUNET_TLS=1`` (TLS with the
   system's CA roots). Any of them makes the channel TLS; none is plaintext.
+- ``--parent-pid``: die with that process (``gpunet run`` passes its own pid): on Linux the kernel SIGKILLs this
+  worker when its parent dies (``prctl(PR_SET_PDEATHSIG)``), elsewhere a thread watches the parent pid. So a
+  SIGKILLed or OOM-killed ``gpunet run`` leaves no worker behind to write into its state directory.
+
+Exit codes: 0 done (or SIGTERM), 1 the controller unreachable, 2 a bad option or token, :data:`gpunet.errors.EXIT_CANNOT_START`
+(78, ``EX_CONFIG``) this worker cannot work here: its device, latency backend or dataset is missing (the reason
+is the last line on stderr).
 """
 
 from __future__ import annotations
@@ -23,9 +30,45 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from gpunet.errors import EXIT_CANNOT_START
 from gpunet.rpc import ADDRESS_ENV, TOKEN_ENV
 from gpunet.rpc import tls
 from gpunet.rpc.client import ControllerClient
+
+from .client import WorkerCannotStart
+
+#: Linux ``prctl`` option: the signal the kernel sends this process when its parent exits.
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Make this process die when ``parent_pid`` (its parent) does: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` on Linux,
+    else a daemon thread that polls the parent pid twice a second. Exits at once if the parent is already gone.
+
+    SIGKILL, not SIGTERM: a worker whose controller died must not go on to write a checkpoint or release a lease
+    (its lease is the restarted run's business now). Note that Linux sends the signal when the parent *thread*
+    that spawned this process exits; ``gpunet run`` spawns workers from its main thread.
+    """
+    import ctypes
+    import threading
+    import time
+
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+    if not armed:
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(0.5)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        threading.Thread(target=watch, name="gpunet-parent-watch", daemon=True).start()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -47,6 +90,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-device", default=os.environ.get("GPUNET_LATENCY_DEVICE", "cpu"))
     p.add_argument("--batch-size", type=int, default=int(os.environ.get("GPUNET_LATENCY_BATCH_SIZE", "1")))
     p.add_argument("--give-up-after", type=float, default=None, help="seconds without the controller before exiting 1")
+    p.add_argument("--parent-pid", type=int, default=None, help="die with this process, our parent (gpunet run)")
     env = os.environ.get
     p.add_argument("--tls", action="store_true", default=env(tls.TLS_ENV, "") in ("1", "true"),
                    help=f"TLS with the system's CA roots (${tls.TLS_ENV}=1; implied by the other --tls-* options)")
@@ -77,8 +121,16 @@ def profiler_backend(args: argparse.Namespace) -> Any:
     return get_backend(args.backend, **options)
 
 
+def cannot_start(exc: BaseException) -> int:
+    """Say why this worker cannot work here, as the last line on stderr, and return :data:`EXIT_CANNOT_START`."""
+    print(f"gpunet_worker: cannot start: {exc}", file=sys.stderr, flush=True)
+    return EXIT_CANNOT_START
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.parent_pid:
+        die_with_parent(args.parent_pid)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s {args.role} {args.worker_id} %(levelname)s %(message)s")
     token = args.token_file.read_text().strip() if args.token_file else os.environ.get(TOKEN_ENV)
@@ -106,13 +158,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             device = resolve_device(args.device)
         except DeviceError as exc:
-            print(f"gpunet_worker: error: {exc}", file=sys.stderr)
-            return 2
+            return cannot_start(exc)
         worker = TrainerWorker(client, args.worker_id, device=device, seed=args.seed)
     else:
+        from gpunet.errors import GpunetError
+
         from .profiler import ProfilerWorker
 
-        worker = ProfilerWorker(client, args.worker_id, profiler_backend(args))
+        try:
+            backend = profiler_backend(args)
+        except GpunetError as exc:  # the backend's library, GPU or binary is missing, or it refuses the target
+            return cannot_start(exc)
+        worker = ProfilerWorker(client, args.worker_id, backend)
 
     def on_sigterm(signum: int, frame: object) -> None:
         logging.getLogger("gpunet_worker").warning("SIGTERM: saving and releasing the lease (preempted)")
@@ -121,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
         return worker.run()
+    except WorkerCannotStart as exc:
+        return cannot_start(exc)
     except KeyboardInterrupt:
         worker.preempted.set()
         return 130

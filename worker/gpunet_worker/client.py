@@ -1,5 +1,5 @@
 """The workers' pull loop over the controller client (:class:`gpunet.rpc.client.ControllerClient`, blocking, with
-retries: the one client module that the operator shares)."""
+retries: the one client module that the operator shares), and the error of a worker that cannot start."""
 
 from __future__ import annotations
 
@@ -7,9 +7,16 @@ import logging
 import threading
 from typing import Any, Callable
 
+from gpunet.errors import GpunetError
 from gpunet.rpc.client import ControllerClient, ControllerUnavailable
 
 log = logging.getLogger("gpunet_worker")
+
+
+class WorkerCannotStart(GpunetError, RuntimeError):
+    """This worker cannot work on this machine: its device, latency backend or dataset is missing. The process
+    exits with ``EXIT_CANNOT_START`` (:mod:`gpunet_worker.__main__`) rather than fail every piece of work."""
+
 
 def work_loop(client: ControllerClient, request: Any, expected: str | tuple[str, ...], handle: Callable[[Any], object],
               stop: threading.Event) -> int:

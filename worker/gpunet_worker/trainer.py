@@ -10,7 +10,13 @@ Protocol (see ``proto/gpunet/nas/v1/controller.proto``):
 
 On SIGTERM (a spot node's notice) training stops at the next batch, the lease is released with reason
 ``preempted`` (pointing at the last complete epoch checkpoint, so at most one epoch is redone) and the process
-exits 0. A training error releases the lease with reason ``failed``.
+exits 0. A training error releases the lease with reason ``failed``. A missing dataset is not the candidate's
+fault: the lease is released with reason ``shutdown`` and the process exits with ``EXIT_CANNOT_START``.
+
+A worker whose lease is gone never writes into the state directory again: training stops, and no checkpoint is
+written, once the controller answers ``abandon`` or once the lease's deadline has passed by this worker's own
+clock (:class:`LeaseClock`: the deadline counts from when the renewing request was *sent*, so it is never later
+than the controller's, whatever the network's delay and without trusting the two machines' clocks to agree).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from typing import Any
 
 import grpc
@@ -25,11 +32,34 @@ import grpc
 from gpunet.rpc import pb
 from gpunet.rpc.client import ControllerClient, ControllerUnavailable
 
-from .client import work_loop
+from .client import WorkerCannotStart, work_loop
 
 log = logging.getLogger("gpunet_worker")
 #: The log line of a finished epoch (benchmarks/gpu_suite.py reads the epoch and checkpoint seconds from it).
 EPOCH_LOG = "%s epoch %d: top-1 %.4f, %.0f images/s, epoch %.3f s, checkpoint %.3f s -> %s"
+
+
+class LeaseClock:
+    """When this worker's lease runs out, by its own monotonic clock.
+
+    Args:
+        duration_s: the lease duration (``TrainingAssignment.lease_duration_s``).
+        sent_at: ``time.monotonic()`` when the request that granted the lease was sent (or anything earlier).
+    """
+
+    def __init__(self, duration_s: float, sent_at: float) -> None:
+        self.duration_s = float(duration_s)
+        self._deadline = sent_at + self.duration_s
+        self._lock = threading.Lock()
+
+    def renewed(self, sent_at: float) -> None:
+        """A report sent at ``sent_at`` (monotonic) was answered with a renewed lease."""
+        with self._lock:
+            self._deadline = max(self._deadline, sent_at + self.duration_s)
+
+    def valid(self) -> bool:
+        """True while the lease may still be ours."""
+        return time.monotonic() < self._deadline
 
 
 class TrainerWorker:
@@ -60,18 +90,21 @@ class TrainerWorker:
     def train(self, task: pb.TrainingAssignment) -> str:
         """Train one candidate under its lease; returns how it ended (completed, stopped, interrupted, ...)."""
         from gpunet.arch import Architecture
+        from gpunet.data import DatasetMissingError
         from gpunet.spec import parse_training
         from gpunet.train import EpochReport, train_candidate
 
         log.info("training %s (attempt %d, lease %s, from epoch %d)", task.candidate_id, task.attempt, task.lease_id, task.start_epoch)
         abandoned = threading.Event()
+        lease = LeaseClock(task.lease_duration_s or 1e9, time.monotonic() - task.lease_duration_s * 0.05)
         last = {"checkpoint": task.resume_checkpoint, "epoch": task.start_epoch}
-        beat = threading.Thread(target=self._heartbeat, args=(task, abandoned), daemon=True)
+        beat = threading.Thread(target=self._heartbeat, args=(task, abandoned, lease), daemon=True)
         beat.start()
 
         def on_epoch(report: EpochReport) -> int:
             """Report the epoch; the controller's ``pb.ProgressAction`` is what training does next."""
             last["checkpoint"], last["epoch"] = report.checkpoint_path, report.epoch
+            sent_at = time.monotonic()
             try:
                 answer = self.client.call("ReportProgress", pb.ProgressReport(
                     worker_id=self.worker_id, candidate_id=task.candidate_id, lease_id=task.lease_id, epoch=report.epoch,
@@ -83,14 +116,25 @@ class TrainerWorker:
                      report.checkpoint_s, pb.ProgressAction.Name(answer.action))
             if answer.action == pb.PROGRESS_ACTION_ABANDON:
                 abandoned.set()
+            else:
+                lease.renewed(sent_at)
             return answer.action
+
+        def lease_held() -> bool:
+            """Whether this worker may still write the candidate's checkpoint."""
+            return not abandoned.is_set() and lease.valid()
 
         try:
             training = parse_training(json.loads(task.training_json))
             arch = Architecture.from_dict(json.loads(task.architecture_json))
+            datasets = self._data(training, arch)
             outcome = train_candidate(arch, training, task.checkpoint_path, task.resume_checkpoint or None, device=self.device,
-                                      on_epoch=on_epoch, should_stop=lambda: self.preempted.is_set() or abandoned.is_set(),
-                                      seed=self.seed, datasets=self._data(training, arch))
+                                      on_epoch=on_epoch, should_stop=lambda: self.preempted.is_set() or not lease_held(),
+                                      may_write=lease_held, seed=self.seed, datasets=datasets)
+        except DatasetMissingError as exc:  # this machine's fault, not the candidate's: give it back and stop
+            abandoned.set()
+            self._release(task, pb.RELEASE_REASON_SHUTDOWN, last, f"dataset missing: {exc}")
+            raise WorkerCannotStart("dataset", reason=str(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - any training error fails this attempt, not the worker
             abandoned.set()
             log.exception("training %s failed", task.candidate_id)
@@ -116,9 +160,10 @@ class TrainerWorker:
                 log.error("%s", exc)
         return outcome.status
 
-    def _heartbeat(self, task: pb.TrainingAssignment, stop: threading.Event) -> None:
+    def _heartbeat(self, task: pb.TrainingAssignment, stop: threading.Event, lease: LeaseClock) -> None:
         period = max(0.2, task.lease_duration_s / 3.0)
         while not stop.wait(period):
+            sent_at = time.monotonic()
             try:
                 answer = self.client.stub.ReportProgress(pb.ProgressReport(
                     worker_id=self.worker_id, candidate_id=task.candidate_id, lease_id=task.lease_id, heartbeat=True),
@@ -129,6 +174,8 @@ class TrainerWorker:
             if answer.action == pb.PROGRESS_ACTION_ABANDON:
                 log.warning("%s: lease %s is gone (%s); abandoning", task.candidate_id, task.lease_id, answer.reason)
                 stop.set()
+            else:
+                lease.renewed(sent_at)
 
     def _release(self, task: pb.TrainingAssignment, reason: int, last: dict[str, Any], message: str) -> None:
         try:

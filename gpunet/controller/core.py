@@ -126,7 +126,7 @@ class SearchController:
             self.state.phase = PHASE_PROFILING  # the stratification was not written: redo it
         self._save()
         with self.lock:
-            refresh_metrics(self.metrics, self.state, self.profiling, len(spec.latency.tiers))
+            refresh_metrics(self.metrics, self.state, self.profiling, len(spec.tier_targets))
 
     # ------------------------------------------------------------------------------------------------------
     # persistence
@@ -244,7 +244,7 @@ class SearchController:
                     self.state.message = self.finalizing.message()
                     self._save()
         with self.lock:
-            refresh_metrics(self.metrics, self.state, self.profiling, len(self.spec.latency.tiers))
+            refresh_metrics(self.metrics, self.state, self.profiling, len(self.spec.tier_targets))
 
     def expire_leases(self) -> int:
         """Put work whose lease has expired back in the queue; returns the number of leases expired."""

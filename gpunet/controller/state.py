@@ -81,6 +81,11 @@ class Candidate:
     told: bool = False
     requeued_at: float = 0.0
     events: list[str] = field(default_factory=list)
+    #: Phase Scaling only: the scaled network (our architecture JSON); ``vector`` is empty, as a scaled network
+    #: lies outside the search space.
+    architecture: dict[str, Any] | None = None
+    #: Phase Scaling only: ``{"target_ms", "depth_mult", "width_mult", "resolution_mult"}`` of the family member.
+    scaling: dict[str, Any] | None = None
 
     def note(self, event: str) -> None:
         self.events = (self.events + [event])[-MAX_EVENTS:]
@@ -98,6 +103,29 @@ class Candidate:
     def from_dict(cls, data: dict[str, Any]) -> "Candidate":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def target_ms_of(spec: Any, cand: Candidate) -> float:
+    """The latency target in ms of a candidate: its tier's (``spec.tier_targets``) or its family target's."""
+    return float(cand.scaling["target_ms"]) if cand.scaling else float(spec.tier_targets[cand.tier])
+
+
+def architecture_of(space: Any, cand: Candidate) -> Any:
+    """The :class:`~gpunet.arch.Architecture` of a candidate: its vector decoded in ``space``, or its scaled network."""
+    from ..arch import Architecture
+
+    return Architecture.from_dict(cand.architecture) if cand.architecture else space.decode(cand.vector)
+
+
+def score_of(spec: Any, cand: Candidate) -> float:
+    """What the search maximises for a finished candidate (:func:`gpunet.objectives.search_score`): top-1 in a
+    tiered search, the MnasNet reward against its target with objective ``mnas`` and in the Scaling phase."""
+    from ..objectives import search_score
+
+    algorithm = spec.algorithm
+    if cand.scaling:  # the family is selected by the mnas reward against each member's target
+        algorithm = dataclasses.replace(algorithm, objective="mnas")
+    return search_score(algorithm, cand.best_top1, cand.latency_ms, target_ms_of(spec, cand))
 
 
 @dataclass

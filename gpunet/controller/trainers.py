@@ -22,7 +22,8 @@ from .errors import UnknownWorkError, check_id, require
 from .leases import CANDIDATE, Lease, LeaseBook, Roster
 from .metrics import ControllerMetrics
 from .finalizing import PHASE_FINALIZING
-from .state import COMPLETED, FAILED, FINISHED, PHASE_SEARCHING, QUEUED, RUNNING, STOPPED, Candidate, ControllerState
+from .state import (COMPLETED, FAILED, FINISHED, PHASE_SEARCHING, QUEUED, RUNNING, STOPPED, Candidate, ControllerState,
+                    architecture_of, target_ms_of)
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +110,10 @@ class TrainerDesk:
     def assignment(self, lease: Lease) -> pb.TrainingAssignment:
         """The assignment of a candidate lease (also the answer to a repeated request)."""
         cand = self.state.candidates[lease.work_id]
-        arch = self.space.decode(cand.vector)
+        arch = architecture_of(self.space, cand)
         return pb.TrainingAssignment(
             candidate_id=cand.id, lease_id=lease.id, tier_index=cand.tier,
-            target_ms=float(self.spec.latency.tiers[cand.tier]), vector=cand.vector,
+            target_ms=target_ms_of(self.spec, cand), vector=cand.vector,
             architecture_json=json.dumps(arch.to_dict()), training_json=self.training_json,
             resume_checkpoint=cand.checkpoint, checkpoint_path=str(self.dir / "checkpoints" / cand.id / f"{lease.id}.pt"),
             lease_deadline_unix_s=lease.deadline, lease_duration_s=self.leases.duration_s, attempt=cand.attempts,

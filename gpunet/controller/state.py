@@ -38,9 +38,10 @@ CANDIDATE_STATES = (QUEUED, RUNNING, COMPLETED, STOPPED, FAILED)
 FINISHED = (COMPLETED, STOPPED)
 #: Search phases as the state stores them: the names of ``pb.SearchPhase`` (:func:`gpunet.rpc.phase_name`), so that
 #: state files stay readable across proto changes.
-PHASE_PENDING, PHASE_PROFILING, PHASE_STRATIFYING, PHASE_SEARCHING, PHASE_SUCCEEDED, PHASE_FAILED = (
+PHASE_PENDING, PHASE_PROFILING, PHASE_STRATIFYING, PHASE_SEARCHING, PHASE_SCALING, PHASE_SUCCEEDED, PHASE_FAILED = (
     phase_name(v) for v in (pb.SEARCH_PHASE_PENDING, pb.SEARCH_PHASE_PROFILING, pb.SEARCH_PHASE_STRATIFYING,
-                            pb.SEARCH_PHASE_SEARCHING, pb.SEARCH_PHASE_SUCCEEDED, pb.SEARCH_PHASE_FAILED))
+                            pb.SEARCH_PHASE_SEARCHING, pb.SEARCH_PHASE_SCALING, pb.SEARCH_PHASE_SUCCEEDED,
+                            pb.SEARCH_PHASE_FAILED))
 #: Events kept per candidate.
 MAX_EVENTS = 20
 

@@ -22,7 +22,7 @@ from .errors import UnknownWorkError, check_id, require
 from .leases import CANDIDATE, Lease, LeaseBook, Roster
 from .metrics import ControllerMetrics
 from .finalizing import PHASE_FINALIZING
-from .state import (COMPLETED, FAILED, FINISHED, PHASE_SEARCHING, QUEUED, RUNNING, STOPPED, Candidate, ControllerState,
+from .state import (COMPLETED, FAILED, FINISHED, PHASE_SCALING, PHASE_SEARCHING, QUEUED, RUNNING, STOPPED, Candidate, ControllerState,
                     architecture_of, target_ms_of)
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class TrainerDesk:
         phase = self.state.phase
         if phase in TERMINAL_PHASES or phase == PHASE_FINALIZING:
             return pb.WorkResponse(done=pb.Done(reason=f"search {phase.lower()}: no candidate left to train")), None
-        if phase != PHASE_SEARCHING:
+        if phase not in (PHASE_SEARCHING, PHASE_SCALING):
             return pb.WorkResponse(wait=pb.Wait(retry_after_s=2.0, reason=f"latency table being prepared ({phase})")), None
         queued = list(self._queued.values())
         if not queued:

@@ -26,7 +26,7 @@ def test_defaults_are_the_papers_table5_recipe() -> None:
     assert s.algorithm.name == "lamcts-bo" and s.training.early_stopping.rule == "median"
 
 
-@pytest.mark.parametrize("path", ["examples/fashion-mnist.yaml", "examples/imagenet-gpunet.yaml"])
+@pytest.mark.parametrize("path", ["examples/fashion-mnist.yaml", "examples/fashion-mnist-lacs.yaml", "examples/imagenet-gpunet.yaml"])
 def test_examples_parse(path: str) -> None:
     s = load_spec(ROOT / path)
     assert isinstance(s, SearchSpec) and s.name

@@ -11,13 +11,18 @@
   ``latency_ms_measured`` is the whole network's median latency measured by a profiler in phase Finalizing
   (:mod:`.finalizing`), and ``latency_measured_on`` says where and how: ``{"backend", "backend_version", "device"
   (the device's name), "precision", "batch_size", "runs", "worker_id"}``. Without a measurement both are null and
-  ``latency_measurement_error`` says why.
+  ``latency_measurement_error`` says why. ``"objective"``: ``{"name": "tiered"}`` or ``{"name": "mnas", "target_ms",
+  "w", "hard"}``; with ``mnas`` the one tier is the best reward and ``"pareto"`` lists the trained candidates on the
+  Pareto front of top-1 against latency (:func:`pareto_entries`). With ``spec.scaling``, ``"family"`` has one entry
+  per target of phase Scaling (:mod:`.scaling`): the tier fields plus ``"depth_mult", "width_mult",
+  "resolution_mult", "resolution", "base_candidate_id", "reward"`` (:func:`family_members`).
 - ``weights/<candidate>.safetensors``: the state dict of each tier winner's network as trained (the last epoch's
   checkpoint; its EMA weights when they scored the higher top-1), with the architecture in the file's metadata.
   ``weights_top1`` is that checkpoint's top-1. :func:`gpunet.hub.load` turns it back into a module.
 - ``hub.md``: the same as a Markdown table.
 - ``pareto.png``: top-1 against estimated latency for every candidate with a result, tiers shaded.
-- ``onnx/tier-<t>-<candidate>.onnx``: the best network of each tier with its trained weights.
+- ``onnx/tier-<t>-<candidate>.onnx``: the best network of each tier with its trained weights
+  (``onnx/family-<j>-<candidate>.onnx`` for the family members).
 
 Every file is written atomically (:mod:`gpunet.fileio`). Training checkpoints are read with
 ``torch.load(weights_only=True)``: nothing is unpickled. Needs torch (weights, ONNX, FLOPs) and matplotlib; each of
@@ -344,7 +349,9 @@ def hub_markdown(hub: dict[str, Any], spec: SearchSpec) -> str:
         "",
         f"Latency: {target.get('backend', spec.latency.backend)} {target.get('precision', spec.latency.precision)}, "
         f"batch {target.get('batch_size', spec.latency.batch_size)}, on {target.get('device', spec.latency.device)}; "
-        f"tiers are target ± {spec.latency.tolerance:.0%}. Top-1 on the validation split "
+        + (f"objective mnas: the reward top1 x (latency / {spec.algorithm.target_ms:g} ms)^{spec.algorithm.w:g}. "
+           if spec.algorithm.objective == "mnas" else f"tiers are target ± {spec.latency.tolerance:.0%}. ")
+        + f"Top-1 on the validation split "
         f"({spec.training.dataset.kind}).",
         "",
         "| tier (ms) | candidate | top-1 | latency est. (ms) | latency meas. (ms) | params (M) | GFLOPs | weights | ONNX | vector |",

@@ -140,3 +140,33 @@ def test_mnas_objective_searches_the_whole_space_and_the_hub_is_the_pareto_front
     assert [p["top1"] for p in front] == sorted(p["top1"] for p in front) and len({p["top1"] for p in front}) == len(front)
     for c in cands:  # every candidate is on the front or dominated by a point of it
         assert any(p["latency_ms_estimated"] <= round(c.latency_ms, 6) and p["top1"] >= round(c.top1, 6) for p in front)
+
+
+def test_a_controller_restarted_in_phase_scaling_plans_the_missing_layers_again_then_keeps_its_queue(tmp_path: Path):
+    spec = spec_of(scaling=SCALING)
+    ctl = SearchController(spec, tmp_path, round_interval_s=0, results=False)
+    fake_profile(ctl)
+    train_all(ctl, layers_top1)
+    planned = sorted(ctl.profiling.batches)
+    assert ctl.state.phase == PHASE_SCALING and planned
+    ctl.close()  # killed before any scaled layer was measured: the batches lived in memory only
+    ctl = SearchController(spec, tmp_path, round_interval_s=0, results=False)
+    try:
+        assert ctl.state.phase == PHASE_SCALING and not ctl.profiling.batches
+        ctl.step()
+        assert sorted(ctl.profiling.batches) == planned
+        status = ctl.status().latency_table
+        assert status.layers_measured < status.layers_needed  # the operator keeps profilers up in Scaling
+        profile_scaled_layers(ctl)
+        queued = sorted(c.id for c in ctl.candidates() if c.scaling)
+        assert queued == ["s0-c0000", "s0-c0001", "s1-c0000", "s1-c0001"]
+    finally:
+        ctl.close()
+    ctl = SearchController(spec, tmp_path, round_interval_s=0, results=False)
+    try:  # restarted with the scaled candidates queued: they are trained, not planned twice
+        assert ctl.scaling.planned and sorted(train_all(ctl, layers_top1)) == queued
+        ctl.step()
+        assert ctl.state.phase in (PHASE_FINALIZING, PHASE_SUCCEEDED)
+        assert sorted(c.id for c in ctl.candidates() if c.scaling) == queued
+    finally:
+        ctl.close()

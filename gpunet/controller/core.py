@@ -54,7 +54,7 @@ from .profiling import ProfilingStage
 from .scaling import ScalingStage
 from .searching import MAX_POOL, MIN_ROUND_INTERVAL_S, SearchStage, stopping_decision
 from .state import (PHASE_FAILED, PHASE_PROFILING, PHASE_SCALING, PHASE_SEARCHING, PHASE_STRATIFYING, PHASE_SUCCEEDED,
-                    STATE_FILE, Candidate, ControllerState, StateStore)
+                    STATE_FILE, Candidate, ControllerState, StateStore, score_of)
 from .status import DEFAULT_MAX_CANDIDATES, refresh_metrics, search_status
 from .trainers import TrainerDesk
 
@@ -68,6 +68,8 @@ RELEASE_REASONS = (pb.RELEASE_REASON_PREEMPTED, pb.RELEASE_REASON_FAILED, pb.REL
 
 def _spec_digest(spec: SearchSpec) -> str:
     engine = {"space": spec.search_space, "latency": repr(spec.latency), "algorithm": repr(spec.algorithm)}
+    if spec.scaling.enabled:  # a search without scaling keeps the digest it had before spec.scaling existed
+        engine["scaling"] = repr(spec.scaling)
     return hashlib.sha256(json.dumps(engine, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -157,7 +159,9 @@ class SearchController:
 
     def _should_stop(self, cand: Candidate, epoch: int) -> tuple[int, str]:
         """The early-stopping decision after ``epoch`` of ``cand`` (:func:`.searching.stopping_decision`)."""
-        return stopping_decision(self.spec.training, self.state.candidates.values(), cand, epoch)
+        rewarded = self.spec.algorithm.objective == "mnas" or cand.scaling
+        score = (lambda c, top1: score_of(self.spec, c, top1)) if rewarded else None
+        return stopping_decision(self.spec.training, self.state.candidates.values(), cand, epoch, score)
 
     def _next_lease_number(self) -> int:
         self.state.next_lease += 1

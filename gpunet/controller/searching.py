@@ -47,24 +47,29 @@ TELL_PERIOD_S = 1.0
 MIN_ROUND_INTERVAL_S = 0.5
 
 
-def stopping_decision(training: TrainingSpec, candidates: Iterable[Candidate], cand: Candidate, epoch: int) -> tuple[int, str]:
+def stopping_decision(training: TrainingSpec, candidates: Iterable[Candidate], cand: Candidate, epoch: int,
+                      score: Callable[[Candidate, float], float] | None = None) -> tuple[int, str]:
     """Whether ``cand`` goes on after ``epoch``: ``(pb.ProgressAction, reason)``.
 
     The median stopping rule (Golovin et al. 2017, Google Vizier): after ``training.earlyStopping.minEpochs``, stop
     a candidate whose best top-1 up to epoch ``e`` is below the median of the other candidates' (same tier) best
     top-1 up to ``e``, once at least :data:`MIN_STOPPING_PEERS` of them have reached ``e``. The last epoch is never
-    stopped.
+    stopped. With ``score`` (a candidate and a top-1 -> what the search maximises, e.g. the MnasNet reward of
+    :func:`~.state.score_of`), the scores of those top-1 are compared instead.
     """
     rule = training.early_stopping
     if not rule.enabled or epoch < rule.min_epochs or epoch >= training.epochs:
         return pb.PROGRESS_ACTION_CONTINUE, ""
-    mine = max(cand.history[:epoch])
-    peers = [max(c.history[:epoch]) for c in candidates if c.tier == cand.tier and c.id != cand.id and len(c.history) >= epoch]
+    value = score or (lambda c, top1: top1)
+    mine = value(cand, max(cand.history[:epoch]))
+    peers = [value(c, max(c.history[:epoch])) for c in candidates
+             if c.tier == cand.tier and c.id != cand.id and len(c.history) >= epoch]
     if len(peers) < MIN_STOPPING_PEERS:
         return pb.PROGRESS_ACTION_CONTINUE, ""
     median = statistics.median(peers)
     if mine < median:
-        return pb.PROGRESS_ACTION_STOP, f"median stopping rule: top-1 {mine:.4f} < median {median:.4f} at epoch {epoch}"
+        what = "top-1" if score is None else "score"
+        return pb.PROGRESS_ACTION_STOP, f"median stopping rule: {what} {mine:.4f} < median {median:.4f} at epoch {epoch}"
     return pb.PROGRESS_ACTION_CONTINUE, ""
 
 

@@ -118,15 +118,16 @@ def architecture_of(space: Any, cand: Candidate) -> Any:
     return Architecture.from_dict(cand.architecture) if cand.architecture else space.decode(cand.vector)
 
 
-def score_of(spec: Any, cand: Candidate) -> float:
-    """What the search maximises for a finished candidate (:func:`gpunet.objectives.search_score`): top-1 in a
-    tiered search, the MnasNet reward against its target with objective ``mnas`` and in the Scaling phase."""
+def score_of(spec: Any, cand: Candidate, top1: float | None = None) -> float:
+    """What the search maximises for a candidate with top-1 ``top1`` (default: its best,
+    :func:`gpunet.objectives.search_score`): top-1 in a tiered search, the MnasNet reward against its target with
+    objective ``mnas`` and in the Scaling phase."""
     from ..objectives import search_score
 
     algorithm = spec.algorithm
     if cand.scaling:  # the family is selected by the mnas reward against each member's target
         algorithm = dataclasses.replace(algorithm, objective="mnas")
-    return search_score(algorithm, cand.best_top1, cand.latency_ms, target_ms_of(spec, cand))
+    return search_score(algorithm, cand.best_top1 if top1 is None else top1, cand.latency_ms, target_ms_of(spec, cand))
 
 
 @dataclass

@@ -78,7 +78,7 @@ def test_scaling_phase_trains_the_scaled_networks_that_meet_each_target_and_writ
         base_layers = Architecture.from_dict(ctl.space.decode(base.vector).to_dict()).num_layers
         # the scaled versions' new layers (wider filters, more repeats of new shapes) go to the profilers first
         assert ctl.profiling.batches and ctl.request_work(trainer_request("w0")).WhichOneof("work") == "wait"
-        assert ctl.status().phase == pb.SEARCH_PHASE_SCALING
+        assert ctl.status().phase == pb.SEARCH_PHASE_SCALING and ctl.status().candidates.budget == 3 + 3 * 2
         assert profile_scaled_layers(ctl) > 0
         scaled = train_all(ctl, layers_top1)
         ctl.step()

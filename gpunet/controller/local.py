@@ -220,7 +220,7 @@ def eta_seconds(status: pb.SearchStatus, started: float, now: float) -> float | 
     """A rough ETA of the search (seconds), from the pace of finished candidates so far; None when unknown."""
     c = status.candidates
     finished = c.completed + c.stopped + c.failed
-    if status.phase != pb.SEARCH_PHASE_SEARCHING or finished == 0:
+    if status.phase not in (pb.SEARCH_PHASE_SEARCHING, pb.SEARCH_PHASE_SCALING) or finished == 0:
         return None
     remaining = max(c.budget - finished, 0)
     return (now - started) / finished * remaining

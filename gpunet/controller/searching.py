@@ -164,10 +164,12 @@ class SearchStage:
         return min(self.spec.algorithm.budget, len(self.pools[tier]["pool"])) if self.pools else 0
 
     def budget(self) -> int:
-        """Candidates the search will propose in all (before stratification: the spec's budget for every tier)."""
+        """Candidates the search will propose in all (before stratification: the spec's budget for every tier),
+        plus at most ``candidatesPerTarget`` scaled networks per target of phase Scaling."""
+        scaled = self.spec.scaling.candidates_per_target * len(self.spec.scaling.targets_ms)
         if self.pools:
-            return sum(self.tier_budget(t) for t in range(len(self.pools)))
-        return self.spec.algorithm.budget * len(self.spec.tier_targets)
+            return sum(self.tier_budget(t) for t in range(len(self.pools))) + scaled
+        return self.spec.algorithm.budget * len(self.spec.tier_targets) + scaled
 
     def lookahead(self, now: float) -> int:
         """Proposals to keep queued per tier: one more than each tier's share of the active trainers."""

@@ -10,9 +10,12 @@ A ``NASSearch`` YAML is what ``kubectl apply`` takes and what ``gpunet run`` rea
       searchSpace: {preset: gpunet-tiny}
       latency: {backend: onnxruntime, device: cpu, precision: fp32, batchSize: 1, tiers: [0.5, 1.0],
                 tolerance: 0.1, samples: 100000}
-      algorithm: {name: lamcts-bo, seed: 0, budget: 6, initialSamples: 3, options: {}}
+      algorithm: {name: lamcts-bo, seed: 0, budget: 6, initialSamples: 3, options: {},
+                  objective: tiered}      # or mnas, with targetMs, w, hard (gpunet.objectives)
       training: {dataset: {kind: fashion-mnist}, epochs: 3, batchSize: 128, recipe: {...},
                  earlyStopping: {enabled: true, minEpochs: 2, rule: median}, maxRetries: 3}
+      scaling: {baseTier: 0, targetsMs: [0.8, 1.6], depthMultipliers: [...], widthMultipliers: [...],
+                resolutionMultipliers: [...], candidatesPerTarget: 2}   # optional: phase Scaling (LACS)
       trainers: {...}; profilers: {...}; controller: {...}; storage: {...}   # Kubernetes only
 
 **One table of fields.** Every engine field is a dataclass field below whose ``metadata`` holds its description

@@ -10,7 +10,6 @@ import pytest
 from gpunet.cli import main
 from gpunet.errors import GpunetError
 from gpunet.latency import LatencyTable, LatencyTarget, Measurement
-from gpunet.latency.errors import MissingLayersError
 from gpunet.latency.estimate import estimate_latency, layer_keys
 from gpunet.latency.profiling import required_keys
 from gpunet.scaling import channel_step, family_grid, plan_family, resolution_step, scale_architecture

@@ -138,3 +138,10 @@ def test_local_run_with_scaling_trains_and_measures_the_lacs_family(tmp_path: Pa
     assert 0.0 <= member["top1"] <= 1.0 and member["params_m"] > base["params_m"] and member["weights"] and member["onnx"]
     assert member["vector"] == [] and member["architecture"]["stages"][2]["layers"] == 2 * base["architecture"]["stages"][2]["layers"]
     assert json.loads((out / "hub.json").read_text())["family"] == hub["family"] and "LACS" in (out / "hub.md").read_text()
+    import torch
+
+    import gpunet.hub
+
+    model = gpunet.hub.load(out, 5.0, family=True)  # the member's trained weights, by its target
+    assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - member["params_m"]) < 1e-3
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)

@@ -138,6 +138,7 @@ def test_mnas_objective_searches_the_whole_space_and_the_hub_is_the_pareto_front
     front = hub["pareto"]
     assert front and [p["latency_ms_estimated"] for p in front] == sorted(p["latency_ms_estimated"] for p in front)
     assert [p["top1"] for p in front] == sorted(p["top1"] for p in front) and len({p["top1"] for p in front}) == len(front)
+    assert "Pareto front" in (tmp_path / "hub.md").read_text() and (tmp_path / "pareto.png").stat().st_size > 0
     for c in cands:  # every candidate is on the front or dominated by a point of it
         assert any(p["latency_ms_estimated"] <= round(c.latency_ms, 6) and p["top1"] >= round(c.top1, 6) for p in front)
 

@@ -367,6 +367,11 @@ def hub_markdown(hub: dict[str, Any], spec: SearchSpec) -> str:
             f"| {fmt(e['latency_ms_estimated'], '.4f')} | {fmt(e['latency_ms_measured'], '.4f')} | {fmt(e['params_m'], '.3f')} "
             f"| {fmt(e['gflops'], '.4f')} | {e['weights'] or '–'} | {e['onnx'] or '–'} | `{e['vector'] if e['vector'] else '–'}` |"
         )
+    if hub.get("pareto"):
+        lines += ["", "Pareto front of the search (top-1 against estimated latency), by latency:", "",
+                  "| candidate | top-1 | reward | latency est. (ms) |", "| --- | --- | --- | --- |"]
+        lines += [f"| {p['candidate_id']} | {fmt(p['top1'] and 100 * p['top1'], '.2f')}% | {fmt(p['reward'], '.4f')} "
+                  f"| {fmt(p['latency_ms_estimated'], '.4f')} |" for p in hub["pareto"]]
     if hub.get("family") is not None:
         lines += ["", "Latency-aware compound scaling (LACS): one family member per target, selected by the MnasNet reward.",
                   "", "| target (ms) | candidate | depth x | width x | resolution | top-1 | reward | latency est. (ms) "

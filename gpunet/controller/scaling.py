@@ -73,7 +73,8 @@ class ScalingStage:
             if self.planned:
                 members = self.members()
                 done = sum(c.state in (*FINISHED, FAILED) for c in members)
-                self.message = f"LACS: {done}/{len(members)} scaled networks trained"
+                if members:  # none: the message says why (no base network, no target met)
+                    self.message = f"LACS: {done}/{len(members)} scaled networks trained"
                 return done == len(members)
             if self.profiling.batches:
                 return False  # the scaled networks' layers are being measured

@@ -4,7 +4,7 @@
     python crds/generate.py          # write crds/nassearch.yaml (then python charts/sync-crds.py)
     python crds/generate.py --check  # exit 1 when the file differs from what this script generates
 
-The engine sections of the spec (``latency``, ``algorithm``, ``training``) come from the dataclasses of
+The engine sections of the spec (``latency``, ``algorithm``, ``training``, ``scaling``) come from the dataclasses of
 :mod:`gpunet.spec` (:func:`gpunet.spec.openapi_schema`: the one table of fields, with their descriptions,
 defaults, constraints and CEL rules), so the CRD and the engine's parser cannot drift. The Kubernetes sections
 (``trainers``, ``profilers``, ``controller``, ``storage``), ``searchSpace`` (top-level keys

@@ -109,13 +109,15 @@ def _weights_file(hub_file: Path, entry: dict[str, Any]) -> Path:
     return path
 
 
-def load(source: str | Path, tier: int | float | None = None) -> nn.Module:
+def load(source: str | Path, tier: int | float | None = None, *, family: bool = False) -> nn.Module:
     """The trained network of one latency tier of a search, in eval mode on the CPU.
 
     Args:
         source: a run directory (holding ``hub.json``) or a ``hub.json`` path.
         tier: the tier's index (int), its target latency in ms (float, e.g. ``0.2``), or None when only one tier
             has a trained network.
+        family: ``tier`` names a member of the latency-aware compound scaling family (``hub.json``'s ``family``,
+            by index or target in ms) instead of a tier.
 
     Returns:
         A :class:`gpunet.model.GPUNet` with the winner's weights: images ``N x C x R x R`` (normalised with the
@@ -126,7 +128,10 @@ def load(source: str | Path, tier: int | float | None = None) -> nn.Module:
             the hub does not have.
     """
     hub_file = hub_path(source)
-    entry = select_tier(read_hub(hub_file), tier, where=str(hub_file))
+    hub = read_hub(hub_file)
+    if family:
+        hub = {"tiers": hub.get("family") or []}
+    entry = select_tier(hub, tier, where=f"{hub_file}{' family' if family else ''}")
     path = _weights_file(hub_file, entry)
     state, arch = load_weights(path)
     if entry.get("architecture") not in (None, arch.to_dict()):

@@ -10,9 +10,12 @@ A ``NASSearch`` YAML is what ``kubectl apply`` takes and what ``gpunet run`` rea
       searchSpace: {preset: gpunet-tiny}
       latency: {backend: onnxruntime, device: cpu, precision: fp32, batchSize: 1, tiers: [0.5, 1.0],
                 tolerance: 0.1, samples: 100000}
-      algorithm: {name: lamcts-bo, seed: 0, budget: 6, initialSamples: 3, options: {}}
+      algorithm: {name: lamcts-bo, seed: 0, budget: 6, initialSamples: 3, options: {},
+                  objective: tiered}      # or mnas, with targetMs, w, hard (gpunet.objectives)
       training: {dataset: {kind: fashion-mnist}, epochs: 3, batchSize: 128, recipe: {...},
                  earlyStopping: {enabled: true, minEpochs: 2, rule: median}, maxRetries: 3}
+      scaling: {baseTier: 0, targetsMs: [0.8, 1.6], depthMultipliers: [...], widthMultipliers: [...],
+                resolutionMultipliers: [...], candidatesPerTarget: 2}   # optional: phase Scaling (LACS)
       trainers: {...}; profilers: {...}; controller: {...}; storage: {...}   # Kubernetes only
 
 **One table of fields.** Every engine field is a dataclass field below whose ``metadata`` holds its description
@@ -44,6 +47,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 import yaml
 
 from .errors import SpaceError
+from .objectives import MNAS_SOFT_W, OBJECTIVES
 
 API_VERSION = "nas.gpunet.dev/v1alpha1"
 KIND = "NASSearch"
@@ -99,6 +103,14 @@ class AlgorithmSpec:
     budget: int = _f(6, "Candidates trained per tier.", minimum=1)
     initial_samples: int = _f(3, "Random (Sobol) candidates before the model-based proposals start.", minimum=0)
     options: dict[str, Any] = _f({}, "Options of the chosen algorithm (checked against it before anything starts).")
+    objective: str = _f("tiered", "What the search maximises: tiered = top-1 inside each latency tier of "
+                        "latency.tiers (GPUNet); mnas = one search over the whole space maximising MnasNet's reward "
+                        "top1 x (latency / targetMs)^w, whose hub is the Pareto front (gpunet.objectives).",
+                        enum=OBJECTIVES)
+    target_ms: float = _f(0.0, "The latency target T of the mnas reward in ms (required with objective mnas).", minimum=0)
+    w: float = _f(MNAS_SOFT_W, "Exponent of the mnas reward above the target (MnasNet: -0.07 soft, -1 hard); also at or "
+                  "under it unless hard. The Scaling phase selects its family with the same reward.", maximum=0)
+    hard: bool = _f(False, "The mnas reward's exponent at or under the target is 0 (MnasNet's hard constraint with w -1).")
 
 
 @dataclass(frozen=True)
@@ -172,8 +184,36 @@ class TrainingSpec:
         return _to_camel(dataclasses.asdict(self))
 
 
+_MULTIPLIERS = {"minItems": 1, "maxItems": 32, "uniqueItems": True, "items": {"minimum": 0, "exclusiveMinimum": True}}
+
+
+@dataclass(frozen=True)
+class ScalingSpec:
+    """Latency-aware compound scaling (LACS, EfficientNet-X, Li et al. CVPR 2021): after the tier searches, one
+    base network is scaled in depth, width and resolution into a family, one member per latency target
+    (:mod:`gpunet.scaling`). Empty ``targetsMs`` = no Scaling phase."""
+
+    targets_ms: tuple[float, ...] = _f((), "Latency targets of the family in ms (empty: no scaling).", maxItems=32,
+                                       uniqueItems=True, items={"type": "number", "minimum": 0, "exclusiveMinimum": True})
+    base_tier: int = _f(0, "The latency tier (index into latency.tiers; 0 with objective mnas) whose winner is scaled.",
+                        minimum=0)
+    depth_multipliers: tuple[float, ...] = _f((1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0), "Depth multipliers searched; a "
+                                              "stage's layers become ceil(layers x d).", **_MULTIPLIERS)
+    width_multipliers: tuple[float, ...] = _f((1.0, 1.1, 1.2, 1.4, 1.6, 2.0), "Width multipliers searched; filters are "
+                                              "rounded to the space's channel step.", **_MULTIPLIERS)
+    resolution_multipliers: tuple[float, ...] = _f((1.0, 1.15, 1.3, 1.5, 1.75, 2.0), "Resolution multipliers searched; "
+                                                   "the resolution is rounded to the space's resolution step.", **_MULTIPLIERS)
+    candidates_per_target: int = _f(2, "Scaled networks trained per target (those whose table latency is closest under "
+                                    "it); the family member is the one with the best mnas reward.", minimum=1, maximum=16)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.targets_ms)
+
+
 #: The engine sections of ``spec`` and their dataclasses.
-ENGINE_SECTIONS: dict[str, type] = {"latency": LatencySpec, "algorithm": AlgorithmSpec, "training": TrainingSpec}
+ENGINE_SECTIONS: dict[str, type] = {"latency": LatencySpec, "algorithm": AlgorithmSpec, "training": TrainingSpec,
+                                    "scaling": ScalingSpec}
 #: Top-level keys of ``spec.searchSpace`` (overrides of :func:`gpunet.space.load_space`), camelCase.
 SEARCH_SPACE_KEYS = ("preset", "resolution", "headChannels", "numClasses", "inChans", "dropPathRate", "stem", "head", "stages")
 class CrossRule(NamedTuple):
@@ -197,6 +237,9 @@ CROSS_FIELD_RULES: dict[type, tuple[CrossRule, ...]] = {
                   CrossRule("has(self.backend) && self.backend != 'onnxruntime' || !has(self.device) || self.device == 'cpu'", "device",
                             "cpu with backend onnxruntime (it measures on the CPU in fp32; use backend torch or tensorrt on cuda)",
                             lambda s: s.backend != "onnxruntime" or s.device == "cpu")),
+    AlgorithmSpec: (CrossRule("!has(self.objective) || self.objective != 'mnas' || has(self.targetMs) && self.targetMs > 0.0",
+                              "target_ms", "a latency target in ms > 0 with objective mnas",
+                              lambda a: a.objective != "mnas" or a.target_ms > 0),),
     DatasetSpec: (CrossRule("!has(self.kind) || self.kind != 'imagefolder' || has(self.path) && self.path != ''", "path", "the ImageFolder root (train/ and val/)",
                             lambda d: d.kind != "imagefolder" or d.path != ""),),
 }
@@ -216,6 +259,15 @@ class SearchSpec:
     algorithm: AlgorithmSpec = field(default_factory=AlgorithmSpec)
     training: TrainingSpec = field(default_factory=TrainingSpec)
     kubernetes: dict[str, Any] = field(default_factory=dict)
+    scaling: ScalingSpec = field(default_factory=ScalingSpec)
+
+    @property
+    def tier_targets(self) -> tuple[float, ...]:
+        """The target in ms of each searched tier: ``latency.tiers``, or the one target of objective ``mnas`` (a
+        single search over the whole space)."""
+        if self.algorithm.objective == "mnas":
+            return (self.algorithm.target_ms,)
+        return self.latency.tiers
 
     def space(self) -> Any:
         """The :class:`gpunet.space.SearchSpace` of ``spec.searchSpace``."""
@@ -266,7 +318,8 @@ def openapi_schema(cls: type) -> dict[str, Any]:
             node = {"type": _type_of(default), "default": list(default) if isinstance(default, tuple) else default}
         schema = dict(meta.get("schema") or {})
         if isinstance(default, tuple):
-            node["items"] = {"type": _type_of(default[0]), **schema.pop("items", {})}
+            items = dict(schema.pop("items", {}))
+            node["items"] = {"type": items.pop("type", None) or _type_of(default[0]), **items}
             if schema.pop("uniqueItems", False):
                 node["x-kubernetes-list-type"] = "set"
         if "enum" in schema:
@@ -328,7 +381,15 @@ def _check_value(value: Any, kind: str, schema: Mapping[str, Any], path: str) ->
         raise SpecError(path, value, f"a string matching {schema['pattern']}")
 
 
-def _coerce(value: Any, default: Any, path: str) -> Any:
+_ITEM_DEFAULTS = {"number": 0.0, "integer": 0, "string": "", "boolean": False}
+
+
+def _item_default(default: tuple[Any, ...], schema: Mapping[str, Any]) -> Any:
+    """A value of a list field's item type: its default's first item, or the schema's ``items.type``."""
+    return default[0] if default else _ITEM_DEFAULTS[(schema.get("items") or {})["type"]]
+
+
+def _coerce(value: Any, default: Any, path: str, item: Any = None) -> Any:
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise SpecError(path, value, "true or false")
@@ -348,7 +409,7 @@ def _coerce(value: Any, default: Any, path: str) -> Any:
     if isinstance(default, tuple):
         if not isinstance(value, (list, tuple)):
             raise SpecError(path, value, "a list")
-        return tuple(_coerce(v, default[0], f"{path}[{i}]") for i, v in enumerate(value))
+        return tuple(_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value))
     return value
 
 
@@ -369,14 +430,14 @@ def _fill(cls: type, raw: Any, where: str) -> Any:
         if isinstance(default, dict):
             values[name] = _section(value, path)
             continue
-        value = _coerce(value, default, path)
+        value = _coerce(value, default, path, _item_default(default, schema) if isinstance(default, tuple) else None)
         if isinstance(default, tuple):
             if not schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", math.inf):
                 raise SpecError(path, list(value), f"a list of {schema.get('minItems', 0)} to {schema.get('maxItems')} items")
             if schema.get("uniqueItems") and len(set(value)) != len(value):
                 raise SpecError(path, list(value), "distinct values")
             for i, item in enumerate(value):
-                _check_value(item, _type_of(default[0]), schema.get("items") or {}, f"{path}[{i}]")
+                _check_value(item, _type_of(_item_default(default, schema)), schema.get("items") or {}, f"{path}[{i}]")
         else:
             _check_value(value, _type_of(default), schema, path)
         values[name] = value
@@ -413,6 +474,18 @@ def parse_training(raw: Any, where: str = "spec.training") -> TrainingSpec:
     return _fill(TrainingSpec, raw, where)
 
 
+def parse_scaling(raw: Any, where: str = "spec.scaling") -> ScalingSpec:
+    return _fill(ScalingSpec, raw, where)
+
+
+def _check_scaling(spec: SearchSpec) -> None:
+    """``scaling.baseTier`` names a searched tier (a rule across sections)."""
+    tiers = len(spec.tier_targets)
+    if spec.scaling.enabled and spec.scaling.base_tier >= tiers:
+        raise SpecError("spec.scaling.baseTier", spec.scaling.base_tier, f"a tier index 0..{tiers - 1}",
+                        reason=f"the search has {tiers} tier(s) ({spec.algorithm.objective} objective)")
+
+
 def parse_search(doc: Mapping[str, Any], check_space: bool = True) -> SearchSpec:
     """Validate a whole ``NASSearch`` document (``apiVersion``, ``kind``, ``metadata``, ``spec``).
 
@@ -443,7 +516,9 @@ def parse_search(doc: Mapping[str, Any], check_space: bool = True) -> SearchSpec
         algorithm=parse_algorithm(spec.get("algorithm")),
         training=parse_training(spec.get("training")),
         kubernetes={k: spec[k] for k in KUBERNETES_SECTIONS if k in spec},
+        scaling=parse_scaling(spec.get("scaling")),
     )
+    _check_scaling(parsed)
     if check_space:
         parsed.space()
     return parsed

@@ -243,7 +243,9 @@ def _violations(default: Any, schema: dict[str, Any]) -> list[Any]:
     if schema.get("minLength"):
         bad.append("")
     if isinstance(default, tuple):
-        bad += [[], [default[0]] * 2] + ([[schema["items"]["minimum"]]] if "minimum" in schema.get("items", {}) else [])
+        item = default[0] if default else 1.0  # an empty default (scaling.targetsMs): the items are numbers
+        bad += ([[]] if schema.get("minItems") else []) + [[item] * 2] + \
+            ([[schema["items"]["minimum"]]] if "minimum" in schema.get("items", {}) else [])
     return bad
 
 

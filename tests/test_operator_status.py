@@ -92,6 +92,8 @@ SPEC = with_defaults({"latency": {"tiers": [0.5]}, "trainers": {"maxReplicas": 4
     ("Searching", 2, 1, True, Scale(1, 0, 3)),
     ("Searching", 10, 3, True, Scale(1, 0, 4)),  # capped at maxReplicas
     ("Profiling", 0, 0, True, Scale(1, 0, 0)),  # table complete: profilers go
+    ("Scaling", 0, 2, False, Scale(1, 2, 2)),  # LACS: the scaled networks' layers measured, trainers kept
+    ("Scaling", 4, 0, True, Scale(1, 0, 4)),  # LACS: the scaled networks trained
     ("Finalizing", 3, 0, True, Scale(1, 2, 0)),  # winners measured on profilers, results written; no trainer
     ("Succeeded", 5, 5, True, Scale(0, 0, 0)),
     ("Failed", 5, 5, False, Scale(0, 0, 0)),

@@ -40,14 +40,14 @@ def test_phase_names_are_the_camel_case_of_the_proto_enum_and_round_trip() -> No
     from gpunet import rpc
     from gpunet.errors import GpunetError
 
-    assert rpc.PHASES == ("Pending", "Profiling", "Stratifying", "Searching", "Succeeded", "Failed", "Finalizing")
+    assert rpc.PHASES == ("Pending", "Profiling", "Stratifying", "Searching", "Succeeded", "Failed", "Finalizing", "Scaling")
     assert rpc.phase_name(rpc.pb.SEARCH_PHASE_PROFILING) == "Profiling"
     assert rpc.phase_name(rpc.pb.SEARCH_PHASE_UNSPECIFIED) == ""
     for name in rpc.PHASES:
         assert rpc.phase_name(rpc.phase_value(name)) == name
         assert rpc.pb.SearchPhase.Name(rpc.phase_value(name)) == "SEARCH_PHASE_" + name.upper()
     assert rpc.TERMINAL_PHASES == {"Succeeded", "Failed"}
-    assert rpc.ACTIVE_PHASES == {"Pending", "Profiling", "Stratifying", "Searching", "Finalizing"}
+    assert rpc.ACTIVE_PHASES == {"Pending", "Profiling", "Stratifying", "Searching", "Scaling", "Finalizing"}
     assert not rpc.TERMINAL_PHASES & rpc.ACTIVE_PHASES and rpc.TERMINAL_PHASES | rpc.ACTIVE_PHASES == set(rpc.PHASES)
     with pytest.raises(GpunetError, match=r"phase: got 'profiling'; expected one of \['Pending', 'Profiling'"):
         rpc.phase_value("profiling")

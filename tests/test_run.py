@@ -114,3 +114,34 @@ def test_local_run_refuses_to_start_without_the_installed_worker_package(tmp_pat
     with pytest.raises(GpunetError, match=r"gpunet_worker: not importable by .*; expected the gpunet-nas distribution installed"):
         LocalRun(micro_spec(), tmp_path / "out")
     assert not (tmp_path / "out" / "state.sqlite").exists()
+
+
+def test_local_run_with_scaling_trains_and_measures_the_lacs_family(tmp_path: Path) -> None:
+    import yaml
+
+    spec = write_spec(tmp_path / "search.yaml", name="local-lacs", budget=1, epochs=1, train_subset=200, val_subset=100,
+                      tiers=(0.3,), tolerance=0.9)
+    doc = yaml.safe_load(spec.read_text())
+    doc["spec"]["scaling"] = {"targetsMs": [5.0], "depthMultipliers": [1.0, 2.0], "widthMultipliers": [1.0, 1.5],
+                              "resolutionMultipliers": [1.0], "candidatesPerTarget": 1}
+    spec.write_text(yaml.safe_dump(doc, sort_keys=False))
+    out = tmp_path / "out"
+    run = subprocess.run(gpunet_run(spec, out, "--json"), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    hub = json.loads(run.stdout)
+    base, (member,) = hub["tiers"][0], hub["family"]
+    assert base["candidate_id"] and member["candidate_id"] == "s0-c0000" and member["base_candidate_id"] == base["candidate_id"]
+    # 5 ms affords the deepest and widest scaled version of the base network (real latencies are well under 1 ms)
+    assert (member["depth_mult"], member["width_mult"], member["resolution"]) == (2.0, 1.5, 28)
+    assert member["latency_ms_estimated"] > base["latency_ms_estimated"] and member["latency_ms_estimated"] <= 5.0
+    assert member["latency_ms_measured"] > 0 and member["latency_measured_on"]["backend"] == "onnxruntime"
+    assert 0.0 <= member["top1"] <= 1.0 and member["params_m"] > base["params_m"] and member["weights"] and member["onnx"]
+    assert member["vector"] == [] and member["architecture"]["stages"][2]["layers"] == 2 * base["architecture"]["stages"][2]["layers"]
+    assert json.loads((out / "hub.json").read_text())["family"] == hub["family"] and "LACS" in (out / "hub.md").read_text()
+    import torch
+
+    import gpunet.hub
+
+    model = gpunet.hub.load(out, 5.0, family=True)  # the member's trained weights, by its target
+    assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - member["params_m"]) < 1e-3
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)

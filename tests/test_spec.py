@@ -26,7 +26,7 @@ def test_defaults_are_the_papers_table5_recipe() -> None:
     assert s.algorithm.name == "lamcts-bo" and s.training.early_stopping.rule == "median"
 
 
-@pytest.mark.parametrize("path", ["examples/fashion-mnist.yaml", "examples/imagenet-gpunet.yaml"])
+@pytest.mark.parametrize("path", ["examples/fashion-mnist.yaml", "examples/fashion-mnist-lacs.yaml", "examples/imagenet-gpunet.yaml"])
 def test_examples_parse(path: str) -> None:
     s = load_spec(ROOT / path)
     assert isinstance(s, SearchSpec) and s.name
@@ -58,6 +58,13 @@ def test_kubernetes_sections_are_kept_but_not_interpreted() -> None:
         ({"profiler": {}}, "spec.profiler", "unknown field"),
         ({"latency": {"batch_size": 2}}, "spec.latency.batch_size", "batchSize"),
         ({"algorithm": {"name": "random", "options": {"n_init": 2}}}, "spec.algorithm.options.n_init", "unknown option"),
+        ({"algorithm": {"objective": "pareto"}}, "spec.algorithm.objective", "mnas"),
+        ({"algorithm": {"objective": "mnas"}}, "spec.algorithm.targetMs", "> 0 with objective mnas"),
+        ({"algorithm": {"w": 0.07}}, "spec.algorithm.w", "<= 0"),
+        ({"scaling": {"targetsMs": [1.0, 0]}}, "spec.scaling.targetsMs[1]", "> 0"),
+        ({"scaling": {"targetsMs": [1.0], "baseTier": 2}}, "spec.scaling.baseTier", "0..1"),
+        ({"scaling": {"depthMultipliers": []}}, "spec.scaling.depthMultipliers", "1 to 32"),
+        ({"scaling": {"candidatesPerTarget": 0}}, "spec.scaling.candidatesPerTarget", "[1, 16]"),
     ],
 )
 def test_errors_name_the_field_value_and_expectation(spec: dict, field: str, words: str) -> None:
@@ -65,6 +72,15 @@ def test_errors_name_the_field_value_and_expectation(spec: dict, field: str, wor
         load_spec(doc(**spec))
     assert info.value.field == field
     assert str(info.value).startswith(field) and words in str(info.value)
+
+
+def test_objective_and_scaling_defaults_keep_the_tiered_search_without_scaling() -> None:
+    s = load_spec(doc())
+    assert (s.algorithm.objective, s.algorithm.w, s.algorithm.hard) == ("tiered", -0.07, False)
+    assert s.tier_targets == s.latency.tiers and not s.scaling.enabled
+    m = load_spec(doc(algorithm={"objective": "mnas", "targetMs": 0.8, "w": -1.0, "hard": True},
+                      scaling={"targetsMs": [0.4, 1.6]}))
+    assert m.tier_targets == (0.8,) and m.scaling.enabled and m.scaling.targets_ms == (0.4, 1.6)
 
 
 def test_wrong_api_version_kind_or_name() -> None:

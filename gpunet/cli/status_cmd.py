@@ -77,7 +77,7 @@ def _table_fill(run_dir: Path, state: Any, spec: Any, profiling: bool) -> dict[s
 def _tier_targets(run_dir: Path, spec: Any) -> tuple[list[float], list[int | None]]:
     """Tier targets (ms) and pool sizes: from the spec and ``stratification.json``, whichever exist."""
     pools: list[int | None] = []
-    targets: list[float] = list(spec.latency.tiers) if spec is not None else []
+    targets: list[float] = list(spec.tier_targets) if spec is not None else []
     strat = run_dir / "stratification.json"
     if strat.is_file():
         try:
@@ -110,7 +110,7 @@ def run_status(run_dir: Path, spec_file: Path | None = None) -> dict[str, Any]:
     candidates = list(state.candidates.values())
     counts = {s: sum(c.state == s for c in candidates) for s in CANDIDATE_STATES}
     tiers = []
-    for t, best in enumerate(best_per_tier(candidates, len(targets))):
+    for t, best in enumerate(best_per_tier(candidates, len(targets), spec)):
         done = [c for c in candidates if c.tier == t and c.state in FINISHED]
         tiers.append({
             "index": t, "target_ms": targets[t], "pool_size": pools[t], "evaluated": len(done),

@@ -8,7 +8,10 @@ It runs the search as a phase machine and hands out work under leases:
    latency tiers of ``spec.latency.tiers``.
 3. **Searching** (:mod:`.searching`, :mod:`.trainers`): one searcher per tier proposes candidates; trainers train
    them and report top-1 per epoch; the early-stopping rule ends poor ones.
-4. **Finalizing** (:mod:`.finalizing`): profilers measure each tier's best network end to end on the target device,
+4. **Scaling** (:mod:`.scaling`, only with ``spec.scaling``): latency-aware compound scaling of a tier winner into
+   a family of networks, one per latency target; profilers measure the scaled networks' layers, trainers train
+   the closest under each target.
+5. **Finalizing** (:mod:`.finalizing`): profilers measure each tier's best network end to end on the target device,
    then the result files are written. Then **Succeeded** (or **Failed** at any point).
 
 Fault tolerance:
@@ -48,9 +51,10 @@ from .finalizing import DEFAULT_MEASURE_TIMEOUT_S, NETWORK, PHASE_FINALIZING, Fi
 from .leases import BATCH, CANDIDATE, LeaseBook, Roster
 from .metrics import ControllerMetrics
 from .profiling import ProfilingStage
+from .scaling import ScalingStage
 from .searching import MAX_POOL, MIN_ROUND_INTERVAL_S, SearchStage, stopping_decision
-from .state import (PHASE_FAILED, PHASE_PROFILING, PHASE_SEARCHING, PHASE_STRATIFYING, PHASE_SUCCEEDED, STATE_FILE,
-                    Candidate, ControllerState, StateStore)
+from .state import (PHASE_FAILED, PHASE_PROFILING, PHASE_SCALING, PHASE_SEARCHING, PHASE_STRATIFYING, PHASE_SUCCEEDED,
+                    STATE_FILE, Candidate, ControllerState, StateStore, score_of)
 from .status import DEFAULT_MAX_CANDIDATES, refresh_metrics, search_status
 from .trainers import TrainerDesk
 
@@ -64,6 +68,8 @@ RELEASE_REASONS = (pb.RELEASE_REASON_PREEMPTED, pb.RELEASE_REASON_FAILED, pb.REL
 
 def _spec_digest(spec: SearchSpec) -> str:
     engine = {"space": spec.search_space, "latency": repr(spec.latency), "algorithm": repr(spec.algorithm)}
+    if spec.scaling.enabled:  # a search without scaling keeps the digest it had before spec.scaling existed
+        engine["scaling"] = repr(spec.scaling)
     return hashlib.sha256(json.dumps(engine, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -117,16 +123,18 @@ class SearchController:
         self.trainers = TrainerDesk(spec, self.state, self.dir, self.leases, self.roster, self.metrics, self._should_stop, now)
         self.searching = SearchStage(spec, self.state, self.dir, self.trainers, self.roster, self.lock, self._save,
                                      max_pool=max_pool, round_interval_s=round_interval_s, searcher_processes=searcher_processes)
+        self.scaling = ScalingStage(spec, self.state, self.table, self.profiling, self.trainers, self.lock, self._save,
+                                    profile_batch_size)
         self.finalizing = FinalizingStage(spec, self.state, self.dir, self.leases, self.lock, results=results,
                                           measure_timeout_s=finalize_timeout_s)
         phase = self.state.phase
-        if phase in (PHASE_SEARCHING, PHASE_FINALIZING, *TERMINAL_PHASES) and self.searching.path.exists():
+        if phase in (PHASE_SEARCHING, PHASE_SCALING, PHASE_FINALIZING, *TERMINAL_PHASES) and self.searching.path.exists():
             self.searching.load()
         elif phase in (PHASE_STRATIFYING, PHASE_SEARCHING):
             self.state.phase = PHASE_PROFILING  # the stratification was not written: redo it
         self._save()
         with self.lock:
-            refresh_metrics(self.metrics, self.state, self.profiling, len(spec.latency.tiers))
+            refresh_metrics(self.metrics, self.state, self.profiling, len(spec.tier_targets))
 
     # ------------------------------------------------------------------------------------------------------
     # persistence
@@ -151,7 +159,9 @@ class SearchController:
 
     def _should_stop(self, cand: Candidate, epoch: int) -> tuple[int, str]:
         """The early-stopping decision after ``epoch`` of ``cand`` (:func:`.searching.stopping_decision`)."""
-        return stopping_decision(self.spec.training, self.state.candidates.values(), cand, epoch)
+        rewarded = self.spec.algorithm.objective == "mnas" or cand.scaling
+        score = (lambda c, top1: score_of(self.spec, c, top1)) if rewarded else None
+        return stopping_decision(self.spec.training, self.state.candidates.values(), cand, epoch, score)
 
     def _next_lease_number(self) -> int:
         self.state.next_lease += 1
@@ -234,7 +244,18 @@ class SearchController:
             self.searching.drive(self.clock())
             with self.lock:
                 if self.state.phase == PHASE_SEARCHING and self.searching.done():
-                    self._set_phase(PHASE_FINALIZING, "search finished; measuring the tier winners, writing results")
+                    if self.spec.scaling.enabled:
+                        self._set_phase(PHASE_SCALING, "search finished; scaling the base tier's winner (LACS)")
+                    else:
+                        self._set_phase(PHASE_FINALIZING, "search finished; measuring the tier winners, writing results")
+        if self.state.phase == PHASE_SCALING:
+            finished = self.scaling.drive(self.clock())
+            with self.lock:
+                if finished:
+                    self._set_phase(PHASE_FINALIZING, f"{self.scaling.message}; measuring the winners, writing results")
+                elif self.scaling.message != self.state.message:
+                    self.state.message = self.scaling.message
+                    self._save()
         if self.state.phase == PHASE_FINALIZING:
             finished = self.finalizing.drive(self.clock())
             with self.lock:
@@ -244,7 +265,7 @@ class SearchController:
                     self.state.message = self.finalizing.message()
                     self._save()
         with self.lock:
-            refresh_metrics(self.metrics, self.state, self.profiling, len(self.spec.latency.tiers))
+            refresh_metrics(self.metrics, self.state, self.profiling, len(self.spec.tier_targets))
 
     def expire_leases(self) -> int:
         """Put work whose lease has expired back in the queue; returns the number of leases expired."""

@@ -39,7 +39,7 @@ from ..spec import SearchSpec
 from .errors import check_id, require
 from .leases import Lease, LeaseBook
 from .measurements import FINALIZING_FILE, FINALIZING_FORMAT, NetworkJob, read_progress
-from .state import PHASE_SUCCEEDED, ControllerState
+from .state import PHASE_SUCCEEDED, ControllerState, architecture_of
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +74,16 @@ class NetworkMeasurements:
         self._deadline: float | None = None
 
     def plan(self) -> None:
-        """The jobs: one per tier with a finished candidate (its best, as in ``hub.json``)."""
-        from .outputs import best_per_tier
+        """The jobs: one per tier with a finished candidate (its best, as in ``hub.json``), and one per member of
+        the Scaling phase's family (tier index ``len(tier_targets) + j``)."""
+        from .outputs import best_per_tier, family_members
 
-        space = self.stage.spec.space()
-        winners = best_per_tier(sorted(self.stage.state.candidates.values(), key=lambda c: c.id),
-                                len(self.stage.spec.latency.tiers))
-        self.jobs = {f"tier-{t}-{c.id}": NetworkJob(f"tier-{t}-{c.id}", t, c.id, space.decode(c.vector).to_dict())
+        spec, space = self.stage.spec, self.stage.spec.space()
+        candidates = sorted(self.stage.state.candidates.values(), key=lambda c: c.id)
+        winners = best_per_tier(candidates, len(spec.tier_targets), spec)
+        if spec.scaling.enabled:
+            winners += family_members(candidates, spec)
+        self.jobs = {f"tier-{t}-{c.id}": NetworkJob(f"tier-{t}-{c.id}", t, c.id, architecture_of(space, c).to_dict())
                      for t, c in enumerate(winners) if c is not None}
 
     def run(self, now: float) -> bool:

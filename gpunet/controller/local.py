@@ -39,7 +39,7 @@ from .errors import WorkerCannotStartError, WorkersCrashedError
 from .finalizing import PHASE_FINALIZING
 from .lock import StateDirLock
 from .service import ControllerServer
-from .state import PHASE_PROFILING
+from .state import PHASE_PROFILING, PHASE_SCALING
 
 log = logging.getLogger(__name__)
 #: Restarts of a crashed worker process before the run gives up on that slot.
@@ -105,7 +105,7 @@ class LocalRun:
         worker_command()  # fail before the controller starts, not in every worker
         self.controller = SearchController(spec, self.out, lease_s=lease_s, searcher_processes=True, results=True,
                                            finalize_timeout_s=finalize_timeout_s)
-        self._finalizing_spawns = 0
+        self._phase_profiler_spawns = 0
         self.server = ControllerServer(self.controller, self.token, "127.0.0.1:0", metrics_port=metrics_port)
         self.procs: list[WorkerProcess] = []
         self.started = time.time()
@@ -167,8 +167,8 @@ class LocalRun:
             fresh = self._spawn(w.role, int(w.worker_id.rsplit("-", 1)[1]))
             fresh.restarts, fresh.exit_codes = w.restarts + 1, w.exit_codes
             self.procs[i] = fresh
-        if phase == PHASE_FINALIZING:
-            self._finalizing_profiler()
+        if phase in (PHASE_SCALING, PHASE_FINALIZING):
+            self._phase_profiler(phase)
 
     def _last_words(self, w: WorkerProcess) -> str:
         """The last line a worker process wrote (its log), e.g. why it cannot start."""
@@ -192,19 +192,24 @@ class LocalRun:
             log.warning("worker %s died (%s) holding %s; counted as a failed attempt (requeued: %s)", w.worker_id, how,
                         answer.work_id, answer.requeued)
 
-    def _finalizing_profiler(self) -> None:
-        """Keep one profiler running while phase Finalizing has tier winners to measure; give the measurements up
-        (the search then succeeds without them) when it keeps crashing."""
+    def _phase_profiler(self, phase: str) -> None:
+        """Keep one profiler running while phase Scaling has layers of scaled networks to measure, or phase
+        Finalizing has winners to measure; give that work up when it keeps crashing (Scaling then leaves the
+        networks with those layers out; the search succeeds without the end-to-end measurements)."""
         with self.controller.lock:
-            needed = self.controller.finalizing.needs_profiler()
+            needed = self.controller.finalizing.needs_profiler() if phase == PHASE_FINALIZING \
+                else bool(self.controller.profiling.batches)
         if not needed or any(w.role == "profiler" and w.proc.poll() is None for w in self.procs):
             return
-        if self._finalizing_spawns > MAX_WORKER_RESTARTS:
+        if self._phase_profiler_spawns > MAX_WORKER_RESTARTS:
+            reason = f"the profiler of phase {phase} exited {self._phase_profiler_spawns} times; see {self.out / 'logs'}"
             with self.controller.lock:
-                self.controller.finalizing.measure.abandon(
-                    f"the profiler of phase Finalizing exited {self._finalizing_spawns} times; see {self.out / 'logs'}")
+                if phase == PHASE_FINALIZING:
+                    self.controller.finalizing.measure.abandon(reason)
+                else:
+                    self.controller.profiling.abandon(reason)
             return
-        self._finalizing_spawns += 1
+        self._phase_profiler_spawns += 1
         old = next((i for i, w in enumerate(self.procs) if w.role == "profiler"), None)
         fresh = self._spawn("profiler", 0)
         if old is None:
@@ -265,7 +270,7 @@ def eta_seconds(status: pb.SearchStatus, started: float, now: float) -> float | 
     """A rough ETA of the search (seconds), from the pace of finished candidates so far; None when unknown."""
     c = status.candidates
     finished = c.completed + c.stopped + c.failed
-    if status.phase != pb.SEARCH_PHASE_SEARCHING or finished == 0:
+    if status.phase not in (pb.SEARCH_PHASE_SEARCHING, pb.SEARCH_PHASE_SCALING) or finished == 0:
         return None
     remaining = max(c.budget - finished, 0)
     return (now - started) / finished * remaining

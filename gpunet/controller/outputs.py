@@ -11,13 +11,18 @@
   ``latency_ms_measured`` is the whole network's median latency measured by a profiler in phase Finalizing
   (:mod:`.finalizing`), and ``latency_measured_on`` says where and how: ``{"backend", "backend_version", "device"
   (the device's name), "precision", "batch_size", "runs", "worker_id"}``. Without a measurement both are null and
-  ``latency_measurement_error`` says why.
+  ``latency_measurement_error`` says why. ``"objective"``: ``{"name": "tiered"}`` or ``{"name": "mnas", "target_ms",
+  "w", "hard"}``; with ``mnas`` the one tier is the best reward and ``"pareto"`` lists the trained candidates on the
+  Pareto front of top-1 against latency (:func:`pareto_entries`). With ``spec.scaling``, ``"family"`` has one entry
+  per target of phase Scaling (:mod:`.scaling`): the tier fields plus ``"depth_mult", "width_mult",
+  "resolution_mult", "resolution", "base_candidate_id", "reward"`` (:func:`family_members`).
 - ``weights/<candidate>.safetensors``: the state dict of each tier winner's network as trained (the last epoch's
   checkpoint; its EMA weights when they scored the higher top-1), with the architecture in the file's metadata.
   ``weights_top1`` is that checkpoint's top-1. :func:`gpunet.hub.load` turns it back into a module.
 - ``hub.md``: the same as a Markdown table.
 - ``pareto.png``: top-1 against estimated latency for every candidate with a result, tiers shaded.
-- ``onnx/tier-<t>-<candidate>.onnx``: the best network of each tier with its trained weights.
+- ``onnx/tier-<t>-<candidate>.onnx``: the best network of each tier with its trained weights
+  (``onnx/family-<j>-<candidate>.onnx`` for the family members).
 
 Every file is written atomically (:mod:`gpunet.fileio`). Training checkpoints are read with
 ``torch.load(weights_only=True)``: nothing is unpickled. Needs torch (weights, ONNX, FLOPs) and matplotlib; each of
@@ -39,7 +44,8 @@ from ..errors import GpunetError
 from ..fileio import write_atomic, write_json_atomic
 from ..spec import SearchSpec
 from .measurements import FINALIZING_FILE, NetworkJob, read_network_measurements
-from .state import FINISHED, Candidate, ControllerState
+from ..objectives import pareto_front
+from .state import FINISHED, Candidate, ControllerState, architecture_of, score_of, target_ms_of
 
 log = logging.getLogger(__name__)
 HUB_FILE = "hub.json"
@@ -60,9 +66,10 @@ def _num(x: float | None, digits: int = 6) -> float | None:
 
 
 def candidate_record(c: Candidate, spec: SearchSpec) -> dict[str, Any]:
-    """One line of ``candidates.jsonl``."""
+    """One line of ``candidates.jsonl`` (a scaled network of phase Scaling adds ``architecture`` and ``scaling``)."""
+    extra = {"architecture": c.architecture, "scaling": c.scaling} if c.scaling else {}
     return {
-        "id": c.id, "tier": c.tier, "target_ms": spec.latency.tiers[c.tier], "state": c.state, "vector": c.vector,
+        "id": c.id, "tier": c.tier, "target_ms": target_ms_of(spec, c), "state": c.state, "vector": c.vector, **extra,
         "top1": _num(c.top1), "history": [round(h, 6) for h in c.history], "epochs": c.epoch,
         "latency_ms_estimated": _num(c.latency_ms), "attempts": c.attempts, "preemptions": c.preemptions,
         "lease_expiries": c.lease_expiries, "failures": c.failures, "restarts_from_scratch": c.restarts_from_scratch,
@@ -70,13 +77,25 @@ def candidate_record(c: Candidate, spec: SearchSpec) -> dict[str, Any]:
     }
 
 
-def best_per_tier(candidates: list[Candidate], num_tiers: int) -> list[Candidate | None]:
-    """The candidate with the highest top-1 of each tier (ties: the lower id), or None."""
+def best_per_tier(candidates: list[Candidate], num_tiers: int, spec: SearchSpec | None = None,
+                  first: int = 0) -> list[Candidate | None]:
+    """The best candidate of each tier ``first .. first + num_tiers - 1`` (ties: the lower id), or None: the
+    highest :func:`~.state.score_of` under ``spec`` (top-1 of a tiered search, the MnasNet reward with objective
+    ``mnas`` and for a Scaling family), or the highest top-1 without ``spec``."""
+    def score(c: Candidate) -> float:
+        return score_of(spec, c) if spec is not None else (c.top1 or 0.0)
+
     out: list[Candidate | None] = []
-    for t in range(num_tiers):
+    for t in range(first, first + num_tiers):
         done = [c for c in candidates if c.tier == t and c.state in FINISHED and c.top1 is not None]
-        out.append(min(done, key=lambda c: (-(c.top1 or 0.0), c.id)) if done else None)
+        out.append(min(done, key=lambda c: (-score(c), c.id)) if done else None)
     return out
+
+
+def family_members(candidates: list[Candidate], spec: SearchSpec) -> list[Candidate | None]:
+    """Phase Scaling's family: per ``spec.scaling.targetsMs`` target, the trained scaled network with the best
+    MnasNet reward against it (tier index ``len(spec.tier_targets) + j``), or None."""
+    return best_per_tier(candidates, len(spec.scaling.targets_ms), spec, first=len(spec.tier_targets))
 
 
 def _load_trained(c: Candidate) -> tuple[Any, Any, dict[str, Any]]:
@@ -145,29 +164,46 @@ def write_outputs(spec: SearchSpec, state_dir: str | Path, out_dir: str | Path |
     space = spec.space()
     measured = read_network_measurements(state_dir) if measure else {}
 
-    tiers = []
-    for t, best in enumerate(best_per_tier(candidates, len(spec.latency.tiers))):
-        entry: dict[str, Any] = {"target_ms": spec.latency.tiers[t], "candidate_id": None, "vector": None, "top1": None,
+    def entry_of(best: Candidate | None, index: int, target_ms: float, name: str) -> dict[str, Any]:
+        entry: dict[str, Any] = {"target_ms": target_ms, "candidate_id": None, "vector": None, "top1": None,
                                  "latency_ms_estimated": None, "latency_ms_measured": None,
                                  "latency_measured_on": None, "latency_measurement_error": None, "params_m": None,
                                  "gflops": None, "architecture": None, "weights": None, "weights_top1": None,
                                  "weights_ema": None, "onnx": None}
-        if best is not None:
-            entry.update(candidate_id=best.id, vector=best.vector, top1=_num(best.top1), latency_ms_estimated=_num(best.latency_ms))
-            arch = space.decode(best.vector)
-            try:
-                from ..model import model_stats
+        if best is None:
+            return entry
+        entry.update(candidate_id=best.id, vector=best.vector, top1=_num(best.top1), latency_ms_estimated=_num(best.latency_ms))
+        arch = architecture_of(space, best)
+        try:
+            from ..model import model_stats
 
-                stats = model_stats(arch)
-                entry.update(params_m=round(stats.params_m, 4), gflops=round(stats.gflops, 6))
-            except Exception as exc:  # noqa: BLE001
-                log.warning("model stats of %s failed: %s", best.id, exc)
-            entry.update(_measured_latency(measured.get(t), best.id, measure))
-            if best.checkpoint and Path(best.checkpoint).exists():
-                _write_winner(best, t, out, entry, export)
-        tiers.append(entry)
+            stats = model_stats(arch)
+            entry.update(params_m=round(stats.params_m, 4), gflops=round(stats.gflops, 6))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("model stats of %s failed: %s", best.id, exc)
+        entry.update(_measured_latency(measured.get(index), best.id, measure))
+        if best.checkpoint and Path(best.checkpoint).exists():
+            _write_winner(best, name, out, entry, export)
+        return entry
+
+    tiers = [entry_of(best, t, spec.tier_targets[t], f"tier-{t}")
+             for t, best in enumerate(best_per_tier(candidates, len(spec.tier_targets), spec))]
     hub = {"format": HUB_FORMAT, "search": spec.name, "phase": phase or state.phase, "target": state.target,
-           "preprocessing": _preprocessing(spec), "tiers": tiers}
+           "preprocessing": _preprocessing(spec), "objective": _objective(spec), "tiers": tiers}
+    if spec.algorithm.objective == "mnas":
+        hub["pareto"] = pareto_entries(candidates, spec)
+    if spec.scaling.enabled:
+        first = len(spec.tier_targets)
+        hub["family"] = []
+        for j, member in enumerate(family_members(candidates, spec)):
+            entry = entry_of(member, first + j, spec.scaling.targets_ms[j], f"family-{j}")
+            scale = (member.scaling or {}) if member is not None else {}
+            entry.update({k: scale.get(k) for k in ("depth_mult", "width_mult", "resolution_mult", "base_candidate_id")},
+                         resolution=None, reward=_num(score_of(spec, member)) if member is not None else None)
+            if member is not None:
+                entry["architecture"] = entry["architecture"] or member.architecture
+                entry["resolution"] = entry["architecture"]["resolution"]
+            hub["family"].append(entry)
     write_json_atomic(out / HUB_FILE, hub)
     files["hub_json"] = str(out / HUB_FILE)
     markdown = hub_markdown(hub, spec).encode()
@@ -178,6 +214,23 @@ def write_outputs(spec: SearchSpec, state_dir: str | Path, out_dir: str | Path |
     except Exception as exc:  # noqa: BLE001
         log.warning("pareto plot failed: %s", exc)
     return {**hub, "files": files}
+
+
+def _objective(spec: SearchSpec) -> dict[str, Any]:
+    a = spec.algorithm
+    if a.objective != "mnas":
+        return {"name": a.objective}
+    return {"name": "mnas", "target_ms": a.target_ms, "w": a.w, "hard": a.hard}
+
+
+def pareto_entries(candidates: list[Candidate], spec: SearchSpec) -> list[dict[str, Any]]:
+    """The searched candidates (not the Scaling family) on the Pareto front of top-1 against estimated latency,
+    by latency: ``{"candidate_id", "vector", "top1", "latency_ms_estimated", "reward"}`` each."""
+    done = [c for c in candidates if c.tier < len(spec.tier_targets) and c.state in FINISHED and c.top1 is not None
+            and math.isfinite(c.latency_ms)]
+    front = pareto_front([(c.latency_ms, c.top1 or 0.0) for c in done])
+    return [{"candidate_id": done[i].id, "vector": done[i].vector, "top1": _num(done[i].top1),
+             "latency_ms_estimated": _num(done[i].latency_ms), "reward": _num(score_of(spec, done[i]))} for i in front]
 
 
 def _measured_latency(job: NetworkJob | None, candidate_id: str, measure: bool) -> dict[str, Any]:
@@ -194,8 +247,9 @@ def _measured_latency(job: NetworkJob | None, candidate_id: str, measure: bool) 
     return {"latency_ms_measured": _num(r.get("latency_ms")), "latency_measured_on": on}
 
 
-def _write_winner(best: Candidate, tier: int, out: Path, entry: dict[str, Any], export: bool) -> None:
-    """The weights file (and, with ``export``, the ONNX file) of a tier winner; fills ``entry``'s fields."""
+def _write_winner(best: Candidate, name: str, out: Path, entry: dict[str, Any], export: bool) -> None:
+    """The weights file (and, with ``export``, the ONNX file ``onnx/<name>-<candidate>.onnx``) of a tier winner or
+    family member; fills ``entry``'s fields."""
     try:
         model, arch, info = _load_trained(best)
     except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint leaves the tier without weights
@@ -209,7 +263,7 @@ def _write_winner(best: Candidate, tier: int, out: Path, entry: dict[str, Any], 
         log.warning("writing the weights of %s failed: %s", best.id, exc)
     if export:
         try:
-            path = out / "onnx" / f"tier-{tier}-{best.id}.onnx"
+            path = out / "onnx" / f"{name}-{best.id}.onnx"
             _export_onnx(model, arch, path)
             entry["onnx"] = path.relative_to(out).as_posix()
         except Exception as exc:  # noqa: BLE001
@@ -295,7 +349,9 @@ def hub_markdown(hub: dict[str, Any], spec: SearchSpec) -> str:
         "",
         f"Latency: {target.get('backend', spec.latency.backend)} {target.get('precision', spec.latency.precision)}, "
         f"batch {target.get('batch_size', spec.latency.batch_size)}, on {target.get('device', spec.latency.device)}; "
-        f"tiers are target ± {spec.latency.tolerance:.0%}. Top-1 on the validation split "
+        + (f"objective mnas: the reward top1 x (latency / {spec.algorithm.target_ms:g} ms)^{spec.algorithm.w:g}. "
+           if spec.algorithm.objective == "mnas" else f"tiers are target ± {spec.latency.tolerance:.0%}. ")
+        + f"Top-1 on the validation split "
         f"({spec.training.dataset.kind}).",
         "",
         "| tier (ms) | candidate | top-1 | latency est. (ms) | latency meas. (ms) | params (M) | GFLOPs | weights | ONNX | vector |",
@@ -311,8 +367,22 @@ def hub_markdown(hub: dict[str, Any], spec: SearchSpec) -> str:
             f"| {fmt(e['latency_ms_estimated'], '.4f')} | {fmt(e['latency_ms_measured'], '.4f')} | {fmt(e['params_m'], '.3f')} "
             f"| {fmt(e['gflops'], '.4f')} | {e['weights'] or '–'} | {e['onnx'] or '–'} | `{e['vector'] if e['vector'] else '–'}` |"
         )
+    if hub.get("pareto"):
+        lines += ["", "Pareto front of the search (top-1 against estimated latency), by latency:", "",
+                  "| candidate | top-1 | reward | latency est. (ms) |", "| --- | --- | --- | --- |"]
+        lines += [f"| {p['candidate_id']} | {fmt(p['top1'] and 100 * p['top1'], '.2f')}% | {fmt(p['reward'], '.4f')} "
+                  f"| {fmt(p['latency_ms_estimated'], '.4f')} |" for p in hub["pareto"]]
+    if hub.get("family") is not None:
+        lines += ["", "Latency-aware compound scaling (LACS): one family member per target, selected by the MnasNet reward.",
+                  "", "| target (ms) | candidate | depth x | width x | resolution | top-1 | reward | latency est. (ms) "
+                  "| latency meas. (ms) | params (M) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for e in hub["family"]:
+            lines.append(f"| {e['target_ms']:g} | {e['candidate_id'] or '–'} | {fmt(e['depth_mult'], 'g')} "
+                         f"| {fmt(e['width_mult'], 'g')} | {fmt(e['resolution'], 'd')} | {fmt(e['top1'] and 100 * e['top1'], '.2f')}% "
+                         f"| {fmt(e['reward'], '.4f')} | {fmt(e['latency_ms_estimated'], '.4f')} "
+                         f"| {fmt(e['latency_ms_measured'], '.4f')} | {fmt(e['params_m'], '.3f')} |")
     lines.append("")
-    for e in hub["tiers"]:
+    for e in [*hub["tiers"], *(hub.get("family") or [])]:
         if not e.get("candidate_id"):
             continue
         on = e.get("latency_measured_on")
@@ -324,7 +394,8 @@ def hub_markdown(hub: dict[str, Any], spec: SearchSpec) -> str:
 
 
 def pareto_plot(candidates: list[Candidate], spec: SearchSpec, path: str | Path) -> Path:
-    """Scatter of top-1 (%) against estimated latency (ms) of every candidate with a result; tiers shaded."""
+    """Scatter of top-1 (%) against estimated latency (ms) of every candidate with a result; tiers shaded (with
+    objective ``mnas``: the Pareto front drawn); the Scaling phase's scaled networks and its family as a line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -334,9 +405,11 @@ def pareto_plot(candidates: list[Candidate], spec: SearchSpec, path: str | Path)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     tol = spec.latency.tolerance
-    for t, target in enumerate(spec.latency.tiers):
+    mnas = spec.algorithm.objective == "mnas"
+    for t, target in enumerate(spec.tier_targets):
         color = colors[t % len(colors)]
-        ax.axvspan(target * (1 - tol), target * (1 + tol), color=color, alpha=0.12, lw=0)
+        if not mnas:  # an mnas search has no tiers, only the reward's target
+            ax.axvspan(target * (1 - tol), target * (1 + tol), color=color, alpha=0.12, lw=0)
         ax.axvline(target, color=color, ls="--", lw=0.8)
         done = [c for c in candidates if c.tier == t and c.state in FINISHED and c.top1 is not None and math.isfinite(c.latency_ms)]
         if done:
@@ -347,11 +420,30 @@ def pareto_plot(candidates: list[Candidate], spec: SearchSpec, path: str | Path)
             if stopped:
                 ax.scatter([c.latency_ms for c in stopped], [100 * (c.top1 or 0) for c in stopped], facecolors="none",
                            edgecolors="k", s=40, lw=0.6)
-            best = max(done, key=lambda c: c.top1 or 0)
+            best = max(done, key=lambda c: score_of(spec, c))
             ax.scatter([best.latency_ms], [100 * (best.top1 or 0)], marker="*", s=160, color=color, edgecolors="k", lw=0.6)
+            if mnas:
+                front = [done[i] for i in pareto_front([(c.latency_ms, c.top1 or 0.0) for c in done])]
+                ax.plot([c.latency_ms for c in front], [100 * (c.top1 or 0) for c in front], color=color, lw=1,
+                        label="Pareto front")
+    if spec.scaling.enabled:
+        first = len(spec.tier_targets)
+        scaled = [c for c in candidates if c.tier >= first and c.state in FINISHED and c.top1 is not None
+                  and math.isfinite(c.latency_ms)]
+        if scaled:
+            ax.scatter([c.latency_ms for c in scaled], [100 * (c.top1 or 0) for c in scaled], marker="D", s=18,
+                       color="0.5", edgecolors="none", label=f"scaled (LACS, {len(scaled)})")
+        family = [m for m in family_members(candidates, spec) if m is not None and math.isfinite(m.latency_ms)]
+        if family:
+            family.sort(key=lambda c: c.latency_ms)
+            ax.plot([c.latency_ms for c in family], [100 * (c.top1 or 0) for c in family], "k-D", ms=6, lw=1.2,
+                    label="LACS family")
+        for target in spec.scaling.targets_ms:
+            ax.axvline(target, color="0.4", ls=":", lw=0.8)
     ax.set_xlabel("estimated latency (ms, latency table)")
     ax.set_ylabel("top-1 (%)")
-    ax.set_title(f"{spec.name}: candidates per latency tier (★ best, ○ early-stopped)")
+    what = f"mnas reward, target {spec.algorithm.target_ms:g} ms" if mnas else "candidates per latency tier"
+    ax.set_title(f"{spec.name}: {what} (★ best, ○ early-stopped)", fontsize=10)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=8)

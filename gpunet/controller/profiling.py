@@ -19,7 +19,7 @@ from ..rpc import pb
 from ..spec import SearchSpec
 from .errors import InvalidRequestError, check_id, require
 from .leases import BATCH, Lease, LeaseBook
-from .state import PHASE_PROFILING, ControllerState
+from .state import PHASE_PROFILING, PHASE_SCALING, ControllerState
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -89,13 +89,35 @@ class ProfilingStage:
             self.ready = True
             return not self.batches
 
+    def add(self, plan: list["ProfileBatch"]) -> None:
+        """More batches to measure after phase Profiling: the scaled networks of phase Scaling (call with the lock
+        held). Their layers count in :meth:`progress`, so the table is incomplete again until they are measured."""
+        for batch in plan:
+            self.batches.setdefault(batch.batch_id, batch)
+        self.layers_needed = max(self.layers_needed, self.layers_measured) + sum(len(b.keys) for b in plan)
+        self.ready = True
+
+    def abandon(self, reason: str) -> None:
+        """Give up every planned batch (call with the lock held): its layers count as unmeasurable, so networks
+        containing them are left out."""
+        digests = {d for b in self.batches.values() for d in b.digests}
+        for batch_id in list(self.batches):
+            lease = self.leases.of(BATCH, batch_id)
+            if lease is not None:
+                self.leases.release(lease)
+        self.batches.clear()
+        if digests:
+            self.state.unmeasurable = sorted(set(self.state.unmeasurable) | digests)
+            log.warning("%d layers given up: %s", len(digests), reason)
+
     # --- RPCs (with the lock held) -------------------------------------------------------------------------
     def work(self, req: pb.WorkRequest, now: float) -> tuple[pb.WorkResponse, bool]:
         """A profiler's work request: a batch under a new lease, Wait or Done. The flag says the state changed
         (the first profiler fixed the latency target)."""
         from ..latency import LatencyTarget
 
-        if self.state.phase != PHASE_PROFILING:
+        scaling = self.state.phase == PHASE_SCALING
+        if self.state.phase != PHASE_PROFILING and not (scaling and self.batches):
             return pb.WorkResponse(done=pb.Done(reason="latency table complete")), False
         changed = False
         if self.state.target is None:

@@ -3,6 +3,8 @@ candidates ahead of the trainers (GPUNet paper 3.2-3.3), and the early-stopping 
 
 - :meth:`SearchStage.stratify` estimates every Sobol-sampled network from the latency table and groups them into
   the tiers of ``spec.latency.tiers`` (:func:`gpunet.sampling.stratify`), written once to ``stratification.json``.
+- With ``spec.algorithm.objective: mnas`` there is one "tier": every sampled network with a latency, and its
+  searcher maximises the MnasNet reward (:func:`gpunet.objectives.mnas_reward`) instead of top-1.
 - Each tier's searcher (:func:`gpunet.search.create` over the tier's pool, in this thread or its own process,
   :mod:`.proposer`) is told finished results and asked for proposals in *rounds*; each round writes a new searcher
   snapshot (``searchers/tier-<t>-v<k>.json``) and the state names the current one. Proposals are asked ahead of
@@ -25,7 +27,7 @@ from ..fileio import write_json_atomic
 from ..rpc import pb
 from ..spec import SearchSpec, TrainingSpec
 from .leases import Roster
-from .state import FAILED, FINISHED, QUEUED, Candidate, ControllerState
+from .state import FAILED, FINISHED, QUEUED, Candidate, ControllerState, score_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..latency import LatencyTable, LatencyTarget
@@ -45,24 +47,29 @@ TELL_PERIOD_S = 1.0
 MIN_ROUND_INTERVAL_S = 0.5
 
 
-def stopping_decision(training: TrainingSpec, candidates: Iterable[Candidate], cand: Candidate, epoch: int) -> tuple[int, str]:
+def stopping_decision(training: TrainingSpec, candidates: Iterable[Candidate], cand: Candidate, epoch: int,
+                      score: Callable[[Candidate, float], float] | None = None) -> tuple[int, str]:
     """Whether ``cand`` goes on after ``epoch``: ``(pb.ProgressAction, reason)``.
 
     The median stopping rule (Golovin et al. 2017, Google Vizier): after ``training.earlyStopping.minEpochs``, stop
     a candidate whose best top-1 up to epoch ``e`` is below the median of the other candidates' (same tier) best
     top-1 up to ``e``, once at least :data:`MIN_STOPPING_PEERS` of them have reached ``e``. The last epoch is never
-    stopped.
+    stopped. With ``score`` (a candidate and a top-1 -> what the search maximises, e.g. the MnasNet reward of
+    :func:`~.state.score_of`), the scores of those top-1 are compared instead.
     """
     rule = training.early_stopping
     if not rule.enabled or epoch < rule.min_epochs or epoch >= training.epochs:
         return pb.PROGRESS_ACTION_CONTINUE, ""
-    mine = max(cand.history[:epoch])
-    peers = [max(c.history[:epoch]) for c in candidates if c.tier == cand.tier and c.id != cand.id and len(c.history) >= epoch]
+    value = score or (lambda c, top1: top1)
+    mine = value(cand, max(cand.history[:epoch]))
+    peers = [value(c, max(c.history[:epoch])) for c in candidates
+             if c.tier == cand.tier and c.id != cand.id and len(c.history) >= epoch]
     if len(peers) < MIN_STOPPING_PEERS:
         return pb.PROGRESS_ACTION_CONTINUE, ""
     median = statistics.median(peers)
     if mine < median:
-        return pb.PROGRESS_ACTION_STOP, f"median stopping rule: top-1 {mine:.4f} < median {median:.4f} at epoch {epoch}"
+        what = "top-1" if score is None else "score"
+        return pb.PROGRESS_ACTION_STOP, f"median stopping rule: {what} {mine:.4f} < median {median:.4f} at epoch {epoch}"
     return pb.PROGRESS_ACTION_CONTINUE, ""
 
 
@@ -101,10 +108,14 @@ class SearchStage:
     def stratify(self, table: "LatencyTable", target: "LatencyTarget", vectors: np.ndarray) -> tuple[bool, str]:
         """Estimate ``vectors`` (``n x 41``) from ``table``, group them into the tiers, write ``stratification.json``
         and start the searchers. Returns ``(ok, message)``: not ok when no tier has any network."""
-        from ..sampling import LatencyEstimator, stratify, tiers_from_targets
+        from ..sampling import LatencyEstimator, Tier, stratify, tiers_from_targets
 
         latency = LatencyEstimator(self.space, table, target).estimate(vectors, allow_missing=True)
-        tiers = tiers_from_targets(list(self.spec.latency.tiers), self.spec.latency.tolerance)
+        if self.spec.algorithm.objective == "mnas":  # one search over the whole space, no stratification
+            target_ms = self.spec.algorithm.target_ms
+            tiers = [Tier(f"mnas {target_ms:g}ms", 0.0, math.inf, target_ms)]
+        else:
+            tiers = tiers_from_targets(list(self.spec.latency.tiers), self.spec.latency.tolerance)
         pools = stratify(vectors, latency, tiers, pool_size=self.max_pool, space=self.space)
         finite = latency[np.isfinite(latency)]
         span = [float(finite.min()), float(finite.max())] if finite.size else None
@@ -115,7 +126,7 @@ class SearchStage:
             self.load()
             empty = [p["target_ms"] for p in self.pools if not p["pool"]]
             if len(empty) == len(self.pools):
-                return False, (f"no sampled network lies in any latency tier {list(self.spec.latency.tiers)} ms "
+                return False, (f"no sampled network lies in any latency tier {list(self.spec.tier_targets)} ms "
                                f"(estimated latencies span {span} ms); change spec.latency.tiers")
             self.state.next_number = [0] * len(self.pools)
             self.state.searcher_versions = [0] * len(self.pools)
@@ -153,10 +164,12 @@ class SearchStage:
         return min(self.spec.algorithm.budget, len(self.pools[tier]["pool"])) if self.pools else 0
 
     def budget(self) -> int:
-        """Candidates the search will propose in all (before stratification: the spec's budget for every tier)."""
+        """Candidates the search will propose in all (before stratification: the spec's budget for every tier),
+        plus at most ``candidatesPerTarget`` scaled networks per target of phase Scaling."""
+        scaled = self.spec.scaling.candidates_per_target * len(self.spec.scaling.targets_ms)
         if self.pools:
-            return sum(self.tier_budget(t) for t in range(len(self.pools)))
-        return self.spec.algorithm.budget * len(self.spec.latency.tiers)
+            return sum(self.tier_budget(t) for t in range(len(self.pools))) + scaled
+        return self.spec.algorithm.budget * len(self.spec.tier_targets) + scaled
 
     def lookahead(self, now: float) -> int:
         """Proposals to keep queued per tier: one more than each tier's share of the active trainers."""
@@ -174,7 +187,7 @@ class SearchStage:
                 to_tell = [c for c in members if not c.told and c.state in (*FINISHED, FAILED)]
                 queued = sum(c.state == QUEUED for c in members)
                 want = min(self.lookahead(now) - queued, self.tier_budget(tier) - len(members))
-                tells = [(c.trial_id, c.state == FAILED, float(c.best_top1)) for c in to_tell]
+                tells = [(c.trial_id, c.state == FAILED, score_of(self.spec, c)) for c in to_tell]
             endgame = len(members) >= self.tier_budget(tier)
             if not to_tell and want <= 0:
                 continue

@@ -39,9 +39,10 @@ CANDIDATE_STATES = (QUEUED, RUNNING, COMPLETED, STOPPED, FAILED)
 FINISHED = (COMPLETED, STOPPED)
 #: Search phases as the state stores them: the names of ``pb.SearchPhase`` (:func:`gpunet.rpc.phase_name`), so that
 #: state files stay readable across proto changes.
-PHASE_PENDING, PHASE_PROFILING, PHASE_STRATIFYING, PHASE_SEARCHING, PHASE_SUCCEEDED, PHASE_FAILED = (
+PHASE_PENDING, PHASE_PROFILING, PHASE_STRATIFYING, PHASE_SEARCHING, PHASE_SCALING, PHASE_SUCCEEDED, PHASE_FAILED = (
     phase_name(v) for v in (pb.SEARCH_PHASE_PENDING, pb.SEARCH_PHASE_PROFILING, pb.SEARCH_PHASE_STRATIFYING,
-                            pb.SEARCH_PHASE_SEARCHING, pb.SEARCH_PHASE_SUCCEEDED, pb.SEARCH_PHASE_FAILED))
+                            pb.SEARCH_PHASE_SEARCHING, pb.SEARCH_PHASE_SCALING, pb.SEARCH_PHASE_SUCCEEDED,
+                            pb.SEARCH_PHASE_FAILED))
 #: Events kept per candidate.
 MAX_EVENTS = 20
 
@@ -85,6 +86,11 @@ class Candidate:
     #: candidate failed with it.
     error: str = ""
     events: list[str] = field(default_factory=list)
+    #: Phase Scaling only: the scaled network (our architecture JSON); ``vector`` is empty, as a scaled network
+    #: lies outside the search space.
+    architecture: dict[str, Any] | None = None
+    #: Phase Scaling only: ``{"target_ms", "depth_mult", "width_mult", "resolution_mult"}`` of the family member.
+    scaling: dict[str, Any] | None = None
 
     def note(self, event: str) -> None:
         self.events = (self.events + [event])[-MAX_EVENTS:]
@@ -102,6 +108,30 @@ class Candidate:
     def from_dict(cls, data: dict[str, Any]) -> "Candidate":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def target_ms_of(spec: Any, cand: Candidate) -> float:
+    """The latency target in ms of a candidate: its tier's (``spec.tier_targets``) or its family target's."""
+    return float(cand.scaling["target_ms"]) if cand.scaling else float(spec.tier_targets[cand.tier])
+
+
+def architecture_of(space: Any, cand: Candidate) -> Any:
+    """The :class:`~gpunet.arch.Architecture` of a candidate: its vector decoded in ``space``, or its scaled network."""
+    from ..arch import Architecture
+
+    return Architecture.from_dict(cand.architecture) if cand.architecture else space.decode(cand.vector)
+
+
+def score_of(spec: Any, cand: Candidate, top1: float | None = None) -> float:
+    """What the search maximises for a candidate with top-1 ``top1`` (default: its best,
+    :func:`gpunet.objectives.search_score`): top-1 in a tiered search, the MnasNet reward against its target with
+    objective ``mnas`` and in the Scaling phase."""
+    from ..objectives import search_score
+
+    algorithm = spec.algorithm
+    if cand.scaling:  # the family is selected by the mnas reward against each member's target
+        algorithm = dataclasses.replace(algorithm, objective="mnas")
+    return search_score(algorithm, cand.best_top1 if top1 is None else top1, cand.latency_ms, target_ms_of(spec, cand))
 
 
 @dataclass

@@ -14,7 +14,8 @@ from .leases import Roster
 from .metrics import ControllerMetrics
 from .profiling import ProfilingStage
 from .searching import SearchStage
-from .state import CANDIDATE_STATES, COMPLETED, FAILED, FINISHED, QUEUED, RUNNING, STOPPED, Candidate, ControllerState
+from .state import (CANDIDATE_STATES, COMPLETED, FAILED, FINISHED, QUEUED, RUNNING, STOPPED, Candidate, ControllerState,
+                    score_of)
 
 #: Per-candidate records of a status when the request does not say (``StatusRequest.max_candidates = 0``).
 DEFAULT_MAX_CANDIDATES = 200
@@ -34,12 +35,12 @@ def search_status(state: ControllerState, profiling: ProfilingStage, searching: 
         preemptions=state.preemptions, lease_expiries=state.lease_expiries, active_workers=roster.active(now),
         started_unix_s=state.started, updated_unix_s=state.updated,
     )
-    for t, target_ms in enumerate(searching.spec.latency.tiers):
+    for t, target_ms in enumerate(searching.spec.tier_targets):
         tier = pb.TierStatus(index=t, target_ms=target_ms, pool_size=len(searching.pools[t]["pool"]) if searching.pools else 0)
         done = [c for c in cands if c.tier == t and c.state in FINISHED]
         tier.evaluated = len(done)
         if done:
-            best = max(done, key=lambda c: (c.top1 or 0.0, c.id))
+            best = max(done, key=lambda c: (score_of(searching.spec, c), c.id))
             tier.best_candidate_id, tier.best_top1 = best.id, best.top1 or 0.0
             tier.best_latency_ms = _finite(best.latency_ms)
             tier.best_vector.extend(best.vector)

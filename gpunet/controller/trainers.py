@@ -24,7 +24,8 @@ from .leases import CANDIDATE, Lease, LeaseBook, Roster
 from .metrics import ControllerMetrics
 from .paths import CheckpointPaths
 from .finalizing import PHASE_FINALIZING
-from .state import COMPLETED, FAILED, FINISHED, PHASE_SEARCHING, QUEUED, RUNNING, STOPPED, Candidate, ControllerState
+from .state import (COMPLETED, FAILED, FINISHED, PHASE_SCALING, PHASE_SEARCHING, QUEUED, RUNNING, STOPPED, Candidate, ControllerState,
+                    architecture_of, target_ms_of)
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class TrainerDesk:
         phase = self.state.phase
         if phase in TERMINAL_PHASES or phase == PHASE_FINALIZING:
             return pb.WorkResponse(done=pb.Done(reason=f"search {phase.lower()}: no candidate left to train")), None
-        if phase != PHASE_SEARCHING:
+        if phase not in (PHASE_SEARCHING, PHASE_SCALING):
             return pb.WorkResponse(wait=pb.Wait(retry_after_s=2.0, reason=f"latency table being prepared ({phase})")), None
         queued = list(self._queued.values())
         if not queued:
@@ -117,10 +118,10 @@ class TrainerDesk:
     def assignment(self, lease: Lease) -> pb.TrainingAssignment:
         """The assignment of a candidate lease (also the answer to a repeated request)."""
         cand = self.state.candidates[lease.work_id]
-        arch = self.space.decode(cand.vector)
+        arch = architecture_of(self.space, cand)
         return pb.TrainingAssignment(
             candidate_id=cand.id, lease_id=lease.id, tier_index=cand.tier,
-            target_ms=float(self.spec.latency.tiers[cand.tier]), vector=cand.vector,
+            target_ms=target_ms_of(self.spec, cand), vector=cand.vector,
             architecture_json=json.dumps(arch.to_dict()), training_json=self.training_json,
             resume_checkpoint=cand.checkpoint, checkpoint_path=self.paths.assigned(cand.id, lease.id),
             lease_deadline_unix_s=lease.deadline, lease_duration_s=self.leases.duration_s, attempt=cand.attempts,

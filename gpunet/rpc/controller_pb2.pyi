@@ -38,6 +38,7 @@ class SearchPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SEARCH_PHASE_SUCCEEDED: _ClassVar[SearchPhase]
     SEARCH_PHASE_FAILED: _ClassVar[SearchPhase]
     SEARCH_PHASE_FINALIZING: _ClassVar[SearchPhase]
+    SEARCH_PHASE_SCALING: _ClassVar[SearchPhase]
 WORKER_KIND_UNSPECIFIED: WorkerKind
 WORKER_KIND_TRAINER: WorkerKind
 WORKER_KIND_PROFILER: WorkerKind
@@ -57,6 +58,7 @@ SEARCH_PHASE_SEARCHING: SearchPhase
 SEARCH_PHASE_SUCCEEDED: SearchPhase
 SEARCH_PHASE_FAILED: SearchPhase
 SEARCH_PHASE_FINALIZING: SearchPhase
+SEARCH_PHASE_SCALING: SearchPhase
 
 class WorkRequest(_message.Message):
     __slots__ = ("worker_id", "kind", "device")

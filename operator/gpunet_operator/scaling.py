@@ -7,11 +7,12 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from . import FINALIZING, PENDING, PROFILING, TERMINAL_PHASES, builders
+from . import FINALIZING, PENDING, PROFILING, SCALING, TERMINAL_PHASES, builders
 from .api import DELETION_COST_MANAGER, SCALER, ApiError
 
-#: Phases in which the latency table may still be filling (stage 1 of the search).
-PROFILING_PHASES = (PENDING, PROFILING)
+#: Phases in which the latency table may still be filling: stage 1 of the search, and phase Scaling (the layers
+#: of the scaled networks of latency-aware compound scaling).
+PROFILING_PHASES = (PENDING, PROFILING, SCALING)
 #: ``controller.kubernetes.io/pod-deletion-cost`` of a trainer holding a lease: when the pool shrinks, the
 #: ReplicaSet removes idle trainers first instead of interrupting a candidate mid-epoch.
 BUSY_DELETION_COST = "1000"
@@ -33,7 +34,7 @@ class Scale:
 
 
 def desired_scale(phase: str, spec: Mapping[str, Any], *, queued: int, running: int, table_complete: bool) -> Scale:
-    """Profilers run while the latency table fills, then 0; trainers run at min(maxReplicas, queued + running);
+    """Profilers run while the latency table fills (also for the scaled networks of phase Scaling), then 0; trainers run at min(maxReplicas, queued + running);
     in Finalizing, profilers measure the tier winners end to end on the target device (at least one) and no
     trainer runs; everything is 0 once the search has ended, by then the result files are on the volume.
 

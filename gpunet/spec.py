@@ -227,6 +227,9 @@ class CrossRule(NamedTuple):
     check: Callable[[Any], bool]
 
 
+#: CEL rule of a list of numbers whose values must be distinct (in place of ``x-kubernetes-list-type: set``).
+DISTINCT_RULE = {"rule": "self.all(x, self.exists_one(y, y == x))", "message": "expected distinct values"}
+
 #: Rules across fields, by section dataclass.
 CROSS_FIELD_RULES: dict[type, tuple[CrossRule, ...]] = {
     LatencySpec: (CrossRule("!has(self.precision) || self.precision != 'fp16' || has(self.device) && self.device == 'cuda'", "precision",
@@ -321,7 +324,13 @@ def openapi_schema(cls: type) -> dict[str, Any]:
             items = dict(schema.pop("items", {}))
             node["items"] = {"type": items.pop("type", None) or _type_of(default[0]), **items}
             if schema.pop("uniqueItems", False):
-                node["x-kubernetes-list-type"] = "set"
+                if node["items"]["type"] == "number":
+                    # Not list-type set: the API server then compares such lists in a way that holds a stored
+                    # [1.0, 2.0] unequal to itself, so every frozen-section rule (self == oldSelf) refused even the
+                    # status writes of a search whose spec has integral numbers in a list.
+                    node["x-kubernetes-validations"] = [dict(DISTINCT_RULE)]
+                else:
+                    node["x-kubernetes-list-type"] = "set"
         if "enum" in schema:
             schema["enum"] = list(schema["enum"])
         props[_camel(f.name)] = {"description": meta["doc"], **node, **schema}

@@ -44,7 +44,7 @@ def to_json_schema(node: Any) -> Any:
     if not isinstance(node, dict):
         return node
     out = {k: to_json_schema(v) for k, v in node.items() if not k.startswith("x-kubernetes-") and k != "default"}
-    if node.get("x-kubernetes-list-type") == "set":
+    if node.get("x-kubernetes-list-type") == "set" or engine_spec.DISTINCT_RULE in node.get("x-kubernetes-validations", []):
         out["uniqueItems"] = True
     if node.get("type") == "object" and "properties" in node and "additionalProperties" not in node \
             and not node.get("x-kubernetes-preserve-unknown-fields"):

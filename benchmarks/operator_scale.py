@@ -49,7 +49,7 @@ from cluster.actors import socket_address  # noqa: E402
 from cluster.controlplane import ControlPlane, missing_assets  # noqa: E402
 from cluster.install import apply, bound_claim, ensure_namespace, install_chart, operator_process, wait_for  # noqa: E402
 from cluster.nodes import NodeSimulator  # noqa: E402
-from gpunet.rpc import pb, pb_grpc  # noqa: E402
+from gpunet.rpc import pb, pb_grpc, tls  # noqa: E402
 
 NS, CLAIM = "scale", "scale-data"
 RELEASE, OPERATOR_NAMESPACE = "nas", "gpunet-system"
@@ -177,7 +177,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             wait_for(f"{n}'s token", lambda: exists_secret(core, f"{n}-token"), timeout=120)
             server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
             pb_grpc.add_SearchControllerServiceServicer_to_server(controllers[n], server)
-            server.add_insecure_port(socket_address(sockets, NS, n))
+            # TLS with the certificate the operator made for the search, as its controller pod would serve it
+            pem = {k: base64.b64decode(v) for k, v in core.read_namespaced_secret(f"{n}-tls", NS).data.items()}
+            server.add_secure_port(socket_address(sockets, NS, n), tls.server_credentials(pem["tls.crt"], pem["tls.key"]))
             server.start()
             cleanup.callback(server.stop, 0)
 

@@ -24,7 +24,8 @@ TOGGLES: dict[str, dict[str, Any] | None] = {
     "defaults": None,
     "rbac-off": {"rbac": {"create": False}},
     "namespaced": {"rbac": {"scope": "namespaced", "watchNamespaces": ["team-a", "team-b"]}},
-    "network-policy": {"networkPolicy": {"enabled": True}},
+    "network-policy-off": {"networkPolicy": {"enabled": False}},
+    "cert-manager": {"tls": {"mode": "cert-manager", "certManager": {"issuer": "ClusterIssuer/internal-ca"}}},
     "two-replicas": {"replicas": 2},
     "namespaced-peering": {"rbac": {"scope": "namespaced", "watchNamespaces": ["team-a"]}, "peering": {"enabled": True}},
     "service-monitor": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
@@ -100,25 +101,27 @@ def _container(objects: list[dict[str, Any]]) -> dict[str, Any]:
 
 def test_default_install_is_cluster_wide_with_a_cluster_role(chart: Any) -> None:
     objects, _ = render(chart, None)
-    assert kinds(objects) == ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
+    assert kinds(objects) == ["ClusterRole", "ClusterRoleBinding", "Deployment", "NetworkPolicy", "ServiceAccount"]
     (role,) = [o for o in objects if o["kind"] == "ClusterRole"]
     resources = {r for rule in role["rules"] for r in rule["resources"]}
-    assert {"nassearches", "nassearches/status", "deployments", "pods", "nodes", "events", "secrets"} <= resources
-    assert "networkpolicies" not in resources
+    assert {"nassearches", "nassearches/status", "deployments", "pods", "nodes", "events", "secrets", "networkpolicies"} <= resources
+    assert "certificates" not in resources
     container = _container(objects)
     assert "--all-namespaces" in container["args"]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["GPUNET_WATCH_NODES"] == "true" and env["GPUNET_NETWORK_POLICY"] == "false"
+    # secure by default: a NetworkPolicy per search and TLS with a CA per search
+    assert env["GPUNET_WATCH_NODES"] == "true" and env["GPUNET_NETWORK_POLICY"] == "true"
+    assert env["GPUNET_TLS_MODE"] == "self-signed" and "GPUNET_CERT_MANAGER_ISSUER" not in env
 
 
 def test_rbac_can_be_left_to_the_user(chart: Any) -> None:
     objects, _ = render(chart, TOGGLES["rbac-off"])
-    assert kinds(objects) == ["Deployment", "ServiceAccount"]
+    assert kinds(objects) == ["Deployment", "NetworkPolicy", "ServiceAccount"]
 
 
 def test_namespaced_mode_uses_roles_in_the_watched_namespaces_only(chart: Any) -> None:
     objects, _ = render(chart, TOGGLES["namespaced"])
-    assert kinds(objects) == ["Deployment", "Role", "Role", "RoleBinding", "RoleBinding", "ServiceAccount"]
+    assert kinds(objects) == ["Deployment", "NetworkPolicy", "Role", "Role", "RoleBinding", "RoleBinding", "ServiceAccount"]
     assert sorted(o["metadata"]["namespace"] for o in objects if o["kind"] == "Role") == ["team-a", "team-b"]
     for role in (o for o in objects if o["kind"] == "Role"):
         resources = {r for rule in role["rules"] for r in rule["resources"]}
@@ -131,13 +134,24 @@ def test_namespaced_mode_uses_roles_in_the_watched_namespaces_only(chart: Any) -
 
 
 def test_network_policy_toggle(chart: Any) -> None:
-    objects, _ = render(chart, TOGGLES["network-policy"])
+    objects, _ = render(chart, None)
     (policy,) = [o for o in objects if o["kind"] == "NetworkPolicy"]
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     (role,) = [o for o in objects if o["kind"] == "ClusterRole"]
     assert any("networkpolicies" in rule["resources"] and "create" in rule["verbs"] for rule in role["rules"])
+    objects, _ = render(chart, TOGGLES["network-policy-off"])
+    assert "NetworkPolicy" not in kinds(objects)
     env = {e["name"]: e.get("value") for e in _container(objects)["env"]}
-    assert env["GPUNET_NETWORK_POLICY"] == "true"
+    assert env["GPUNET_NETWORK_POLICY"] == "false"
+
+
+def test_cert_manager_mode_names_its_issuer_and_may_create_certificates(chart: Any) -> None:
+    objects, _ = render(chart, TOGGLES["cert-manager"])
+    env = {e["name"]: e.get("value") for e in _container(objects)["env"]}
+    assert env["GPUNET_TLS_MODE"] == "cert-manager" and env["GPUNET_CERT_MANAGER_ISSUER"] == "ClusterIssuer/internal-ca"
+    (role,) = [o for o in objects if o["kind"] == "ClusterRole"]
+    (rule,) = [r for r in role["rules"] if "certificates" in r["resources"]]
+    assert rule["apiGroups"] == ["cert-manager.io"] and set(rule["verbs"]) == {"get", "create", "patch"}
 
 
 def test_rbac_rules_are_commented_framework_or_application() -> None:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from gpunet.spec import parse_search
-from gpunet_operator import builders
+from gpunet_operator import builders, certs
 from gpunet_operator.settings import CONTROLLER_PORT, HEALTH_PORT, METRICS_PORT, Settings
 from gpunet_operator.spec import validate
 
@@ -105,7 +105,13 @@ def test_controller_is_one_recreated_replica_never_on_spot_nodes() -> None:
                                   {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"}]
     assert container["command"] == ["python", "-m", "gpunet.controller", "--spec", "/etc/gpunet/search.yaml",
                                     "--state-dir", "/data/searches/research/gpunet-imagenet", "--port", str(CONTROLLER_PORT),
-                                    "--metrics-port", str(METRICS_PORT), "--health-port", str(HEALTH_PORT)]
+                                    "--metrics-port", str(METRICS_PORT), "--health-port", str(HEALTH_PORT),
+                                    "--tls-cert", "/etc/gpunet-tls/tls.crt", "--tls-key", "/etc/gpunet-tls/tls.key"]
+    # the controller mounts its own certificate and key from the search's TLS Secret, and nothing else of it
+    (tls,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+    assert tls["secret"]["secretName"] == "gpunet-imagenet-tls"
+    assert [i["key"] for i in tls["secret"]["items"]] == ["tls.crt", "tls.key"]
+    assert {"name": "tls", "mountPath": "/etc/gpunet-tls", "readOnly": True} in container["volumeMounts"]
     # gRPC health checking: the kubelet's grpc probes take a port number (not a name) and speak plaintext
     assert container["readinessProbe"]["grpc"] == {"port": HEALTH_PORT, "service": "gpunet.nas.v1.SearchControllerService"}
     assert container["livenessProbe"]["grpc"] == {"port": HEALTH_PORT}
@@ -145,6 +151,10 @@ def test_trainers_tolerate_spot_nodes_and_name_themselves_after_their_pod() -> N
     assert env["GPUNET_CONTROLLER"]["value"] == f"gpunet-imagenet-controller.{NS}.svc:{CONTROLLER_PORT}"
     assert container["command"] == ["python", "-m", "gpunet_worker", "trainer"]
     assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    # workers get the search's CA to check the controller's certificate, never its private key
+    assert env["GPUNET_TLS_CA"]["value"] == "/etc/gpunet-tls/ca.crt"
+    (tls,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+    assert tls["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
 
     on_demand = full_spec(trainers={**spec["trainers"], "spot": False, "tolerations": []})
     pod = pod_spec(builders.build_trainer_deployment("gpunet-imagenet", NS, on_demand, SETTINGS, replicas=0))
@@ -181,12 +191,17 @@ def test_network_policy_admits_only_the_search_pods_and_the_operator() -> None:
 @pytest.mark.parametrize("network_policy", [False, True])
 def test_adopted_children_validate_and_point_at_their_search(network_policy: bool) -> None:
     settings = Settings(network_policy=network_policy)
+    assert Settings().network_policy and Settings().tls_mode == "self-signed"  # the defaults
     owner = {"apiVersion": "nas.gpunet.dev/v1alpha1", "kind": "NASSearch",
              "metadata": {"name": "gpunet-imagenet", "namespace": NS, "uid": "0b5e-11"}}
-    children = builders.build_children("gpunet-imagenet", NS, full_spec(storage={"size": "1Ti"}), settings, "tok")
+    material = certs.issue("gpunet-imagenet", NS)
+    children = builders.build_children("gpunet-imagenet", NS, full_spec(storage={"size": "1Ti"}), settings, "tok", material)
     kinds = [c["kind"] for c in children]
-    assert kinds == ["Secret", "PersistentVolumeClaim", "ConfigMap", "Deployment", "Service", "Deployment", "Deployment"] + (
-        ["NetworkPolicy"] if network_policy else [])
+    assert kinds == ["Secret", "Secret", "PersistentVolumeClaim", "ConfigMap", "Deployment", "Service", "Deployment",
+                     "Deployment"] + (["NetworkPolicy"] if network_policy else [])
+    tls_secret = children[1]
+    assert tls_secret["type"] == "kubernetes.io/tls" and tls_secret["metadata"]["name"] == "gpunet-imagenet-tls"
+    assert {k: base64.b64decode(v) for k, v in tls_secret["data"].items()} == material
     for child in children:
         kopf.adopt(child, owner=kopf.Body(owner))
         assert_valid(child)
@@ -213,3 +228,30 @@ def test_operator_image_is_slim() -> None:
     installs = [line for line in lines if "pip " in line and not line.lstrip().startswith("#")]
     assert installs and all("[operator]" in line for line in installs)
     assert not any(word in line for line in installs for word in ("torch", "engine", "cuda"))
+
+
+def test_tls_modes_give_a_secret_a_certificate_or_nothing() -> None:
+    spec = full_spec()
+    with pytest.raises(ValueError, match="TLS material"):
+        builders.build_children("gpunet-imagenet", NS, spec, Settings(), "tok")
+    manager = Settings(tls_mode="cert-manager", cert_manager_issuer="ClusterIssuer/internal-ca")
+    children = builders.build_children("gpunet-imagenet", NS, spec, manager, "tok")
+    (cert,) = [c for c in children if c["kind"] == "Certificate"]
+    assert cert["apiVersion"] == "cert-manager.io/v1" and cert["spec"]["secretName"] == "gpunet-imagenet-tls"
+    assert cert["spec"]["dnsNames"][0] == certs.server_name("gpunet-imagenet", NS)
+    assert cert["spec"]["issuerRef"] == {"group": "cert-manager.io", "kind": "ClusterIssuer", "name": "internal-ca"}
+    assert [c["kind"] for c in children].count("Secret") == 1  # cert-manager writes the TLS Secret
+    off = builders.build_children("gpunet-imagenet", NS, spec, Settings(tls_mode="off"), "tok")
+    assert not [c for c in off if c["metadata"]["name"].endswith("-tls")]
+    controller = next(c for c in off if c["kind"] == "Deployment")
+    assert "--tls-cert" not in pod_spec(controller)["containers"][0]["command"]
+    assert all(v["name"] != "tls" for v in pod_spec(controller)["volumes"])
+
+
+@pytest.mark.parametrize("env, field", [({"GPUNET_TLS_MODE": "mtls"}, "GPUNET_TLS_MODE"),
+                                        ({"GPUNET_TLS_MODE": "cert-manager"}, "GPUNET_CERT_MANAGER_ISSUER")])
+def test_unusable_tls_settings_are_named(env: dict[str, str], field: str) -> None:
+    from gpunet.errors import GpunetError
+
+    with pytest.raises(GpunetError, match=field):
+        Settings.from_env(env)

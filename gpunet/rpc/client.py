@@ -71,6 +71,7 @@ class AsyncControllerClient:
     def __init__(self, address: str, token: str, *, timeout_s: float = 5.0,
                  credentials: grpc.ChannelCredentials | None = None, options: list[tuple[str, Any]] | None = None) -> None:
         self.address, self.token, self.timeout_s = address, token, timeout_s
+        self.tls = credentials is not None
         self.channel = open_channel(address, credentials=credentials, options=options, aio=True)
         self._stub = pb_grpc.SearchControllerServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)

@@ -11,7 +11,9 @@ Pod interface shared with the engine (``python -m gpunet.controller`` and ``pyth
                 ``GPUNET_LATENCY_BACKEND``, ``GPUNET_LATENCY_DEVICE``, ``GPUNET_LATENCY_PRECISION`` and
                 ``GPUNET_LATENCY_BATCH_SIZE`` from ``spec.latency``
     volumes     the shared claim at ``/data`` (state under ``/data/searches/<namespace>/<name>``),
-                the spec at ``/etc/gpunet/search.yaml``, a writable ``/tmp``
+                the spec at ``/etc/gpunet/search.yaml``, a writable ``/tmp``; with TLS (the default) the
+                controller's ``tls.crt``/``tls.key`` and the workers' ``ca.crt`` under ``/etc/gpunet-tls``
+                (``--tls-cert``/``--tls-key``, ``GPUNET_TLS_CA``)
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from typing import Any, Mapping
 import yaml
 
 from gpunet import rpc
+from gpunet.rpc import tls
 from gpunet.spec import parse_latency
 
-from . import API_VERSION, KIND
+from . import API_VERSION, KIND, certs
 from .settings import CONTROLLER_PORT, HEALTH_PORT, METRICS_PORT, Settings
 from .spec import DEFAULT_STORAGE_SIZE
 
@@ -37,6 +40,8 @@ TOKEN_KEY = "token"
 SPEC_KEY = "search.yaml"
 DATA_MOUNT = "/data"
 SPEC_MOUNT = "/etc/gpunet"
+#: Where the controller pod mounts its certificate and key, and the worker pods the CA (from ``<search>-tls``).
+TLS_MOUNT = "/etc/gpunet-tls"
 #: Environment variables of the pods (the engine's names: gpunet.rpc.ADDRESS_ENV, gpunet.rpc.TOKEN_ENV, and
 #: gpunet_worker's worker id).
 ENV_CONTROLLER, ENV_TOKEN, ENV_WORKER_ID = rpc.ADDRESS_ENV, rpc.TOKEN_ENV, "GPUNET_WORKER_ID"
@@ -118,6 +123,36 @@ def build_token_secret(search: str, namespace: str, token: str) -> Manifest:
     }
 
 
+def build_tls_secret(search: str, namespace: str, material: Mapping[str, bytes]) -> Manifest:
+    """The ``kubernetes.io/tls`` Secret of the controller: ``ca.crt``, ``tls.crt``, ``tls.key``
+    (:func:`gpunet_operator.certs.issue`)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(search, namespace, "tls"),
+        "type": "kubernetes.io/tls",
+        "data": {k: base64.b64encode(material[k]).decode() for k in (certs.CA_KEY, certs.CERT_KEY, certs.KEY_KEY)},
+    }
+
+
+def build_certificate(search: str, namespace: str, issuer: str) -> Manifest:
+    """A cert-manager ``Certificate`` that writes the controller's TLS Secret (``ca.crt``, ``tls.crt``, ``tls.key``)
+    from ``issuer`` (``KIND/NAME``); cert-manager renews it."""
+    kind, name = issuer.split("/", 1)
+    return {
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Certificate",
+        "metadata": _meta(search, namespace, "tls"),
+        "spec": {
+            "secretName": child_name(search, "tls"),
+            "dnsNames": certs.controller_dns_names(search, namespace),
+            "usages": ["server auth", "digital signature"],
+            "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+            "issuerRef": {"group": "cert-manager.io", "kind": kind, "name": name},
+        },
+    }
+
+
 def build_claim(search: str, namespace: str, spec: Mapping[str, Any]) -> Manifest | None:
     """A ReadWriteMany PersistentVolumeClaim for the shared state, or None with ``storage.existingClaim``."""
     storage = spec.get("storage", {})
@@ -171,14 +206,18 @@ def _pod_security() -> dict[str, Any]:
 
 
 def _env(search: str, namespace: str, settings: Settings) -> list[dict[str, Any]]:
-    return [
-        {"name": ENV_CONTROLLER, "value": f"{child_name(search, 'controller')}.{namespace}.svc:{CONTROLLER_PORT}"},
+    env = [
+        {"name": ENV_CONTROLLER, "value": f"{certs.server_name(search, namespace)}:{CONTROLLER_PORT}"},
         {"name": ENV_TOKEN, "valueFrom": {"secretKeyRef": {"name": child_name(search, "token"), "key": TOKEN_KEY}}},
         {"name": ENV_WORKER_ID, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
+    if settings.tls:
+        env.append({"name": tls.TLS_CA_ENV, "value": f"{TLS_MOUNT}/{certs.CA_KEY}"})
+    return env
 
 
-def _volumes(search: str, spec: Mapping[str, Any], *, shm: bool) -> list[dict[str, Any]]:
+def _volumes(search: str, spec: Mapping[str, Any], settings: Settings, *, shm: bool,
+             tls_keys: tuple[str, ...] = (certs.CA_KEY,)) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
         {"name": "data", "persistentVolumeClaim": {"claimName": claim_name(search, spec)}},
         {"name": "spec", "configMap": {"name": child_name(search, "spec")}},
@@ -186,10 +225,13 @@ def _volumes(search: str, spec: Mapping[str, Any], *, shm: bool) -> list[dict[st
     ]
     if shm:  # data-loader workers share batches through /dev/shm
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory"}})
+    if settings.tls:  # only the keys a pod needs: workers never see the controller's private key
+        volumes.append({"name": "tls", "secret": {"secretName": child_name(search, "tls"), "defaultMode": 0o440,
+                                                  "items": [{"key": k, "path": k} for k in tls_keys]}})
     return volumes
 
 
-def _mounts(*, shm: bool) -> list[dict[str, Any]]:
+def _mounts(settings: Settings, *, shm: bool) -> list[dict[str, Any]]:
     mounts = [
         {"name": "data", "mountPath": DATA_MOUNT},
         {"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True},
@@ -197,6 +239,8 @@ def _mounts(*, shm: bool) -> list[dict[str, Any]]:
     ]
     if shm:
         mounts.append({"name": "shm", "mountPath": "/dev/shm"})
+    if settings.tls:
+        mounts.append({"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True})
     return mounts
 
 
@@ -254,7 +298,7 @@ def _container(name: str, image: str, command: tuple[str, ...], section: Mapping
         "imagePullPolicy": settings.image_pull_policy,
         "command": list(command),
         "env": env,
-        "volumeMounts": _mounts(shm=shm),
+        "volumeMounts": _mounts(settings, shm=shm),
         "securityContext": _container_security(),
     }
     if section.get("resources"):
@@ -267,6 +311,8 @@ def build_controller_deployment(search: str, namespace: str, spec: Mapping[str, 
     section = spec.get("controller", {})
     command = (*CONTROLLER_COMMAND, "--spec", f"{SPEC_MOUNT}/{SPEC_KEY}", "--state-dir", state_dir(search, namespace),
                "--port", str(CONTROLLER_PORT), "--metrics-port", str(METRICS_PORT), "--health-port", str(HEALTH_PORT))
+    if settings.tls:
+        command += ("--tls-cert", f"{TLS_MOUNT}/{certs.CERT_KEY}", "--tls-key", f"{TLS_MOUNT}/{certs.KEY_KEY}")
     env = [e for e in _env(search, namespace, settings) if e["name"] == ENV_TOKEN]
     container = _container("controller", section.get("image") or settings.worker_image, command, section, env, settings, shm=False)
     container["ports"] = [{"name": "grpc", "containerPort": CONTROLLER_PORT, "protocol": "TCP"},
@@ -282,7 +328,7 @@ def build_controller_deployment(search: str, namespace: str, spec: Mapping[str, 
         "affinity": _not_spot_affinity(),
         "terminationGracePeriodSeconds": CONTROLLER_GRACE_S,
         "containers": [container],
-        "volumes": _volumes(search, spec, shm=False),
+        "volumes": _volumes(search, spec, settings, shm=False, tls_keys=(certs.CERT_KEY, certs.KEY_KEY)),
     }
     return _deployment(search, namespace, "controller", replicas=1, strategy={"type": "Recreate"}, pod_spec=pod_spec)
 
@@ -319,7 +365,7 @@ def build_profiler_deployment(search: str, namespace: str, spec: Mapping[str, An
         "automountServiceAccountToken": False,
         "securityContext": _pod_security(),
         "containers": [container],
-        "volumes": _volumes(search, spec, shm=False),
+        "volumes": _volumes(search, spec, settings, shm=False),
         **_scheduling(section),
     }
     return _deployment(search, namespace, "profiler", replicas=replicas,
@@ -344,7 +390,7 @@ def build_trainer_deployment(search: str, namespace: str, spec: Mapping[str, Any
         "securityContext": _pod_security(),
         "terminationGracePeriodSeconds": TRAINER_GRACE_S,
         "containers": [container],
-        "volumes": _volumes(search, spec, shm=True),
+        "volumes": _volumes(search, spec, settings, shm=True),
         **scheduling,
     }
     if section.get("priorityClassName"):
@@ -377,9 +423,23 @@ def build_network_policy(search: str, namespace: str, settings: Settings) -> Man
     }
 
 
-def build_children(search: str, namespace: str, spec: Mapping[str, Any], settings: Settings, token: str) -> list[Manifest]:
-    """Every child of a new search, in creation order: profilers start at ``profilers.replicas``, trainers at 0."""
+def build_children(search: str, namespace: str, spec: Mapping[str, Any], settings: Settings, token: str,
+                   tls_material: Mapping[str, bytes] | None = None) -> list[Manifest]:
+    """Every child of a new search, in creation order: profilers start at ``profilers.replicas``, trainers at 0.
+
+    ``tls_material`` (:func:`gpunet_operator.certs.issue`) is the TLS Secret's content in mode ``self-signed``;
+    mode ``cert-manager`` makes a ``Certificate`` instead, and mode ``off`` neither.
+
+    Raises:
+        ValueError: mode ``self-signed`` without ``tls_material``.
+    """
     children = [build_token_secret(search, namespace, token)]
+    if settings.tls_mode == "self-signed":
+        if not certs.complete(tls_material):
+            raise ValueError("TLS mode self-signed needs the search's TLS material (ca.crt, tls.crt, tls.key)")
+        children.append(build_tls_secret(search, namespace, tls_material))
+    elif settings.tls_mode == "cert-manager":
+        children.append(build_certificate(search, namespace, settings.cert_manager_issuer))
     claim = build_claim(search, namespace, spec)
     if claim is not None:
         children.append(claim)

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import kopf
 
-from . import ACTIVE_PHASES, FAILED, PENDING, builders, scaling
+from . import ACTIVE_PHASES, FAILED, PENDING, builders, certs, scaling
 from .api import MANAGER
 from .context import OperatorContext, meta_of
 from .spec import InvalidSpec, validate
@@ -48,8 +48,11 @@ async def ensure(ctx: OperatorContext, body: Mapping[str, Any], logger: logging.
         await ctx.status.apply(meta, START, {"phase": FAILED, "message": str(exc), "conditions": conditions})
         raise kopf.PermanentError(f"invalid NASSearch: {exc}") from exc
     token = await ctx.token(meta["namespace"], meta["name"]) or secrets.token_urlsafe(32)
+    material = None
+    if ctx.settings.tls_mode == "self-signed":  # made once, then read back: a new CA would lock the pods out
+        material = await ctx.tls_material(meta["namespace"], meta["name"]) or certs.issue(meta["name"], meta["namespace"])
     created = []
-    for child in builders.build_children(meta["name"], meta["namespace"], full, ctx.settings, token):
+    for child in builders.build_children(meta["name"], meta["namespace"], full, ctx.settings, token, material):
         kopf.adopt(child, owner=dict(body))
         if await _apply_child(ctx, child):
             created.append(f"{child['kind']}/{child['metadata']['name']}")

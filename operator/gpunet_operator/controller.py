@@ -7,6 +7,10 @@ Every call carries the search's token (``authorization: Bearer <token>``). A fai
 
 from __future__ import annotations
 
+from typing import Any
+
+import grpc
+
 from gpunet.rpc.client import AsyncControllerClient
 
 
@@ -19,13 +23,16 @@ class ControllerClients:
     def __init__(self) -> None:
         self._clients: dict[tuple[str, str], AsyncControllerClient] = {}
 
-    async def get(self, namespace: str, name: str, address: str, token: str, timeout_s: float) -> AsyncControllerClient:
+    async def get(self, namespace: str, name: str, address: str, token: str, timeout_s: float, *,
+                  credentials: grpc.ChannelCredentials | None = None,
+                  options: list[tuple[str, Any]] | None = None) -> AsyncControllerClient:
+        """The client of ``namespace/name``; a new one when the address, the token or the TLS setting changed."""
         key = (namespace, name)
         client = self._clients.get(key)
-        if client is None or client.address != address or client.token != token:
+        if client is None or client.address != address or client.token != token or client.tls != (credentials is not None):
             if client is not None:
                 await client.close()
-            client = AsyncControllerClient(address, token, timeout_s=timeout_s)
+            client = AsyncControllerClient(address, token, timeout_s=timeout_s, credentials=credentials, options=options)
             self._clients[key] = client
         return client
 

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from gpunet.errors import GpunetError
+
 #: Port of the search-controller's gRPC service (container and Service).
 CONTROLLER_PORT = 50051
 #: Port of the search-controller's Prometheus ``/metrics`` (container and Service, port name ``metrics``).
@@ -24,6 +26,12 @@ DEFAULT_PREEMPTION_TAINTS: tuple[str, ...] = (
     "node.kubernetes.io/out-of-service",  # the node was shut down (non-graceful node shutdown)
     "ToBeDeletedByClusterAutoscaler",
 )
+
+
+#: How the controller's gRPC port is secured (``GPUNET_TLS_MODE``): ``self-signed`` (a CA per search, made by the
+#: operator, :mod:`.certs`), ``cert-manager`` (a cert-manager ``Certificate`` from ``cert_manager_issuer``) or
+#: ``off`` (plaintext; the token then crosses the network in clear).
+TLS_MODES = ("self-signed", "cert-manager", "off")
 
 
 def _bool(value: str | None, default: bool) -> bool:
@@ -54,7 +62,10 @@ class Settings:
         watch_nodes: watch Nodes for preemption taints and deletions (``GPUNET_WATCH_NODES``; needs the
             cluster-wide RBAC of the chart; namespaced installs rely on pod conditions only).
         network_policy: create a NetworkPolicy per search that admits only its own pods (and the operator) to
-            its controller (``GPUNET_NETWORK_POLICY``).
+            its controller (``GPUNET_NETWORK_POLICY``, on by default).
+        tls_mode: one of :data:`TLS_MODES` (``GPUNET_TLS_MODE``, default ``self-signed``).
+        cert_manager_issuer: ``KIND/NAME`` of the cert-manager issuer in mode ``cert-manager``
+            (``GPUNET_CERT_MANAGER_ISSUER``, e.g. ``ClusterIssuer/internal-ca``).
         operator_namespace / operator_labels: where the operator runs and its pod labels, for that policy.
         preemption_taints: node taint keys that mean "this node is being reclaimed" (``GPUNET_PREEMPTION_TAINTS``,
             comma-separated, replaces the default list).
@@ -73,7 +84,9 @@ class Settings:
     status_budget_bytes: int = 256 * 1024
     max_candidates: int = 5000
     watch_nodes: bool = True
-    network_policy: bool = False
+    network_policy: bool = True
+    tls_mode: str = "self-signed"
+    cert_manager_issuer: str = ""
     operator_namespace: str = ""
     operator_labels: Mapping[str, str] = field(default_factory=lambda: {"app.kubernetes.io/name": "gpunet-nas"})
     preemption_taints: tuple[str, ...] = DEFAULT_PREEMPTION_TAINTS
@@ -97,12 +110,26 @@ class Settings:
             max_candidates=int(env.get("GPUNET_STATUS_MAX_CANDIDATES") or d.max_candidates),
             watch_nodes=_bool(env.get("GPUNET_WATCH_NODES"), d.watch_nodes),
             network_policy=_bool(env.get("GPUNET_NETWORK_POLICY"), d.network_policy),
+            tls_mode=env.get("GPUNET_TLS_MODE") or d.tls_mode,
+            cert_manager_issuer=env.get("GPUNET_CERT_MANAGER_ISSUER") or d.cert_manager_issuer,
             operator_namespace=env.get("GPUNET_OPERATOR_NAMESPACE") or d.operator_namespace,
             operator_labels=dict(kv.split("=", 1) for kv in labels.split(",") if "=" in kv) if labels else d.operator_labels,
             preemption_taints=tuple(t.strip() for t in taints.split(",") if t.strip()) if taints else d.preemption_taints,
             peering_lifetime_s=int(env.get("GPUNET_PEERING_LIFETIME") or d.peering_lifetime_s),
             scanning=_bool(env.get("GPUNET_KOPF_SCANNING"), d.scanning),
         )
+
+    def __post_init__(self) -> None:
+        if self.tls_mode not in TLS_MODES:
+            raise GpunetError("GPUNET_TLS_MODE", self.tls_mode, TLS_MODES)
+        if self.tls_mode == "cert-manager" and self.cert_manager_issuer.count("/") != 1:
+            raise GpunetError("GPUNET_CERT_MANAGER_ISSUER", self.cert_manager_issuer,
+                              "KIND/NAME of a cert-manager issuer (e.g. ClusterIssuer/internal-ca) with GPUNET_TLS_MODE=cert-manager")
+
+    @property
+    def tls(self) -> bool:
+        """True when the controllers serve TLS."""
+        return self.tls_mode != "off"
 
     def controller_address_of(self, name: str, namespace: str) -> str:
         """``host:port`` of the controller of search ``namespace/name``."""

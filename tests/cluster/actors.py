@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gpunet import rpc
-from gpunet.rpc import pb
+from gpunet.rpc import pb, tls
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The controller's port inside its socket name (``GPUNET_CONTROLLER_ADDRESS`` template, see the operator settings).
@@ -52,6 +52,10 @@ class ControllerProcess:
     workdir: Path
     address: str
     proc: subprocess.Popen | None = None
+    #: the search's TLS Secret (``ca.crt``, ``tls.crt``, ``tls.key``) and the name its certificate is for; None:
+    #: plaintext (the operator's TLS mode ``off``)
+    tls_material: dict[str, bytes] | None = None
+    server_name: str = ""
 
     #: the controller's command before its arguments (a wrapper script may stand in for ``-m gpunet.controller``)
     entry: tuple[str, ...] = ("-m", "gpunet.controller")
@@ -62,14 +66,22 @@ class ControllerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "search.yaml").write_text(self.spec_yaml)
         host = self.address.rsplit(":", 1)[0]
+        tls_args: tuple[str, ...] = ()
+        credentials = options = None
+        if self.tls_material is not None:  # what the controller pod mounts from the TLS Secret
+            for key in ("tls.crt", "tls.key"):
+                (self.workdir / key).write_bytes(self.tls_material[key])
+            tls_args = ("--tls-cert", str(self.workdir / "tls.crt"), "--tls-key", str(self.workdir / "tls.key"))
+            credentials = tls.channel_credentials(self.tls_material["ca.crt"])
+            options = tls.channel_options(self.server_name)
         log = open(self.workdir / "controller.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, *self.entry, "--spec", str(self.workdir / "search.yaml"), "--state-dir",
              str(self.workdir / "state"), "--host", host, "--port", str(CONTROLLER_PORT), "--lease-seconds", str(lease_s),
-             *self.extra_args], env=python_env(**{rpc.TOKEN_ENV: self.token}), stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL)
+             *tls_args, *self.extra_args], env=python_env(**{rpc.TOKEN_ENV: self.token}), stdout=log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
-        self.stub = rpc.connect(self.address, self.token)
+        self.stub = rpc.connect(self.address, self.token, options=options, credentials=credentials)
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -95,6 +107,21 @@ class ControllerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+def controller_of(api: Any, namespace: str, name: str, workdir: Path, sockets: Path, **kwargs: Any) -> ControllerProcess:
+    """The controller process of search ``namespace/name`` with what its pod would mount: the spec ConfigMap, the
+    token Secret and (when the operator made one) the TLS Secret; not started. ``kwargs`` go to the dataclass."""
+    import base64
+
+    from kubernetes import client
+
+    core = client.CoreV1Api(api)
+    token = base64.b64decode(core.read_namespaced_secret(f"{name}-token", namespace).data["token"]).decode()
+    spec_yaml = core.read_namespaced_config_map(f"{name}-spec", namespace).data["search.yaml"]
+    material = {k: base64.b64decode(v) for k, v in core.read_namespaced_secret(f"{name}-tls", namespace).data.items()}
+    return ControllerProcess(spec_yaml, token, workdir, socket_address(sockets, namespace, name), tls_material=material,
+                             server_name=f"{name}-controller.{namespace}.svc", **kwargs)
 
 
 def _play_profiler(stub: Any, worker_id: str, kind: str, report: Callable[[Any], int], timeout: float) -> int:

@@ -7,6 +7,7 @@ claim.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import time
@@ -19,11 +20,11 @@ import grpc
 import pytest
 from kubernetes import client
 
-from gpunet.rpc import pb_grpc
+from gpunet.rpc import pb_grpc, tls
 
 from .actors import OperatorProcess, socket_address
 from .conftest import OPERATOR_USER
-from .install import ensure_namespace, labelled, wait_for
+from .install import ensure_namespace, exists, labelled, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -131,10 +132,14 @@ def test_unreachable_controller_sets_a_condition_and_backs_off(api: Api, sockets
     failing = FailingController()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     pb_grpc.add_SearchControllerServiceServicer_to_server(failing, server)
-    server.add_insecure_port(socket_address(sockets, NS, "down"))
+    _create(api, "down", {"latency": {"tiers": [0.5]}, "storage": {"size": "1Gi"}})
+    core = client.CoreV1Api(api.client)
+    secret = wait_for("the search's TLS Secret", lambda: exists(lambda: core.read_namespaced_secret("down-tls", NS))
+                      and core.read_namespaced_secret("down-tls", NS))
+    pem = {k: base64.b64decode(v) for k, v in secret.data.items()}  # served as its controller pod would
+    server.add_secure_port(socket_address(sockets, NS, "down"), tls.server_credentials(pem["tls.crt"], pem["tls.key"]))
     server.start()
     try:
-        _create(api, "down", {"latency": {"tiers": [0.5]}, "storage": {"size": "1Gi"}})
         cond = wait_for("ControllerReachable=False", lambda: next((c for c in (api.custom.get_namespaced_custom_object(
             GROUP, VERSION, NS, PLURAL, "down").get("status") or {}).get("conditions") or [] if c["type"] == "ControllerReachable"
             and c["status"] == "False"), None), timeout=30)

@@ -9,7 +9,6 @@ before it writes the result files. A watch records every replica change of the s
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
 import time
@@ -19,8 +18,7 @@ from typing import Any, Iterator
 import pytest
 from kubernetes import client, watch
 
-from .actors import FAKE_NETWORK_MS, ControllerProcess, OperatorProcess, ScriptedTrainer, fill_latency_table, measure_networks, \
-    socket_address
+from .actors import FAKE_NETWORK_MS, OperatorProcess, ScriptedTrainer, controller_of, fill_latency_table, measure_networks
 from .install import bound_claim, ensure_namespace, wait_for
 from .test_cluster_search import COMPONENT_LABEL, GROUP, PLURAL, SEARCH_LABEL, VERSION, scaled_down_search
 
@@ -93,18 +91,14 @@ def finished(admin: client.ApiClient, operator: OperatorProcess, sockets: Path, 
         pods = core.list_namespaced_pod(NS, label_selector=f"{SEARCH_LABEL}={NAME},{COMPONENT_LABEL}={component}").items
         return [p for p in pods if p.status.phase == "Running" and p.metadata.deletion_timestamp is None]
 
-    secret = wait_for("the token Secret", lambda: core.list_namespaced_secret(NS, label_selector=f"{SEARCH_LABEL}={NAME}").items)
-    token = base64.b64decode(secret[0].data["token"]).decode()
-    spec_yaml = wait_for("the spec ConfigMap", lambda: core.list_namespaced_config_map(
-        NS, label_selector=f"{SEARCH_LABEL}={NAME}").items)[0].data["search.yaml"]
     controller_deployment = wait_for("the controller Deployment", lambda: [d for d in apps.list_namespaced_deployment(
         NS, label_selector=f"{SEARCH_LABEL}={NAME},{COMPONENT_LABEL}=controller").items])[0]
     grace = controller_deployment.spec.template.spec.termination_grace_period_seconds
     delay = grace + 3.0
     workdir = control_plane.workdir / NAME
     markers = workdir / "markers"
-    controller = ControllerProcess(spec_yaml, token, workdir, socket_address(sockets, NS, NAME),
-                                   entry=(str(SLOW_RESULTS), str(delay), str(markers)), extra_args=()).start()
+    controller = controller_of(admin, NS, NAME, workdir, sockets, entry=(str(SLOW_RESULTS), str(delay), str(markers)),
+                               extra_args=()).start()
     seen: dict[str, Any] = {"grace": grace, "delay": delay, "markers": markers, "state": workdir / "state",
                             "replicas": replicas, "controller": controller}
     try:

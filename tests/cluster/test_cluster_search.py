@@ -8,7 +8,6 @@ Pods never run: the test plays their trainers and profiler over gRPC (``actors.S
 
 from __future__ import annotations
 
-import base64
 import copy
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from kubernetes import client
 from controller_helpers import MICRO_SPACE
 from gpunet.rpc import pb
 
-from .actors import ControllerProcess, OperatorProcess, ScriptedTrainer, fill_latency_table, socket_address
+from .actors import ControllerProcess, OperatorProcess, ScriptedTrainer, controller_of, fill_latency_table
 from .conftest import NODES
 from .install import bound_claim, can_i, ensure_namespace, labelled, wait_for
 from .nodes import NodeSimulator
@@ -106,7 +105,7 @@ def search(admin: client.ApiClient, nodes: NodeSimulator, operator: OperatorProc
 
 def test_children_are_created_with_owner_references(search: Search) -> None:
     uid = search.get()["metadata"]["uid"]
-    want = {("Secret", f"{NAME}-token"), ("ConfigMap", f"{NAME}-spec"), ("Service", f"{NAME}-controller"),
+    want = {("Secret", f"{NAME}-token"), ("Secret", f"{NAME}-tls"), ("ConfigMap", f"{NAME}-spec"), ("Service", f"{NAME}-controller"),
             ("Deployment", f"{NAME}-controller"), ("Deployment", f"{NAME}-profiler"), ("Deployment", f"{NAME}-trainer")}
 
     def children() -> set[tuple[str, str]]:
@@ -138,10 +137,7 @@ def test_operator_runs_under_the_charts_service_account_not_as_admin(operator: O
 
 
 def test_controller_runs_and_the_status_mirrors_it(search: Search) -> None:
-    secret = search.core.read_namespaced_secret(f"{NAME}-token", NS)
-    token = base64.b64decode(secret.data["token"]).decode()
-    spec_yaml = search.core.read_namespaced_config_map(f"{NAME}-spec", NS).data["search.yaml"]
-    search.controller = ControllerProcess(spec_yaml, token, search.workdir / NAME, socket_address(search.sockets, NS, NAME)).start()
+    search.controller = controller_of(search.api, NS, NAME, search.workdir / NAME, search.sockets).start()
     wait_for("phase Profiling with the controller reachable", lambda: search.status().get("phase") == "Profiling"
              and search.condition("ControllerReachable").get("status") == "True", timeout=30)
     assert search.condition("Ready")["status"] == "True"

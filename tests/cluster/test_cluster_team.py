@@ -8,7 +8,6 @@ other namespaces are not served. Runs after the cluster-wide scenarios (it stops
 
 from __future__ import annotations
 
-import base64
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,7 +17,7 @@ from kubernetes import client
 
 from gpunet.rpc import pb
 
-from .actors import ControllerProcess, OperatorProcess, ScriptedTrainer, fill_latency_table, socket_address
+from .actors import OperatorProcess, ScriptedTrainer, controller_of, fill_latency_table
 from .conftest import TEAM_NAMESPACE, TEAM_OPERATOR_NAMESPACE, TEAM_RELEASE, operator_process
 from .install import bound_claim, can_i, ensure_namespace, install_chart, wait_for
 
@@ -108,9 +107,7 @@ def test_namespaced_operator_has_no_node_access_and_serves_only_its_namespace(ad
 def test_namespaced_mode_releases_an_evicted_trainer_from_its_pod_conditions(admin: client.ApiClient, replicas: Replicas,
                                                                             sockets: Path, control_plane: Any) -> None:
     core = client.CoreV1Api(admin)
-    token = base64.b64decode(core.read_namespaced_secret(f"{NAME}-token", TEAM_NAMESPACE).data["token"]).decode()
-    spec_yaml = core.read_namespaced_config_map(f"{NAME}-spec", TEAM_NAMESPACE).data["search.yaml"]
-    ctl = ControllerProcess(spec_yaml, token, control_plane.workdir / NAME, socket_address(sockets, TEAM_NAMESPACE, NAME)).start()
+    ctl = controller_of(admin, TEAM_NAMESPACE, NAME, control_plane.workdir / NAME, sockets).start()
     try:
         def running(component: str) -> list[Any]:
             return [p for p in core.list_namespaced_pod(TEAM_NAMESPACE, label_selector=f"nas.gpunet.dev/search={NAME},"

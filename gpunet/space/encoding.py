@@ -123,7 +123,7 @@ class SearchSpace:
     @property
     def num_networks(self) -> int:
         """Number of distinct networks: vectors that differ only in a 0-layer stage's digits are one network."""
-        total = len(self.resolution) * len(self.stages[0].filters)
+        total = len(self.resolution) * math.prod(len(d.values) for d in self.digits if d.stage == 0)
         for s in range(1, NUM_STAGES):
             digits = [d for d in self.digits if d.stage == s]
             other = math.prod(len(d.values) for d in digits if d.attr != "layers")

@@ -194,7 +194,7 @@ def _register_presets() -> None:
             return space.decode(kwargs.pop("vector", middle))
 
         default_cfgs[name] = _cfg(space.decode(middle), f"a network of the {preset} search space, given as vector= "
-                                                       "(41 integers; default: the middle value of every digit)")
+                                                       f"({space.vector_length} integers; default: the middle value of every digit)")
         _entrypoint(name, base)
 
 

@@ -195,6 +195,26 @@ class FidelityReport:
                 "ratio_raw": self.ratio_raw, "calibration": self.calibration.to_dict()}
 
 
+def leave_one_out(features: np.ndarray, measured_ms: Sequence[float], kind: str = "linear") -> np.ndarray:
+    """Calibrated estimates of ``n`` networks, each from a calibration fitted on the other ``n - 1``: an ``n``
+    array (ms), the honest prediction for networks the calibration has not seen.
+
+    Args:
+        features: ``n x 6`` features (only the kind's columns are used; ``"linear"`` uses column 0).
+        measured_ms: the ``n`` end-to-end latencies (ms).
+
+    Raises:
+        LatencyError: as :func:`fit_calibration`, for ``n - 1`` networks.
+    """
+    f = np.asarray(features, dtype=np.float64)
+    y = np.asarray(measured_ms, dtype=np.float64)
+    out = np.empty(len(y))
+    for i in range(len(y)):
+        rest = np.arange(len(y)) != i
+        out[i] = fit_calibration(f[rest], y[rest], kind).apply(f[i : i + 1])[0]
+    return out
+
+
 def compare(features: np.ndarray, measured_ms: Sequence[float], kind: str = "linear",
             target: LatencyTarget | None = None) -> FidelityReport:
     """Rank correlation and errors of the table estimate (``features[:, 0]``) against measurements.
@@ -210,10 +230,7 @@ def compare(features: np.ndarray, measured_ms: Sequence[float], kind: str = "lin
     y = np.asarray(measured_ms, dtype=np.float64)
     raw = f[:, 0]
     cal = fit_calibration(f, y, kind, target)
-    loo = np.empty(len(y))
-    for i in range(len(y)):
-        rest = np.arange(len(y)) != i
-        loo[i] = fit_calibration(f[rest], y[rest], kind).apply(f[i : i + 1])[0]
+    loo = leave_one_out(f, y, kind)
     return FidelityReport(
         n=len(y), spearman=float(spearmanr(raw, y).statistic), kendall=float(kendalltau(raw, y).statistic),
         mre_raw=mean_relative_error(raw, y), mre_calibrated=mean_relative_error(cal.apply(f), y),

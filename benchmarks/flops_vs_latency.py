@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency_fidelity import measure_sample  # noqa: E402
 
 from gpunet.latency import LatencyTable, fit_calibration, get_backend, leave_one_out  # noqa: E402
+from gpunet.latency.estimate import layer_latencies  # noqa: E402
 from gpunet.space import load_space  # noqa: E402
 
 
@@ -111,6 +112,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         table = LatencyTable(args.table or Path(tmp) / "t.sqlite")
         sample = measure_sample(archs, backend, table, group=args.group)
+        largest = [sorted(((k.text.split(" | ")[0], ms) for k, ms in layer_latencies(a, table, target)),
+                          key=lambda item: -item[1])[:3] for a in archs]
         table.close()
     backend.close()
     measured, table_ms = sample.measured_ms, sample.features[:, 0]
@@ -131,10 +134,13 @@ def main() -> None:
         raw = (f"{r['mre_raw']:8.1%} {r['worst_rel_error_raw']:9.1%}" if "mre_raw" in r else f"{'-':>8s} {'-':>9s}")
         print(f"{r['predictor']:14s} {r['spearman']:8.3f} {r['kendall']:8.3f} {r['mre_fit_loo']:8.1%} "
               f"{r['worst_rel_error_fit_loo']:9.1%} {raw}")
+    worst = reports[1]["worst_network_raw"]
+    print(f"worst table estimate: network {worst}, {table_ms[worst]:.1f} ms vs {measured[worst]:.1f} ms measured; its "
+          "largest layers: " + "; ".join(f"{text} {ms:.1f} ms" for text, ms in largest[worst]))
     print(f"total {total:.0f} s")
     if args.json:
-        rows = [{"vector": v.tolist(), "params": s.params, "flops": s.flops, "table_ms": float(t), "measured_ms": float(m)}
-                for v, s, t, m in zip(vectors, stats, table_ms, measured)]
+        rows = [{"vector": v.tolist(), "params": s.params, "flops": s.flops, "table_ms": float(t), "measured_ms": float(m),
+                 "largest_layers_ms": big} for v, s, t, m, big in zip(vectors, stats, table_ms, measured, largest)]
         data = {"preset": args.preset, "n": args.n, "seed": args.seed, "target": target.to_dict(),
                 "runs": args.runs, "warmup": args.warmup, "rounds": args.rounds, "layers": sample.layers,
                 "seconds": {"flops": flops_seconds, "layers": sample.build.seconds, "networks": sample.network_seconds,

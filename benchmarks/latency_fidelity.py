@@ -17,14 +17,60 @@ import argparse
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from gpunet.latency import LatencyTable, build_table, compare, get_backend, network_features, required_keys  # noqa: E402
+from gpunet.latency import (  # noqa: E402
+    BuildReport,
+    LatencyTable,
+    build_table,
+    compare,
+    get_backend,
+    network_features,
+    required_keys,
+)
 from gpunet.space import load_space  # noqa: E402
+
+
+@dataclass
+class SampleMeasurement:
+    """A latency table filled with the layers of some networks, and those networks measured end to end.
+
+    Attributes:
+        measured_ms: end-to-end medians, an ``n`` array (ms).
+        features: table features of the networks, ``n x 6`` (:func:`gpunet.latency.network_features`; column 0
+            is the table sum in ms).
+        layers: unique layer keys of the networks.
+        build: the table build of their missing layers (:class:`gpunet.latency.BuildReport`).
+        network_seconds: wall time of the end-to-end measurements.
+    """
+
+    measured_ms: np.ndarray
+    features: np.ndarray
+    layers: int
+    build: BuildReport
+    network_seconds: float
+
+
+def measure_sample(archs: list, backend, table: LatencyTable, *, group: int | None = None) -> SampleMeasurement:
+    """Measure the layers of ``archs`` into ``table`` (missing ones only) and the networks end to end.
+
+    Networks are timed with their runs interleaved (the backend's ``rounds``) within groups of ``group``
+    networks (default: all at once); smaller groups keep fewer models and sessions in memory at a time.
+    """
+    target = backend.target()
+    keys = required_keys(target, archs=archs)
+    report = build_table(table, backend, keys)
+    t0 = time.perf_counter()
+    step = group or len(archs)
+    measured = np.array([m.median_ms for i in range(0, len(archs), step) for m in backend.measure_networks(archs[i : i + step])])
+    seconds = time.perf_counter() - t0
+    features = np.stack([network_features(a, table, target) for a in archs])
+    return SampleMeasurement(measured, features, len(keys), report, seconds)
 
 
 def main() -> None:
@@ -42,15 +88,11 @@ def main() -> None:
     target = backend.target()
     archs = [space.decode(v) for v in space.sample(args.n, args.seed)]
     with tempfile.TemporaryDirectory() as tmp:
-        table = LatencyTable(args.table or Path(tmp) / "t.sqlite")
-        keys = required_keys(target, archs=archs)
-        report = build_table(table, backend, keys)
-        print(f"{len(keys)} unique layers of {args.n} networks: {report.measured} measured in {report.seconds:.1f} s "
-              f"({report.layers_per_minute:.0f} layers/min)")
-        t0 = time.perf_counter()
-        measured = np.array([m.median_ms for m in backend.measure_networks(archs)])
-        print(f"{args.n} networks measured end to end in {time.perf_counter() - t0:.1f} s")
-        features = np.stack([network_features(a, table, target) for a in archs])
+        sample = measure_sample(archs, backend, LatencyTable(args.table or Path(tmp) / "t.sqlite"))
+    print(f"{sample.layers} unique layers of {args.n} networks: {sample.build.measured} measured in "
+          f"{sample.build.seconds:.1f} s ({sample.build.layers_per_minute:.0f} layers/min)")
+    print(f"{args.n} networks measured end to end in {sample.network_seconds:.1f} s")
+    measured, features = sample.measured_ms, sample.features
     print(f"measured end to end: {measured.min():.3f}-{measured.max():.3f} ms (median {np.median(measured):.3f}); "
           f"table sum: {features[:, 0].min():.3f}-{features[:, 0].max():.3f} ms")
     for kind in ("linear", "per-type"):

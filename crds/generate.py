@@ -51,12 +51,15 @@ def _range() -> dict[str, Any]:
 def search_space_schema() -> dict[str, Any]:
     act = {"type": "string", "enum": ["relu", "swish"]}
     stage = {"type": "object", "description": "Overrides of one stage. Omitted keys keep the preset's values.",
-             "properties": {"block": {"type": "string", "enum": ["conv", "fused_irb", "irb"]},
+             "properties": {"block": {"description": ("A block type (conv, fused_irb, irb, s2d_conv) or a list of "
+                                                      "them: several make the stage's block a searched digit."),
+                                      "x-kubernetes-preserve-unknown-fields": True},
                             "stride": {"type": "integer", "enum": [1, 2]},
                             **{k: _range() for k in ("filters", "kernel", "layers", "expansion", "se", "act")}}}
     props = {
         "preset": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$",
-                   "description": "Built-in preset (gpunet = Table 1 exactly; gpunet-small, gpunet-tiny for CPU runs)."},
+                   "description": ("Built-in preset (gpunet = Table 1 exactly; gpunet-small, gpunet-tiny for CPU runs; "
+                                   "gpunet-x, gpunet-x-tiny add EfficientNet-X's space-to-depth stem and hybrid stages).")},
         "resolution": _range(),
         "headChannels": {"type": "integer", "minimum": 1, "description": "Channels of the 1x1 head convolution."},
         "numClasses": {"type": "integer", "minimum": 1, "description": "Number of output classes."},

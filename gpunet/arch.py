@@ -60,12 +60,19 @@ class BlockType:
         return conv_out_size(size, stride)
 
 
-#: The block types of a stage (GPUNet paper, Table 1), by name.
+#: The block types of a stage, by name: Table 1's three (GPUNet paper), and EfficientNet-X's space-to-depth
+#: stem (Li et al., CVPR 2021, papers 001/002), ``s2d_conv``: a space-to-depth rearrangement with block size
+#: :data:`SPACE_TO_DEPTH_BLOCK` (``N x C x H x W -> N x 4C x H/2 x W/2``, ``torch.nn.PixelUnshuffle``) followed by
+#: a stride-1 convolution + BN + activation. Its ``stride`` is the total downsampling, so it must be 2 and the
+#: input size even; it then has the output shape of a stride-2 ``conv`` stem and can replace one.
 BLOCKS: dict[str, BlockType] = {
     "conv": BlockType("conv", uses_expansion=False, uses_se=False),
     "fused_irb": BlockType("fused_irb", uses_expansion=True, uses_se=True),  # timm EdgeResidual
     "irb": BlockType("irb", uses_expansion=True, uses_se=True),  # timm InvertedResidual
+    "s2d_conv": BlockType("s2d_conv", uses_expansion=False, uses_se=False),  # PixelUnshuffle(2) + timm ConvBnAct
 }
+#: Block size of the space-to-depth stem (EfficientNet-X uses 2); an ``s2d_conv`` layer's stride equals it.
+SPACE_TO_DEPTH_BLOCK = 2
 #: Block types of a stage.
 BLOCK_TYPES: tuple[str, ...] = tuple(BLOCKS)
 #: Layer types of :class:`LayerSpec` (the stem is a ``conv`` layer of stage 0).
@@ -80,8 +87,8 @@ class StageConfig:
     """The shared configuration of the layers of one stage.
 
     Attributes:
-        block: ``"conv"``, ``"fused_irb"`` or ``"irb"``.
-        stride: stride of the stage's first layer (1 or 2).
+        block: ``"conv"``, ``"fused_irb"``, ``"irb"`` or ``"s2d_conv"`` (space-to-depth stem, see :data:`BLOCKS`).
+        stride: stride of the stage's first layer (1 or 2; an ``s2d_conv`` stage: 2).
         filters: output channels of every layer of the stage.
         kernel: kernel size (3 or 5; the depthwise kernel in an IRB, the expansion kernel in a fused IRB).
         layers: number of layers (0 for a skipped stage).
@@ -106,6 +113,9 @@ class StageConfig:
             raise SpaceError("act", self.act, ACTIVATIONS)
         if self.stride not in (1, 2):
             raise SpaceError("stride", self.stride, (1, 2))
+        if self.block == "s2d_conv" and self.stride != SPACE_TO_DEPTH_BLOCK:
+            raise SpaceError("stride", self.stride, (SPACE_TO_DEPTH_BLOCK,),
+                             reason="an s2d_conv stage downsamples by its space-to-depth block size")
         for name in ("filters", "kernel", "expansion"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -126,7 +136,7 @@ class LayerSpec:
     plain values.
 
     Attributes:
-        type: ``"conv"``, ``"fused_irb"``, ``"irb"`` or ``"head"``.
+        type: ``"conv"``, ``"fused_irb"``, ``"irb"``, ``"s2d_conv"`` or ``"head"``.
         input_shape: the input tensor shape ``N x C x H x W``.
         out_chs: output channels (for ``head``: the width of the 1x1 head convolution).
         kernel, stride, expansion, se, act: as in :class:`StageConfig` (head: kernel 1, stride 1).
@@ -272,6 +282,9 @@ class Architecture:
         for index, stage in enumerate(self.stages):
             if stage.layers == 0:
                 continue
+            if stage.block == "s2d_conv" and size % SPACE_TO_DEPTH_BLOCK:
+                raise SpaceError(f"stage {index} input size", size, f"a multiple of {SPACE_TO_DEPTH_BLOCK}",
+                                 reason="space-to-depth needs an input size divisible by its block size")
             first, repeat = stage_layers(stage.block, stage.stride, chans, size, stage.filters, stage.kernel,
                                          stage.expansion, stage.se, stage.act, batch_size=batch_size, stage=index)
             specs += [first] + [repeat] * (stage.layers - 1)

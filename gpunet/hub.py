@@ -6,7 +6,7 @@
 
     model = gpunet.hub.load("runs/fashion-mnist", tier=0.2)   # the 0.2 ms tier's winner, trained, eval mode
     timm.create_model("gpunet_2")                            # NVIDIA's GPUNet-2 (1.75 ms on a GV100)
-    timm.create_model("gpunet_tiny", vector=[32, 16, ...])   # any network of a preset space (41 integers)
+    timm.create_model("gpunet_tiny", vector=[32, 16, ...])   # any network of a preset space (its vector: 41 integers, 48 for gpunet-x)
     names = gpunet.hub.register("runs/fashion-mnist")        # ["gpunet_fashion_mnist_0p2ms", ...]
     timm.create_model(names[0], pretrained=True)             # the same network and weights as load()
 
@@ -18,7 +18,7 @@ Importing this module imports torch and timm and registers with timm (``timm.mod
   ImageNet heads, random initialisation (no weights are shipped); ``pretrained=True`` needs a weights file, e.g.
   ``pretrained_cfg_overlay=dict(file=PATH)``;
 - ``gpunet``, ``gpunet_small``, ``gpunet_tiny``: one network of the preset space of that name, given as
-  ``vector=`` (41 integers, Table 2's order; default: the middle value of every digit).
+  ``vector=`` (the space's vector: Table 2's 41 integers, plus block digits for gpunet-x; default: the middle value of every digit).
 
 Every entry point takes timm's ``num_classes``, ``in_chans``, ``drop_rate`` and ``drop_path_rate``. ``import
 gpunet`` registers nothing and stays free of torch.
@@ -199,7 +199,7 @@ def _register_presets() -> None:
             return space.decode(kwargs.pop("vector", middle))
 
         default_cfgs[name] = _cfg(space.decode(middle), f"a network of the {preset} search space, given as vector= "
-                                                       "(41 integers; default: the middle value of every digit)")
+                                                       f"({space.vector_length} integers; default: the middle value of every digit)")
         _entrypoint(name, base)
 
 

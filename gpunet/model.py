@@ -1,7 +1,8 @@
 """Build an ``nn.Module`` from an :class:`~gpunet.arch.Architecture` with timm's EfficientNet blocks.
 
 Blocks (timm ``timm.models._efficientnet_blocks``): ``ConvBnAct`` for the stem and stage-1 convolutions,
-``EdgeResidual`` for fused IRBs, ``InvertedResidual`` for IRBs, ``SqueezeExcite`` inside them. The SE
+:class:`SpaceToDepthConv` (``torch.nn.PixelUnshuffle`` then ``ConvBnAct``) for EfficientNet-X's space-to-depth
+stem, ``EdgeResidual`` for fused IRBs, ``InvertedResidual`` for IRBs, ``SqueezeExcite`` inside them. The SE
 reduction is a quarter of the block's *input* channels (``rd_ratio = 0.25 / expansion`` of the expanded
 width), as in NVIDIA's GPUNet release. BatchNorm eps is 1e-3; the drop-path rate grows linearly from 0 to
 ``arch.drop_path_rate`` over the blocks. Head: 1x1 conv + BN + activation, global average pool, dropout,
@@ -25,7 +26,7 @@ from timm.layers import ClassifierHead, get_act_layer
 from timm.models._efficientnet_blocks import ConvBnAct, EdgeResidual, InvertedResidual, SqueezeExcite
 from torch import nn
 
-from .arch import LAYER_TYPES, Architecture, LayerSpec
+from .arch import LAYER_TYPES, SPACE_TO_DEPTH_BLOCK, Architecture, LayerSpec
 from .errors import SpaceError
 
 #: BatchNorm epsilon of the GPUNet release (and TensorFlow's EfficientNet).
@@ -36,7 +37,7 @@ _ACT_NAMES = {"relu": "relu", "swish": "silu"}
 
 
 def build_layer(spec: LayerSpec, drop_path_rate: float = 0.0, dropout: float = 0.0) -> nn.Module:
-    """Build one layer (stem/conv, fused IRB, IRB or head) from its :class:`LayerSpec`.
+    """Build one layer (stem/conv, space-to-depth stem, fused IRB, IRB or head) from its :class:`LayerSpec`.
 
     Input ``N x spec.in_chs x H x W``; output as ``spec.output_shape`` (head: ``N x num_classes``).
 
@@ -47,6 +48,8 @@ def build_layer(spec: LayerSpec, drop_path_rate: float = 0.0, dropout: float = 0
     norm = partial(nn.BatchNorm2d, eps=BN_EPS)
     if spec.type == "conv":
         return ConvBnAct(spec.in_chs, spec.out_chs, spec.kernel, stride=spec.stride, act_layer=act, norm_layer=norm)
+    if spec.type == "s2d_conv":
+        return SpaceToDepthConv(spec.in_chs, spec.out_chs, spec.kernel, act_layer=act, norm_layer=norm)
     se_layer = partial(SqueezeExcite, rd_ratio=SE_RATIO / spec.expansion) if spec.se else None
     if spec.type == "fused_irb":
         return EdgeResidual(
@@ -61,6 +64,29 @@ def build_layer(spec: LayerSpec, drop_path_rate: float = 0.0, dropout: float = 0
     if spec.type == "head":
         return GPUNetHead(spec.in_chs, spec.out_chs, spec.num_classes, act_layer=act, dropout=dropout)
     raise SpaceError("layer type", spec.type, LAYER_TYPES)
+
+
+class SpaceToDepthConv(nn.Module):
+    """EfficientNet-X's space-to-depth stem (Li et al., CVPR 2021, section 3): a stride-2 convolution recast as
+    a space-to-depth rearrangement and a stride-1 convolution, which keeps the matrix units busier on the
+    first, channel-poor layer.
+
+    ``N x in_chs x H x W`` -> ``torch.nn.PixelUnshuffle(block_size)`` -> ``N x in_chs*block_size^2 x H/b x W/b``
+    -> ``ConvBnAct(kernel, stride 1)`` -> ``N x out_chs x H/b x W/b``. ``H`` and ``W`` must be multiples of
+    ``block_size`` (PixelUnshuffle raises otherwise). EfficientNet-X halves the kernel of the converted
+    convolution to an even size; here the kernel stays odd, so that 'same' padding stays symmetric as in every
+    other layer.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, *, block_size: int = SPACE_TO_DEPTH_BLOCK,
+                 act_layer: type[nn.Module] = nn.ReLU, norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.space_to_depth = nn.PixelUnshuffle(block_size)
+        self.conv = ConvBnAct(in_chs * block_size**2, out_chs, kernel_size, stride=1, act_layer=act_layer,
+                              norm_layer=norm_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.space_to_depth(x))
 
 
 class GPUNetHead(nn.Module):

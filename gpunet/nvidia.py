@@ -22,8 +22,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .arch import ACTIVATIONS, BLOCK_TYPES, NUM_STAGES, Architecture, StageConfig
+from .arch import ACTIVATIONS, NUM_STAGES, Architecture, StageConfig
 from .errors import SpaceError
+
+#: The layer types of NVIDIA's layer lists (Table 1's; EfficientNet-X's ``s2d_conv`` has no NVIDIA form).
+NVIDIA_BLOCK_TYPES: tuple[str, ...] = ("conv", "fused_irb", "irb")
 
 _STAGE_KEYS = ("num_out_channels", "kernel_size", "act", "expansion", "use_se")
 
@@ -55,8 +58,8 @@ def from_nvidia(layers: list[dict[str, Any]], *, stem_act: str = "swish", name: 
     last_stage = 0
     for i, layer in enumerate(layers[2:-1], start=2):
         kind = layer.get("layer_type")
-        if kind not in BLOCK_TYPES:
-            raise SpaceError(f"layers[{i}].layer_type", kind, BLOCK_TYPES)
+        if kind not in NVIDIA_BLOCK_TYPES:
+            raise SpaceError(f"layers[{i}].layer_type", kind, NVIDIA_BLOCK_TYPES)
         stage = layer.get("stage")
         if not isinstance(stage, int) or not 1 <= stage < NUM_STAGES:
             raise SpaceError(f"layers[{i}].stage", stage, list(range(1, NUM_STAGES)))
@@ -134,6 +137,10 @@ def _check_channel_chain(layers: list[dict[str, Any]], arch: Architecture) -> No
 def to_nvidia(arch: Architecture) -> list[dict[str, Any]]:
     """Write an :class:`Architecture` as an NVIDIA GPUNet layer list (readable by NVIDIA's builder)."""
     specs = arch.layer_specs()
+    unknown = [s for s in specs[:-1] if s.type not in NVIDIA_BLOCK_TYPES]
+    if unknown:
+        raise SpaceError(f"stage {unknown[0].stage} block", unknown[0].type, NVIDIA_BLOCK_TYPES,
+                         reason="NVIDIA's layer lists have no such layer (EfficientNet-X's space-to-depth stem)")
     out: list[dict[str, Any]] = [{"layer_type": "data", "img_resolution": arch.resolution, "distill": False}]
     stem = specs[0]
     out.append({"layer_type": "head", "num_in_channels": stem.in_chs, "num_out_channels": stem.out_chs})

@@ -76,6 +76,34 @@ def test_vectorised_estimator_equals_scalar_sum_on_random_architectures(preset: 
     assert all(k.digest in medians for v in vectors[:5] for k in layer_keys(space.decode(v), TARGET))
 
 
+def test_a_measured_table_estimates_gpunet_x_tiny_networks(tmp_path: Path) -> None:
+    from gpunet.arch import BLOCK_TYPES
+    from gpunet.latency import build_table, get_backend, network_features
+
+    backend = get_backend("onnxruntime", threads=1, runs=3, warmup=1)
+    target = backend.target()
+    space = load_space("gpunet-x-tiny")
+    vectors = space.sobol(2, seed=1)
+    vectors[:, 41] = [BLOCK_TYPES.index("s2d_conv"), BLOCK_TYPES.index("conv")]  # stage 0 block digit
+    archs = [space.decode(v) for v in vectors]
+    keys = required_keys(target, archs=archs)
+    s2d = [k for k in keys if k.type == "s2d_conv"]
+    assert len(s2d) == 1 and s2d[0].stride == 2 and s2d[0].input_shape[1] == 1
+    with LatencyTable(tmp_path / "t.sqlite") as table:
+        assert build_table(table, backend, keys).measured == len(keys)
+        assert table.missing(keys) == []
+        estimator = LatencyEstimator(space, table, target)
+        fast = estimator.estimate(vectors)
+        slow = [estimate_latency(a, table, target) for a in archs]
+        np.testing.assert_allclose(fast, slow, rtol=1e-12)
+        assert (fast > 0).all()
+        # the space-to-depth stem is a conv for the calibration features, in both paths
+        features = np.stack([network_features(a, table, target) for a in archs])
+        np.testing.assert_allclose(estimator.grid.features(vectors, estimator.values), features, rtol=1e-12)
+        assert features[0, 1] >= table.get(s2d[0]).median_ms
+        np.testing.assert_allclose(features[:, 1:5].sum(axis=1), features[:, 0], rtol=1e-12)
+
+
 def test_missing_layers_raise_with_the_missing_keys(tmp_path: Path) -> None:
     space = load_space("gpunet-tiny")
     table, grid = filled_table(tmp_path / "t.sqlite", "gpunet-tiny", n_keys=100)

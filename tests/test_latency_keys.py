@@ -25,9 +25,12 @@ PINNED = [
     (LayerSpec("conv", (1, 3, 224, 224), 32, kernel=3, stride=2, act="swish"), GPU, "8b4bcf68c9e3582b"),
     (LayerSpec("fused_irb", (1, 32, 112, 112), 48, kernel=3, stride=2, expansion=6, act="relu"), GPU, "0ffb33acedb8c4ec"),
     (LayerSpec("head", (1, 256, 7, 7), 1792, act="relu", num_classes=1000, stage=8), CPU, "d37b60ca93567889"),
+    # EfficientNet-X's space-to-depth stem (issue 12), pinned from its first version on
+    (LayerSpec("s2d_conv", (1, 3, 224, 224), 32, kernel=3, stride=2, act="swish"), CPU, "920663af8b31ae13"),
 ]
 #: Number of keys and a hash of all digests in key-number order of each preset's grid (onnxruntime CPU target).
-GRIDS = {"gpunet-tiny": (823, "e93a827a1682dbf9"), "gpunet-small": (6405, "2232fe8464db614b")}
+GRIDS = {"gpunet-tiny": (823, "e93a827a1682dbf9"), "gpunet-small": (6405, "2232fe8464db614b"),
+         "gpunet-x-tiny": (1435, "d99602fcf0c0933c")}  # issue 12: pinned from its first version on
 FIXTURE = Path(__file__).parent / "data" / "latency" / "pre_issue9_gpunet_tiny.sqlite"
 #: The four networks of the fixture table and their table estimates (ms, placeholder values) as written.
 FIXTURE_TARGET = LatencyTarget("onnxruntime", "Table Fixture CPU (1 thread)", "fp32", 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 
 import numpy as np
 import pytest
@@ -130,3 +131,92 @@ def test_layer_specs_describe_latency_relevant_attributes():
     assert first_irb.describe() == "irb k3 e6 se0 swish s2 4x112x48x48->144"
     # The paper (4.2.3): "GPUNet-2 has 33 layers" -- stem and blocks; the head makes 34.
     assert len(specs) == arch.num_layers == 34
+
+
+# --- gpunet-x: EfficientNet-X's space-to-depth stem and hybrid stages ------------------------------------------
+
+
+def gpunet_x_tiny_arch(stem: str, blocks: dict[int, str], resolution: int = 32):
+    """A gpunet-x-tiny network with the given stem and per-stage block types (other digits from one sample)."""
+    from gpunet.arch import BLOCK_TYPES
+
+    space = load_space("gpunet-x-tiny")
+    vector = space.sample(1, seed=4)[0].tolist()
+    vector[0] = resolution
+    for digit in space.digits:
+        if digit.attr == "block":
+            vector[digit.index] = BLOCK_TYPES.index(stem if digit.stage == 0 else blocks.get(digit.stage, "irb"))
+        if digit.attr == "layers" and digit.stage in blocks:
+            vector[digit.index] = max(digit.values)
+    return space, vector, space.decode(vector)
+
+
+def test_space_to_depth_stem_is_pixel_unshuffle_then_a_stride_1_conv():
+    from gpunet.arch import LayerSpec
+    from gpunet.model import SpaceToDepthConv, build_layer
+
+    spec = LayerSpec("s2d_conv", (2, 3, 32, 32), 16, kernel=3, stride=2, act="swish")
+    layer = build_layer(spec).eval()
+    assert isinstance(layer, SpaceToDepthConv) and isinstance(layer.space_to_depth, nn.PixelUnshuffle)
+    assert layer.conv.conv.in_channels == 12 and layer.conv.conv.stride == (1, 1)
+    # parameters: a 3x3 conv from 4*3 channels to 16, no bias, plus BN's weight and bias
+    assert sum(p.numel() for p in layer.parameters()) == 12 * 16 * 3 * 3 + 2 * 16
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = layer(x)
+    assert tuple(out.shape) == spec.output_shape == (2, 16, 16, 16)
+    # torch's rearrangement: output channel 4c + 2i + j holds pixel (i, j) of every 2x2 block of channel c
+    assert torch.equal(layer.space_to_depth(x)[0, 0], x[0, 0, 0::2, 0::2])
+    assert torch.equal(layer.space_to_depth(x)[0, 3], x[0, 0, 1::2, 1::2])
+    assert torch.equal(layer.space_to_depth(x)[0, 4 + 1], x[0, 1, 0::2, 1::2])
+
+
+def test_gpunet_x_tiny_blocks_follow_their_digits_and_count_parameters():
+    from gpunet.model import SpaceToDepthConv
+
+    hybrid = {2: "irb", 3: "fused_irb", 4: "fused_irb", 6: "irb"}
+    _, _, arch = gpunet_x_tiny_arch("s2d_conv", hybrid)
+    model = build_model(arch)
+    assert isinstance(model.stem, SpaceToDepthConv)
+    kinds = {"conv": ConvBnAct, "fused_irb": EdgeResidual, "irb": InvertedResidual}
+    for stage, block in hybrid.items():
+        assert model.blocks[stage] and all(isinstance(b, kinds[block]) for b in model.blocks[stage])
+    # the space-to-depth stem only widens the stem's input: 4x the channels of a 3x3 stride-2 conv stem
+    _, _, conv_arch = gpunet_x_tiny_arch("conv", hybrid)
+    filters, k = arch.stages[0].filters, arch.stages[0].kernel
+    extra = (4 - 1) * arch.in_chans * filters * k * k
+    assert model_stats(arch, model).params == model_stats(conv_arch).params + extra
+    x = torch.randn(1, arch.in_chans, arch.resolution, arch.resolution)
+    specs = arch.layer_specs()
+    model.eval()
+    with torch.no_grad():
+        x = model.stem(x)
+        assert tuple(x.shape) == specs[0].output_shape
+        for block, spec in zip((b for st in model.blocks for b in st), specs[1:-1]):
+            assert tuple(x.shape) == spec.input_shape
+            x = block(x)
+            assert tuple(x.shape) == spec.output_shape
+
+
+@pytest.mark.parametrize("stem, resolution", [("s2d_conv", 28), ("conv", 32)])
+def test_gpunet_x_tiny_network_exports_to_onnx_with_parity(tmp_path, stem, resolution):
+    import onnxruntime as ort
+
+    _, _, arch = gpunet_x_tiny_arch(stem, {2: "irb", 4: "fused_irb", 7: "fused_irb"}, resolution)
+    torch.manual_seed(0)
+    model = build_model(arch).eval()
+    path = export_onnx(model, tmp_path / "net.onnx", (1, 1, resolution, resolution))
+    x = torch.randn(1, 1, resolution, resolution)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_space_to_depth_stem_refuses_an_odd_input_size():
+    from gpunet import SpaceError
+
+    _, _, arch = gpunet_x_tiny_arch("s2d_conv", {})
+    odd = dataclasses.replace(arch, resolution=29)
+    with pytest.raises(SpaceError, match="stage 0 input size"):
+        odd.layer_specs()

@@ -90,3 +90,15 @@ def test_load_architecture_tells_formats_apart(tmp_path):
         load_architecture(bad)
     with pytest.raises(SpaceError, match="existing JSON file"):
         load_architecture(tmp_path / "missing.json")
+
+
+def test_a_space_to_depth_stem_has_no_nvidia_layer_list():
+    from gpunet.arch import BLOCK_TYPES
+
+    space = load_space("gpunet-x-tiny")
+    vector = space.sample(1, seed=0)[0]
+    vector[41] = BLOCK_TYPES.index("s2d_conv")
+    with pytest.raises(SpaceError, match="stage 0 block"):
+        to_nvidia(space.decode(vector))
+    vector[41] = BLOCK_TYPES.index("conv")  # the hybrid stages are NVIDIA's blocks, so that network is written
+    assert to_nvidia(space.decode(vector))[1]["layer_type"] == "head"

@@ -11,7 +11,7 @@ from gpunet import NotInSpaceError, SpaceError, load_space, preset_names
 from gpunet.sobol import sobol_chunks, sobol_unit
 from gpunet.space import VECTOR_LENGTH
 
-PRESETS = ["gpunet", "gpunet-small", "gpunet-tiny"]
+PRESETS = ["gpunet", "gpunet-small", "gpunet-tiny", "gpunet-x", "gpunet-x-tiny"]
 
 
 def test_presets_are_listed():
@@ -97,7 +97,7 @@ def test_sobol_refuses_negative_counts(n, skip, field):
 def test_samples_are_valid_and_seeded(preset):
     space = load_space(preset)
     a, b = space.sample(200, seed=3), space.sample(200, seed=3)
-    assert np.array_equal(a, b) and a.shape == (200, 41)
+    assert np.array_equal(a, b) and a.shape == (200, space.vector_length)
     assert not np.array_equal(a, space.sample(200, seed=4))
     for v in a:
         space.validate(v.tolist())
@@ -240,3 +240,78 @@ def test_skipped_stage_digits_survive_the_round_trip():
     assert arch.stages[5].layers == 0
     assert space.encode(arch) == v
     assert all(spec.stage != 5 for spec in arch.layer_specs())
+
+
+# --- gpunet-x: block digits after Table 2's 41 (EfficientNet-X's space-to-depth stem, hybrid stages) ---------
+
+
+def test_gpunet_x_is_table_2_followed_by_seven_block_digits():
+    from gpunet.arch import BLOCK_TYPES
+
+    table2, x = load_space("gpunet"), load_space("gpunet-x")
+    assert x.vector_length == 48 and table2.vector_length == 41
+    assert [(d.field, d.values) for d in x.digits[:41]] == [(d.field, d.values) for d in table2.digits]
+    extra = x.digits[41:]
+    assert [d.field for d in extra] == ["stage 0 block"] + [f"stage {s} block" for s in range(2, 8)]
+    assert [BLOCK_TYPES[v] for v in extra[0].values] == ["conv", "s2d_conv"]
+    assert all([BLOCK_TYPES[v] for v in d.values] == ["fused_irb", "irb"] for d in extra[1:])
+    assert x.describe()["vector_length"] == 48 and x.describe()["stages"][4]["blocks"] == ["fused_irb", "irb"]
+
+
+def test_network_count_of_a_space_with_block_digits_matches_enumeration():
+    import itertools
+
+    one = {"filters": [16], "kernel": [3], "expansion": [2], "se": [0], "act": ["relu"], "layers": [1]}
+    stages = {s: dict(one) for s in range(2, 8)} | {5: {**one, "layers": [0, 1]}, 7: {**one, "layers": [0, 1]}}
+    stages[1] = {"kernel": [3], "act": ["relu"], "layers": [1]}
+    space = load_space({"preset": "gpunet-x-tiny", "resolution": [28], "stages": {0: {"filters": [8]}, **stages}})
+    vectors = list(itertools.product(*(d.values for d in space.digits)))
+    assert len(vectors) == space.num_vectors == 2**7 * 2 * 2
+    # a skipped stage's block digit changes nothing: 2 (stem) * 2**4 (stages 2, 3, 4, 6) * 3 * 3 (stages 5, 7)
+    networks = {tuple(space.decode(v).layer_specs()) for v in vectors}
+    assert space.num_networks == len(networks) == 2 * 2**4 * 3 * 3
+
+
+def test_gpunet_x_tiny_block_digits_decode_to_the_chosen_blocks_and_round_trip():
+    from gpunet.arch import BLOCK_TYPES
+
+    space = load_space("gpunet-x-tiny")
+    v = space.sample(1, seed=1)[0].tolist()
+    v[41:] = [BLOCK_TYPES.index(b) for b in ("s2d_conv", "irb", "irb", "fused_irb", "fused_irb", "irb", "fused_irb")]
+    arch = space.decode(v)
+    assert [s.block for s in arch.stages] == ["s2d_conv", "conv", "irb", "irb", "fused_irb", "fused_irb", "irb", "fused_irb"]
+    assert arch.layer_specs()[0].describe().startswith("s2d_conv k3 e1 se0 swish s2 1x1x")
+    assert space.encode(arch) == v
+    assert type(arch).from_dict(arch.to_dict()) == arch
+    # Table 2 has no block digits: the tiny space refuses the hybrid network and names the first stage that differs
+    with pytest.raises(NotInSpaceError) as info:
+        load_space({"preset": "gpunet-tiny", "stages": {0: {"stride": 2}}}).encode(arch)
+    assert info.value.field == "stage 0 block"
+    with pytest.raises(SpaceError) as bad:
+        space.validate(v[:41] + [3, 1, 1, 1, 1, 1, 0])  # stage 7 block 0 (conv) is not a choice
+    assert bad.value.field == "stage 7 block" and bad.value.index == 47
+
+
+def test_a_block_choice_can_be_added_to_a_table_1_stage_by_override():
+    space = load_space({"preset": "gpunet", "stages": {4: {"block": ["irb", "fused_irb"]}}})
+    assert space.vector_length == 42 and space.digits[41].field == "stage 4 block"
+    assert space.stages[4].block == "irb" and space.stages[4].blocks == ("fused_irb", "irb")
+    v = space.sample(1, seed=0)[0].tolist()
+    v[41], v[22] = 1, 3  # fused IRB, 3 layers
+    assert {s.type for s in space.decode(v).layer_specs() if s.stage == 4} == {"fused_irb"}
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ({"preset": "gpunet-x", "stages": {4: {"block": ["irb", "s2d_conv"]}}}, "searchSpace.stages[4].block"),
+        ({"preset": "gpunet-x", "stages": {1: {"block": ["conv", "irb"]}}}, "searchSpace.stages[1].block"),
+        ({"preset": "gpunet-x", "stages": {0: {"block": "s2d_conv"}}}, "searchSpace.stages[0].block"),
+        ({"preset": "gpunet-x-tiny", "stages": {0: {"stride": 1}}}, "searchSpace.stages[0].stride"),
+        ({"preset": "gpunet-x-tiny", "resolution": [27, 28]}, "searchSpace.resolution"),
+    ],
+)
+def test_bad_block_choices_name_the_field(override, field):
+    with pytest.raises(SpaceError) as info:
+        load_space(override)
+    assert info.value.field == field, str(info.value)

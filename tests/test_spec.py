@@ -108,3 +108,12 @@ def test_training_round_trips_through_json() -> None:
 def test_missing_file_is_a_spec_error(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="cannot read"):
         load_spec(tmp_path / "nope.yaml")
+
+
+def test_a_gpunet_x_tiny_spec_parses_with_its_block_digits() -> None:
+    s = load_spec(doc(searchSpace={"preset": "gpunet-x-tiny"}))
+    assert s.space().name == "gpunet-x-tiny" and s.space().vector_length == 48
+    narrowed = load_spec(doc(searchSpace={"preset": "gpunet-x-tiny", "stages": {4: {"block": "irb"}}})).space()
+    assert narrowed.vector_length == 47 and narrowed.stages[4].blocks == ("irb",)
+    widened = load_spec(doc(searchSpace={"preset": "gpunet-tiny", "stages": {4: {"block": ["fused_irb", "irb"]}}}))
+    assert widened.space().vector_length == 42

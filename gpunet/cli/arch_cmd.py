@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..arch import Architecture
+from ..arch import BLOCKS, Architecture
 from ..errors import NotInSpaceError, SpaceError
 from ..nvidia import load_architecture, to_nvidia
 from ..space import SearchSpace, load_space, preset_names
@@ -18,7 +18,7 @@ from . import Output, UsageError, add_output_option
 def register(sub: argparse._SubParsersAction) -> None:
     group = sub.add_parser("arch", help="architectures: show, sample").add_subparsers(dest="cmd", required=True)
     p = group.add_parser("show", help="stage table, parameters and GFLOPs of one architecture")
-    p.add_argument("arch", help="41 comma-separated integers, or a JSON file (our format or NVIDIA's layer list)")
+    p.add_argument("arch", help="a vector (41 comma-separated integers; 48 for gpunet-x), or a JSON file (our format or NVIDIA's layer list)")
     p.add_argument("--preset", default=None, choices=preset_names(), help="space to decode/encode with (default: gpunet)")
     p.add_argument("--head-channels", type=int, default=None, help="override the space's head width (e.g. 1280)")
     p.add_argument("--write-json", type=Path, default=None, help="write the architecture in our JSON format")
@@ -48,7 +48,7 @@ def parse_arch(text: str, space: SearchSpace) -> tuple[Architecture, list[int] |
     try:
         vector = [int(x) for x in text.replace(" ", "").strip("[]").split(",")]
     except ValueError:
-        raise UsageError("ARCH", text, "41 comma-separated integers or a JSON file path") from None
+        raise UsageError("ARCH", text, f"{space.vector_length} comma-separated integers or a JSON file path") from None
     return space.decode(vector), vector, None
 
 
@@ -83,7 +83,7 @@ def arch_view(arch: Architecture, data: dict) -> list:
     for col in ("stage", "block", "stride", "filters", "kernel", "layers", "expansion", "SE", "act"):
         table.add_column(col)
     for i, s in enumerate(arch.stages):
-        exp, se = (str(s.expansion), str(int(s.se))) if s.block != "conv" else ("-", "-")
+        exp, se = (str(s.expansion), str(int(s.se))) if BLOCKS[s.block].uses_expansion else ("-", "-")
         table.add_row(str(i), s.block, str(s.stride), str(s.filters), str(s.kernel), str(s.layers), exp, se, s.act)
     table.add_row("8", "head", "1", str(arch.head_channels), "1", "1", "-", "-", arch.head_act)
     vector, space = data["vector"], data["space"]

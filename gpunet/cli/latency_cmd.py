@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=build)
 
     p = group.add_parser("estimate", help="table estimate of one network: the sum of its layers' latencies")
-    p.add_argument("arch", help="41 comma-separated integers, or a JSON file (our format or NVIDIA's layer list)")
+    p.add_argument("arch", help="a vector (41 comma-separated integers; 48 for gpunet-x), or a JSON file (our format or NVIDIA's layer list)")
     p.add_argument("--table", required=True, type=Path)
     p.add_argument("--preset", default=None, choices=preset_names(), help="space of a vector (default: the table's build)")
     p.add_argument("--calibrated", action="store_true", help="apply the calibration fitted by `latency validate`")

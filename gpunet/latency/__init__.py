@@ -45,6 +45,7 @@ from .estimate import (
     estimate_latency,
     fit_calibration,
     layer_keys,
+    leave_one_out,
     load_calibration,
     network_features,
     save_calibration,
@@ -69,7 +70,7 @@ __all__ = [
     "BACKEND_NAMES", "PRECISIONS", "backend_from_config", "BackendUnavailableError", "BuildReport", "Calibration", "FidelityReport",
     "KeyFormatError", "LatencyBackend", "LatencyError", "LatencyTable", "LatencyTarget", "LayerKey", "Measurement",
     "MissingLayersError", "ProfileBatch", "TableError", "TargetMismatchError", "TierError", "build_table", "compare",
-    "estimate_latency", "fit_calibration", "get_backend", "layer_keys", "load_calibration", "measure_batch",
+    "estimate_latency", "fit_calibration", "get_backend", "layer_keys", "leave_one_out", "load_calibration", "measure_batch",
     "measure_keys", "missing_layer_keys", "network_features", "plan_profiling", "register_backend", "required_keys",
     "results_from_dicts", "results_to_dicts", "save_calibration", "split_batches",
 ]

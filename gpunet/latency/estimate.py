@@ -7,7 +7,7 @@ networks measured end to end, and :func:`compare` reports rank agreement (Spearm
 mean relative error before and after calibration.
 
 Features (``n x 6`` arrays, see :func:`network_features`): total ms; ms of conv, fused-IRB, IRB, head
-layers; number of layers. Calibration kinds:
+layers (:data:`FEATURE_TYPES`; a space-to-depth stem counts as a conv); number of layers. Calibration kinds:
 
 - ``"linear"``: ``a * total + b``;
 - ``"per-type"``: ``sum_t w_t * ms_t + c * layers + b`` (a per-layer-type scale plus a per-layer overhead).
@@ -23,12 +23,20 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..arch import LAYER_TYPES, Architecture
+from ..arch import Architecture
 from .errors import LatencyError, MissingLayersError
 from .keys import LatencyTarget, LayerKey
 from .table import LatencyTable
 
 CALIBRATION_KINDS = ("linear", "per-type")
+#: Layer types of features 1-4. EfficientNet-X's space-to-depth stem (``s2d_conv``) is a convolution here, so
+#: that the per-type calibration keeps its 5 coefficients (and stored calibrations their meaning).
+FEATURE_TYPES: tuple[str, ...] = ("conv", "fused_irb", "irb", "head")
+
+
+def feature_type_index(layer_type: str) -> int:
+    """Index in :data:`FEATURE_TYPES` of a layer type (``"s2d_conv"`` -> that of ``"conv"``)."""
+    return FEATURE_TYPES.index("conv" if layer_type == "s2d_conv" else layer_type)
 _FEATURES = {"linear": [0], "per-type": [1, 2, 3, 4, 5]}
 
 
@@ -69,7 +77,7 @@ def network_features(arch: Architecture, table: LatencyTable, target: LatencyTar
     out = np.zeros(6)
     for key, ms in layer_latencies(arch, table, target):
         out[0] += ms
-        out[1 + LAYER_TYPES.index(key.type)] += ms
+        out[1 + feature_type_index(key.type)] += ms
         out[5] += 1
     return out
 
@@ -187,6 +195,26 @@ class FidelityReport:
                 "ratio_raw": self.ratio_raw, "calibration": self.calibration.to_dict()}
 
 
+def leave_one_out(features: np.ndarray, measured_ms: Sequence[float], kind: str = "linear") -> np.ndarray:
+    """Calibrated estimates of ``n`` networks, each from a calibration fitted on the other ``n - 1``: an ``n``
+    array (ms), the honest prediction for networks the calibration has not seen.
+
+    Args:
+        features: ``n x 6`` features (only the kind's columns are used; ``"linear"`` uses column 0).
+        measured_ms: the ``n`` end-to-end latencies (ms).
+
+    Raises:
+        LatencyError: as :func:`fit_calibration`, for ``n - 1`` networks.
+    """
+    f = np.asarray(features, dtype=np.float64)
+    y = np.asarray(measured_ms, dtype=np.float64)
+    out = np.empty(len(y))
+    for i in range(len(y)):
+        rest = np.arange(len(y)) != i
+        out[i] = fit_calibration(f[rest], y[rest], kind).apply(f[i : i + 1])[0]
+    return out
+
+
 def compare(features: np.ndarray, measured_ms: Sequence[float], kind: str = "linear",
             target: LatencyTarget | None = None) -> FidelityReport:
     """Rank correlation and errors of the table estimate (``features[:, 0]``) against measurements.
@@ -202,10 +230,7 @@ def compare(features: np.ndarray, measured_ms: Sequence[float], kind: str = "lin
     y = np.asarray(measured_ms, dtype=np.float64)
     raw = f[:, 0]
     cal = fit_calibration(f, y, kind, target)
-    loo = np.empty(len(y))
-    for i in range(len(y)):
-        rest = np.arange(len(y)) != i
-        loo[i] = fit_calibration(f[rest], y[rest], kind).apply(f[i : i + 1])[0]
+    loo = leave_one_out(f, y, kind)
     return FidelityReport(
         n=len(y), spearman=float(spearmanr(raw, y).statistic), kendall=float(kendalltau(raw, y).statistic),
         mre_raw=mean_relative_error(raw, y), mre_calibrated=mean_relative_error(cal.apply(f), y),

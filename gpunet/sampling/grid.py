@@ -10,8 +10,12 @@ Layer shapes come from :func:`gpunet.arch.stage_layers` and :func:`gpunet.arch.h
 derivation that :meth:`gpunet.arch.Architecture.layer_specs` uses: called once per stage on the grid's cells
 to make the keys, and once per stage on the columns of the sampled vectors to look them up.
 
-Shapes: ``vectors`` is an ``n x 41`` integer array (Table 2 order, values not indices); latencies are ``n``
-float64 arrays in ms.
+A stage whose block type is searched (``gpunet-x``: fused IRB or IRB; conv or space-to-depth stem) keeps one
+row of key numbers per block choice; its choices share their shape rule, so the cell is found once and the
+block digit picks the row.
+
+Shapes: ``vectors`` is an ``n x d`` integer array (``d`` = :attr:`SearchSpace.vector_length`: 41 in Table 2
+order, plus the space's block digits; values not indices); latencies are ``n`` float64 arrays in ms.
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..arch import ACTIVATIONS, LAYER_TYPES, NUM_STAGES, LayerSpec, head_layer, stage_layers
+from ..arch import ACTIVATIONS, BLOCK_TYPES, NUM_STAGES, LayerSpec, head_layer, stage_layers
 from ..errors import SpaceError
 from ..latency.errors import LatencyError, MissingLayersError
+from ..latency.estimate import FEATURE_TYPES, feature_type_index
 from ..latency.keys import LatencyTarget, LayerKey, key_text, text_digest
-from ..space import VECTOR_LENGTH, SearchSpace
+from ..space import SearchSpace
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..latency.estimate import Calibration
@@ -72,8 +77,9 @@ class _CellIndex:
     Attributes:
         axes: the sorted values of each cell field.
         radix: strides of the mixed-radix cell number.
-        first: key number of the stage's first layer (or the head) per cell (-1: unreachable).
-        repeat: key number of the stage's repeated layer per cell (-1: none).
+        first: key number of the stage's first layer (or the head) per block choice and cell, a
+            ``blocks x cells`` array (-1: unreachable).
+        repeat: the same for the stage's repeated layer (-1: none).
     """
 
     axes: list[np.ndarray]
@@ -82,12 +88,13 @@ class _CellIndex:
     repeat: np.ndarray
 
     @classmethod
-    def over(cls, spec: LayerSpec) -> "_CellIndex":
-        """An empty index whose axes hold every value of ``spec``'s cell fields (arrays over the grid's cells)."""
+    def over(cls, spec: LayerSpec, blocks: int = 1) -> "_CellIndex":
+        """An empty index whose axes hold every value of ``spec``'s cell fields (arrays over the grid's cells),
+        for ``blocks`` block choices."""
         axes = [np.unique(np.asarray(x, dtype=np.int64)) for x in _cell_values(spec)]
         shape = tuple(len(a) for a in axes)
         radix = np.cumprod((shape[1:] + (1,))[::-1])[::-1].astype(np.int64)
-        size = int(np.prod(shape))
+        size = (blocks, int(np.prod(shape)))
         return cls(axes, radix, np.full(size, -1, dtype=np.int64), np.full(size, -1, dtype=np.int64))
 
     def cells(self, spec: LayerSpec, where: str) -> np.ndarray:
@@ -125,8 +132,9 @@ class LayerGrid:
     array of vectors into an ``n x 16`` array of key numbers and an ``n x 16`` array of how often each
     occurs, with a few numpy operations per stage (paper 3.2's table lookup, vectorised).
 
-    Key numbers follow a fixed order (stem, then each stage's cells with first and repeated layer, then the
-    head; cells in row-major order of the sorted cell fields), so a space and target always give the same grid.
+    Key numbers follow a fixed order (stem, then each stage's block choices, each with its cells with first
+    and repeated layer, then the head; cells in row-major order of the sorted cell fields), so a space and
+    target always give the same grid.
 
     Args:
         space: the search space.
@@ -135,7 +143,7 @@ class LayerGrid:
     Attributes:
         keys_text: the text of every key, by key number.
         digests: the digest of every key, by key number (``numpy`` array of str).
-        types: the layer type index (into :data:`gpunet.arch.LAYER_TYPES`) of every key.
+        types: the calibration feature type index (into :data:`gpunet.latency.estimate.FEATURE_TYPES`) of every key.
     """
 
     def __init__(self, space: SearchSpace, target: LatencyTarget) -> None:
@@ -146,7 +154,7 @@ class LayerGrid:
         self._col = {(d.stage, d.attr): d.index for d in space.digits}
         self._build()
         self.digests = np.asarray(list(self._ids), dtype=object)
-        self.types = np.asarray([LAYER_TYPES.index(a[0]) for a in self._args], dtype=np.int8)
+        self.types = np.asarray([feature_type_index(a[0]) for a in self._args], dtype=np.int8)
 
     # --- construction --------------------------------------------------------------------------
     def _key_id(self, typ: str, c: int, h: int, w: int, out: int, k: int, s: int, e: int, se: int, act: int,
@@ -174,19 +182,21 @@ class LayerGrid:
             layers = np.asarray(inputs.pop("layers"))
             axes = [chans, sizes] + [np.atleast_1d(inputs[a]) for a in ("filters", "kernel", "expansion", "se", "act")]
             mesh = [m.ravel() for m in np.meshgrid(*axes, indexing="ij")]
-            first, repeat = stage_layers(rng.block, rng.stride, *mesh, stage=s)
+            first, _ = stage_layers(rng.block, rng.stride, *mesh, stage=s)
             valid = mesh[0] == mesh[2] if s == 1 else np.ones(len(mesh[0]), dtype=bool)  # stage 1: in = out channels
-            index = _CellIndex.over(first)
+            index = _CellIndex.over(first, len(rng.blocks))
             cells = index.cells(first, f"stage {s}")[valid].tolist()
             n = len(valid)
-            rows = zip(_key_rows(first, n), _key_rows(repeat, n), valid.tolist())
             with_first, with_repeat = layers.max() >= 1, layers.max() >= 2
-            cell_rows = ((f, r) for f, r, ok in rows if ok)
-            for cell, (f, r) in zip(cells, cell_rows):  # key numbers in cell order: first, then repeated layer
-                if with_first:
-                    index.first[cell] = self._key_id(*f)
-                if with_repeat:
-                    index.repeat[cell] = self._key_id(*r)
+            for b, block in enumerate(rng.blocks):
+                first_b, repeat_b = stage_layers(block, rng.stride, *mesh, stage=s)
+                rows = zip(_key_rows(first_b, n), _key_rows(repeat_b, n), valid.tolist())
+                cell_rows = ((f, r) for f, r, ok in rows if ok)
+                for cell, (f, r) in zip(cells, cell_rows):  # key numbers in cell order: first, then repeated layer
+                    if with_first:
+                        index.first[b, cell] = self._key_id(*f)
+                    if with_repeat:
+                        index.repeat[b, cell] = self._key_id(*r)
             self._stages.append(index)
             _, out_chans, out_sizes, _ = first.output_shape
             reached = (np.unique(np.asarray(out_chans)[valid]), np.unique(np.asarray(out_sizes)[valid]))
@@ -198,7 +208,7 @@ class LayerGrid:
         head = head_layer(mesh[0], mesh[1], space.head_channels, ACTIVATIONS.index(space.head_act), space.num_classes)
         self._head = _CellIndex.over(head)
         for cell, row in zip(self._head.cells(head, "head").tolist(), _key_rows(head, len(mesh[0]))):
-            self._head.first[cell] = self._key_id(*row)
+            self._head.first[0, cell] = self._key_id(*row)
 
     # --- keys ------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -219,7 +229,7 @@ class LayerGrid:
         """Key numbers and multiplicities of the layers of ``n`` networks.
 
         Args:
-            vectors: an ``n x 41`` integer array of valid vectors of this grid's space.
+            vectors: an ``n x d`` integer array of valid vectors of this grid's space (``d`` = its vector length).
 
         Returns:
             ``(ids, counts)``: two ``n x 16`` arrays (int64, int32). Column 0 is the stem, 1-7 the first
@@ -231,8 +241,8 @@ class LayerGrid:
             SpaceError: a digit value that is not in the space (names the stage/attribute and the allowed values).
         """
         v = np.asarray(vectors, dtype=np.int64)
-        if v.ndim != 2 or v.shape[1] != VECTOR_LENGTH:
-            raise SpaceError("vectors", v.shape, f"an n x {VECTOR_LENGTH} array")
+        if v.ndim != 2 or v.shape[1] != self.space.vector_length:
+            raise SpaceError("vectors", v.shape, f"an n x {self.space.vector_length} array")
         n = v.shape[0]
         ids = np.empty((n, NUM_COLUMNS), dtype=np.int64)
         counts = np.zeros((n, NUM_COLUMNS), dtype=np.int32)
@@ -246,19 +256,38 @@ class LayerGrid:
             layers = inputs.pop("layers")
             first, _ = stage_layers(rng.block, rng.stride, chans, size, **inputs, stage=s)
             cell = index.cells(first, f"stage {s}")
+            choice = self._block_choice(v, s)
             has = np.broadcast_to(np.asarray(layers) > 0, (n,))
             counts[:, s] = has
-            ids[:, s] = index.first[cell]
+            ids[:, s] = index.first[choice, cell]
             if s > 0:  # the stem is one layer; stages 1-7 may repeat theirs
                 counts[:, NUM_STAGES - 1 + s] = np.maximum(layers - 1, 0)
-                ids[:, NUM_STAGES - 1 + s] = index.repeat[cell]
+                ids[:, NUM_STAGES - 1 + s] = index.repeat[choice, cell]
             _, out_chans, out_size, _ = first.output_shape
             chans, size = np.where(has, out_chans, chans), np.where(has, out_size, size)
         head = head_layer(chans, size, space.head_channels, ACTIVATIONS.index(space.head_act), space.num_classes)
-        ids[:, HEAD_COLUMN] = self._head.first[self._head.cells(head, "head")]
+        ids[:, HEAD_COLUMN] = self._head.first[0, self._head.cells(head, "head")]
         counts[:, HEAD_COLUMN] = 1
         ids[counts == 0] = len(self)
         return ids, counts
+
+    def _block_choice(self, v: np.ndarray, s: int) -> Any:
+        """Row of stage ``s``'s cell index per network: the position of its block digit's value among the
+        stage's choices (0 when the block type is not searched).
+
+        Raises:
+            SpaceError: a block digit outside the stage's choices.
+        """
+        column = self._col.get((s, "block"))
+        if column is None:
+            return 0
+        codes = np.asarray([BLOCK_TYPES.index(b) for b in self.space.stages[s].blocks], dtype=np.int64)
+        x = v[:, column]
+        choice = np.minimum(np.searchsorted(codes, x), len(codes) - 1)
+        bad = codes[choice] != x
+        if bad.any():
+            raise SpaceError(f"stage {s} block", int(x[bad][0]), tuple(codes.tolist()))
+        return choice
 
     def needed_ids(self, vectors: np.ndarray) -> np.ndarray:
         """Sorted unique key numbers that the networks of ``vectors`` contain."""
@@ -283,14 +312,14 @@ class LayerGrid:
         return out
 
     def features(self, vectors: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """Calibration features of ``n`` networks, an ``n x 6`` array: total ms, ms of conv, fused-IRB,
-        IRB and head layers, number of layers (see :mod:`gpunet.latency.estimate`)."""
+        """Calibration features of ``n`` networks, an ``n x 6`` array: total ms, ms of conv (space-to-depth
+        stems included), fused-IRB, IRB and head layers, number of layers (see :mod:`gpunet.latency.estimate`)."""
         ids, counts = self.layer_ids(vectors)
         lat = values[ids] * counts
         types = np.append(self.types, -1)[ids]
         out = np.empty((len(ids), 6))
         out[:, 0] = lat.sum(axis=1)
-        for t in range(4):
+        for t in range(len(FEATURE_TYPES)):
             out[:, 1 + t] = np.where(types == t, lat, 0.0).sum(axis=1)
         out[:, 5] = counts.sum(axis=1)
         return out
@@ -338,7 +367,7 @@ class LatencyEstimator:
         """Estimated latency (ms) of ``n`` networks, an ``n`` float64 array (paper 3.2: sum of layer latencies).
 
         Args:
-            vectors: ``n x 41`` integer array.
+            vectors: ``n x d`` integer array (``d`` = the space's vector length).
             calibrated: apply the calibration (raises :class:`~gpunet.latency.LatencyError` when there is none).
             allow_missing: return NaN for networks with a missing layer instead of raising.
 

@@ -205,10 +205,10 @@ class IntegerSpace(Space):
 
     @classmethod
     def from_search_space(cls, space: Any, pool: Sequence[Sequence[int]] | np.ndarray | None = None) -> "IntegerSpace":
-        """The 41-digit GPUNet space (:class:`gpunet.space.SearchSpace`) as an ordinal integer space.
+        """A GPUNet space (:class:`gpunet.space.SearchSpace`: 41 digits, more with block digits) as an ordinal integer space.
 
         ``params`` are architecture vectors of digit *values* (what ``space.decode`` takes). With ``pool`` (an
-        `N x 41` array or list of vectors, e.g. one latency tier's networks) asks come only from the pool.
+        `N x d` array or list of vectors, e.g. one latency tier's networks) asks come only from the pool.
         """
         out = cls(None, None, values=[d.values for d in space.digits])
         if pool is not None:

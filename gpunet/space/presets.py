@@ -1,7 +1,8 @@
 """Search spaces from presets and user overrides (``NASSearch.spec.searchSpace``): :func:`load_space`.
 
 A preset is a YAML file in ``gpunet/presets/`` (``gpunet`` is Table 1 exactly; ``gpunet-small`` and
-``gpunet-tiny`` keep its structure with smaller ranges, for CPU runs). Overrides change any part of it; keys
+``gpunet-tiny`` keep its structure with smaller ranges, for CPU runs; ``gpunet-x`` and ``gpunet-x-tiny`` add
+EfficientNet-X's space-to-depth stem and searched fused-IRB/IRB stages, see :mod:`gpunet.space`). Overrides change any part of it; keys
 accept camelCase or snake_case, and every error names the field (e.g. ``searchSpace.stages[4].filters``).
 """
 
@@ -15,7 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from ..arch import ACTIVATIONS, BLOCK_TYPES, NUM_STAGES
+from ..arch import ACTIVATIONS, BLOCK_TYPES, NUM_STAGES, SPACE_TO_DEPTH_BLOCK
 from ..errors import SpaceError
 from .encoding import SearchSpace, StageRange
 
@@ -39,6 +40,11 @@ _TOP_KEYS = {
     "stages": "stages",
 }
 _STAGE_KEYS = ("block", "stride", "filters", "kernel", "layers", "expansion", "se", "act")
+#: Table 1's block type of each stage, and the block types a stage may search among (EfficientNet-X, Li et al.
+#: CVPR 2021: a space-to-depth stem; hybrid stages of fused IRBs and IRBs). The types of a stage share their
+#: shape rule and digits (:data:`gpunet.arch.BLOCKS`), so a block digit changes no other digit's meaning.
+TABLE1_BLOCKS: tuple[str, ...] = ("conv", "conv", "fused_irb", "fused_irb", "irb", "irb", "irb", "irb")
+STAGE_BLOCK_CHOICES: tuple[tuple[str, ...], ...] = (("conv", "s2d_conv"), ("conv",)) + (("fused_irb", "irb"),) * 6
 
 
 def preset_names() -> list[str]:
@@ -103,7 +109,8 @@ def _stage_range(raw: Mapping[str, Any], base: StageRange | None, where: str) ->
         raise SpaceError(f"{where}.{sorted(unknown)[0]}", raw[sorted(unknown)[0]], list(_STAGE_KEYS), reason="unknown key")
     fields: dict[str, Any] = {}
     if "block" in raw:
-        fields["block"] = _choice_range(raw["block"], f"{where}.block", BLOCK_TYPES)[0]
+        fields["blocks"] = _choice_range(raw["block"], f"{where}.block", BLOCK_TYPES)
+        fields["block"] = fields["blocks"][0]
     if "stride" in raw:
         fields["stride"] = _choice_range(raw["stride"], f"{where}.stride", (1, 2))[0]
     for key, minimum in (("filters", 1), ("layers", 0), ("expansion", 1)):
@@ -166,10 +173,17 @@ def _build(data: dict[str, Any], where: str) -> SearchSpace:
     if not isinstance(stages_raw, list) or len(stages_raw) != NUM_STAGES:
         raise SpaceError(f"{where}.stages", stages_raw, f"{NUM_STAGES} stages (Table 1)")
     stages = [_stage_range(raw, None, f"{where}.stages[{i}]") for i, raw in enumerate(stages_raw)]
-    expected_blocks = ("conv", "conv", "fused_irb", "fused_irb", "irb", "irb", "irb", "irb")
-    for i, (stage, block) in enumerate(zip(stages, expected_blocks)):
-        if stage.block != block:
-            raise SpaceError(f"{where}.stages[{i}].block", stage.block, (block,), reason="Table 1 fixes each stage's block type")
+    for i, (stage, block, choices) in enumerate(zip(stages, TABLE1_BLOCKS, STAGE_BLOCK_CHOICES)):
+        if block not in stage.blocks:
+            raise SpaceError(f"{where}.stages[{i}].block", list(stage.blocks), f"{block!r} among the choices",
+                             reason="Table 1 fixes each stage's block type; other types may only be added as choices")
+        other = [b for b in stage.blocks if b not in choices]
+        if other:
+            raise SpaceError(f"{where}.stages[{i}].block", other[0], choices, reason=f"stage {i} may choose among these")
+        if "s2d_conv" in stage.blocks and stage.stride != SPACE_TO_DEPTH_BLOCK:
+            raise SpaceError(f"{where}.stages[{i}].stride", stage.stride, (SPACE_TO_DEPTH_BLOCK,),
+                             reason="a space-to-depth stem downsamples by its block size")
+        stages[i] = replace(stage, block=block)  # Table 1's type: the block of a stage whose type is not searched
     if stages[0].layers != (1,):
         raise SpaceError(f"{where}.stages[0].layers", list(stages[0].layers), [1], reason="stage 0 is one stem convolution")
     if 0 in stages[1].layers:
@@ -192,13 +206,18 @@ def _build(data: dict[str, Any], where: str) -> SearchSpace:
             raise SpaceError(f"{where}.{name}", value, "a number in [0, 1)")
         return float(value)
 
+    resolution = _int_range(data.get("resolution"), f"{where}.resolution", minimum=8)
+    odd = [r for r in resolution if r % SPACE_TO_DEPTH_BLOCK]
+    if "s2d_conv" in stages[0].blocks and odd:
+        raise SpaceError(f"{where}.resolution", odd[0], f"multiples of {SPACE_TO_DEPTH_BLOCK}",
+                         reason="the space-to-depth stem needs them")
     stem_kernel = positive_int(stem.get("kernel", 3), "stem.kernel")
     if stem_kernel % 2 == 0:
         raise SpaceError(f"{where}.stem.kernel", stem_kernel, "an odd kernel size")
     return SearchSpace(
         name=str(data.get("name", "custom")),
         source=str(data.get("source", "")),
-        resolution=_int_range(data.get("resolution"), f"{where}.resolution", minimum=8),
+        resolution=resolution,
         stages=tuple(stages),
         head_channels=positive_int(head_channels, "headChannels"),
         num_classes=positive_int(data.get("num_classes", 1000), "numClasses"),

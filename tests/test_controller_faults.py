@@ -217,3 +217,74 @@ def test_a_full_disk_leaves_the_state_valid_and_the_search_resumable(tmp_path: P
     cands = ctl2.candidates()
     assert len(cands) == 3 and all(c.state == "completed" for c in cands)
     ctl2.close()
+
+
+def test_a_failed_searcher_round_rolls_back_so_its_retry_tells_each_result_once(tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from gpunet.controller import proposer
+
+    spec = micro_spec(budget=3)
+    ctl = searching(tmp_path / "search")
+    pool = ctl.searching.pools[0]["pool"]
+    ctl.close()
+    algorithm = {"name": "random", "seed": 0, "initial_samples": 2, "options": {}}
+    first = proposer.LocalSearcher(algorithm, spec.search_space, pool, 0, None)
+    asked = first.round([], 2, tmp_path / "v1.json")
+    tells = [(asked[0][0], False, 0.5)]
+    real_write, failures = proposer.write_json_atomic, []
+
+    def full(path: Any, data: Any) -> None:
+        if not failures:
+            failures.append(path)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(proposer, "write_json_atomic", full)
+    with pytest.raises(OSError):
+        first.round(tells, 1, tmp_path / "v2.json")
+    retried = first.round(tells, 1, tmp_path / "v2.json")  # the driver's retry
+    once = proposer.LocalSearcher(algorithm, spec.search_space, pool, 0, str(tmp_path / "v1.json"))
+    assert once.round(tells, 1, tmp_path / "once.json") == retried
+    assert json.loads((tmp_path / "v2.json").read_text()) == json.loads((tmp_path / "once.json").read_text())
+
+
+def fail(ctl: SearchController, message: str = "RuntimeError: a bug") -> None:
+    with ctl.lock:
+        ctl._set_phase("Failed", message)  # what the driver does on a permanent error
+
+
+def test_resume_search_over_grpc_and_gpunet_run_resume_failed(tmp_path: Path) -> None:
+    from gpunet import rpc
+    from gpunet.cli import build_parser
+    from gpunet.controller import ControllerServer
+    from gpunet.controller.local import LocalRun
+
+    ctl = searching(tmp_path)
+    fail(ctl)
+    srv = ControllerServer(ctl, "t0ken", "127.0.0.1:0").start()
+    stub = rpc.connect(srv.address, "t0ken")
+    try:
+        with pytest.raises(grpc.RpcError) as bad:
+            stub.ResumeSearch(pb.ResumeRequest(), timeout=5)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "resume_id" in bad.value.details()
+        answer = stub.ResumeSearch(pb.ResumeRequest(resume_id="k8s-1"), timeout=5)
+        assert answer.resumed and answer.phase == pb.SEARCH_PHASE_SEARCHING
+        assert stub.GetStatus(pb.StatusRequest(), timeout=5).phase == pb.SEARCH_PHASE_SEARCHING
+        fail(ctl)
+        assert not stub.ResumeSearch(pb.ResumeRequest(resume_id="k8s-1"), timeout=5).resumed  # that value was used
+    finally:
+        stub.channel.close()
+        srv.stop()
+
+    kept = LocalRun(micro_spec(budget=3), tmp_path, workers=1, profilers=0)  # without the flag: stays Failed
+    assert kept.controller.state.phase == "Failed" and kept.resumed is None
+    kept.close()
+    run = LocalRun(micro_spec(budget=3), tmp_path, workers=1, profilers=0, resume_failed=True)
+    try:
+        assert run.resumed.resumed and run.controller.state.phase == "Searching"
+    finally:
+        run.close()
+    args = build_parser().parse_args(["run", "search.yaml", "--resume-failed"])
+    assert args.resume_failed

@@ -122,6 +122,7 @@ class SearchController:
         self.faults = Faults(clock, *retry_wait_s)
         #: Candidates whose last save failed (a transient error): written with the next save.
         self._unsaved: dict[str, Candidate] = {}
+        self._save_failed = False
         self.table = LatencyTable(self.dir / "latency.sqlite")
         self.store = StateStore(self.dir / STATE_FILE)
         self.leases = LeaseBook(self.lease_s, self._next_lease_number)
@@ -176,10 +177,10 @@ class SearchController:
             self.store.save(self.state, rows.values())
         except Exception as exc:
             if is_transient(exc):
-                self._unsaved = rows
+                self._unsaved, self._save_failed = rows, True
                 self.faults.note(self.store.path.name, exc)
             raise
-        self._unsaved = {}
+        self._unsaved, self._save_failed = {}, False
 
     def _should_stop(self, cand: Candidate, epoch: int) -> tuple[int, str]:
         """The early-stopping decision after ``epoch`` of ``cand`` (:func:`.searching.stopping_decision`)."""
@@ -300,7 +301,7 @@ class SearchController:
         """One driver round; then what a failed save left is written, and the search is healthy again."""
         self.step()
         with self.lock:
-            if self._unsaved:
+            if self._save_failed:
                 self._save()
         self.faults.clear()
 

@@ -301,6 +301,8 @@ def render_status(status: pb.SearchStatus, started: float) -> Any:
                             f"· {c.failed} failed  ({c.total}/{c.budget})")
     t.add_row("faults", f"{status.preemptions} preemptions · {status.lease_expiries} lease expiries · "
                         f"{status.active_workers} workers active")
+    if status.HasField("degraded"):
+        t.add_row("degraded", f"[yellow]{status.degraded.message}[/] ({status.degraded.errors} transient errors; retrying)")
     for tier in status.tiers:
         best = f"{tier.best_candidate_id}: top-1 {100 * tier.best_top1:.2f}% at {tier.best_latency_ms:.3f} ms" \
             if tier.best_candidate_id else "–"
@@ -316,4 +318,5 @@ def status_line(status: pb.SearchStatus, started: float) -> str:
     best = ", ".join(f"{t.target_ms:g}ms:{100 * t.best_top1:.1f}%" for t in status.tiers if t.best_candidate_id) or "-"
     return (f"[{time.time() - started:5.0f}s] {phase_name(status.phase)}: table {lt.layers_measured}/{lt.layers_needed}, "
             f"candidates {c.completed + c.stopped}/{c.budget} done ({c.running} running, {c.queued} queued, {c.failed} failed), "
-            f"preemptions {status.preemptions}, best {best}")
+            f"preemptions {status.preemptions}, best {best}"
+            + (f", DEGRADED: {status.degraded.message} (retrying)" if status.HasField("degraded") else ""))

@@ -179,6 +179,9 @@ def test_a_full_disk_leaves_the_state_valid_and_the_search_resumable(tmp_path: P
     assert grpc_status(exc.value)[0] == grpc.StatusCode.UNAVAILABLE
     assert "No space left" in ctl.status().degraded.message
     assert not ctl.report_result(result(first, "w1", 0.61)).accepted  # the retry: known in memory, not yet saved
+    with pytest.raises(OSError):  # an epoch of the other candidate, which no later driver round touches
+        ctl.report_progress(pb.ProgressReport(worker_id="w2", candidate_id=second.candidate_id, lease_id=second.lease_id,
+                                              epoch=1, top1=0.4, checkpoint_path=second.checkpoint_path, train_loss=1.0))
     with pytest.raises(OSError):
         ctl.step()  # the searcher's round (told the result) cannot write its snapshot nor the state
     assert not list((tmp_path / "searchers").glob("*.tmp")), "a failed atomic write leaves no temporary file"
@@ -193,6 +196,7 @@ def test_a_full_disk_leaves_the_state_valid_and_the_search_resumable(tmp_path: P
     on_disk = ControllerState.load(tmp_path)
     assert on_disk.candidates[first.candidate_id].state == "completed" and on_disk.candidates[first.candidate_id].top1 == 0.61
     assert on_disk.candidates[first.candidate_id].told
+    assert (on_disk.candidates[second.candidate_id].epoch, on_disk.candidates[second.candidate_id].history) == (1, [0.4])
 
     disk.full = True  # full again, and the controller stops (or is killed) before it clears
     with pytest.raises(OSError):

@@ -292,3 +292,39 @@ def test_resume_search_over_grpc_and_gpunet_run_resume_failed(tmp_path: Path) ->
         run.close()
     args = build_parser().parse_args(["run", "search.yaml", "--resume-failed"])
     assert args.resume_failed
+
+
+def test_a_searcher_process_reports_a_transient_failure_as_such_and_rolls_back(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing as mp
+
+    from gpunet.controller import proposer
+
+    spec = micro_spec(budget=3)
+    ctl = searching(tmp_path / "search")
+    pool = ctl.searching.pools[0]["pool"]
+    ctl.close()
+    real_write, failures = proposer.write_json_atomic, []
+
+    def full(path: Any, data: Any) -> None:
+        if not failures:
+            failures.append(path)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(proposer, "write_json_atomic", full)
+    parent, child = mp.Pipe()
+    algorithm = {"name": "random", "seed": 0, "initial_samples": 2, "options": {}}
+    server = threading.Thread(target=proposer._serve, args=(child, (algorithm, spec.search_space, pool, 0, None)))
+    server.start()  # the child process's loop, in a thread here
+    searcher = proposer.ProcessSearcher.__new__(proposer.ProcessSearcher)
+    searcher._conn, searcher._ready, searcher._proc = parent, False, None
+    try:
+        with pytest.raises(TransientError, match="No space left"):
+            searcher.round([], 2, tmp_path / "v1.json")
+        retried = searcher.round([], 2, tmp_path / "v1.json")
+        fresh = proposer.LocalSearcher(algorithm, spec.search_space, pool, 0, None).round([], 2, tmp_path / "ref.json")
+        assert retried == fresh  # the retry asks what the first try asked: the searcher was rolled back
+    finally:
+        parent.send(None)
+        server.join(10)

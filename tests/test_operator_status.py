@@ -124,6 +124,18 @@ def test_a_new_resume_annotation_resumes_a_failed_search_and_restarts_the_status
     assert not asyncio.run(reconcile.resume(ctx, body, "2", log))  # delivered again: resumed once
     running = {**body, "status": {"phase": "Searching"}}
     assert not asyncio.run(reconcile.resume(ctx, running, "3", log)) and controller.asked == ["2", "2"]
+    assert len(api.applied) == 1
+
+    class Resumed:  # the controller runs again, but the operator died before it wrote that into the status
+        async def resume(self, resume_id: str) -> pb.ResumeResponse:
+            return pb.ResumeResponse(resumed=False, phase=pb.SEARCH_PHASE_SEARCHING, message="not Failed but Searching")
+
+    async def get_resumed(namespace: str, name: str) -> Resumed:
+        return Resumed()
+
+    restarted = SimpleNamespace(status=StatusWriter(api), controller=get_resumed)
+    assert not asyncio.run(reconcile.resume(restarted, body, "2", log))
+    assert len(api.applied) == 2 and api.applied[-1]["phase"] == "Searching"  # the status loop starts again
 
 
 def test_compact_list_respects_any_budget() -> None:

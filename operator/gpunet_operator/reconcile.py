@@ -137,12 +137,15 @@ async def resume(ctx: OperatorContext, body: Mapping[str, Any], value: Any, logg
         reply = await client.resume(str(value))
     except ControllerUnavailable as exc:
         raise kopf.TemporaryError(f"cannot resume: the controller does not answer ({exc.code})", delay=10) from exc
-    if not reply.resumed:
+    phase = phase_name(reply.phase) or PENDING
+    if phase in TERMINAL_PHASES:
         logger.info("resume %r: %s", value, reply.message)
         return False
-    phase = phase_name(reply.phase) or PENDING
-    logger.info("resumed the failed search (%s=%r) in phase %s", RESUME_ANNOTATION, value, phase)
-    kopf.event(dict(body), type="Normal", reason="SearchResumed", message=reply.message)
+    if reply.resumed:
+        logger.info("resumed the failed search (%s=%r) in phase %s", RESUME_ANNOTATION, value, phase)
+        kopf.event(dict(body), type="Normal", reason="SearchResumed", message=reply.message)
+    # Also when it was resumed already (a redelivered annotation after a lost status write): the status says Failed
+    # but the controller runs again, so the status loop must start.
     last = ctx.status.last(meta["uid"], MIRROR)
     if last is None:
         last = mirror_part(dict(body.get("status") or {}))
@@ -150,4 +153,4 @@ async def resume(ctx: OperatorContext, body: Mapping[str, Any], value: Any, logg
     conditions = set_condition(owned_conditions(last, MIRROR_CONDITIONS), "Ready", *ready_condition(phase, reply.message),
                                generation)
     await ctx.status.apply(meta, MIRROR, {**last, "phase": phase, "message": reply.message, "conditions": conditions})
-    return True
+    return reply.resumed

@@ -126,6 +126,22 @@ def test_a_permanent_error_fails_with_advice_and_a_failed_search_is_resumed_once
     assert (state.phase, state.resume_id, state.failed_phase) == ("Searching", "r1", "")
 
 
+def test_an_error_of_the_spec_in_the_driver_advises_a_new_search_not_a_resume(tmp_path: Path) -> None:
+    ctl = searching(tmp_path)
+
+    def invalid(now: float) -> None:
+        raise SpaceError("stage 4 kernel", 4, [3, 5])
+
+    ctl.searching.drive = invalid
+    ctl.start()
+    try:
+        wait_for(lambda: ctl.state.phase == "Failed")
+    finally:
+        ctl.close()
+    assert "stage 4 kernel: got 4" in ctl.state.message and "start a new search" in ctl.state.message
+    assert "--resume-failed" not in ctl.state.message
+
+
 def test_a_resumed_search_that_fails_again_for_the_same_cause_says_so(tmp_path: Path) -> None:
     ctl = SearchController(micro_spec(tiers=(5.0,), tolerance=0.1), tmp_path, round_interval_s=0)
     fake_profile(ctl)

@@ -50,7 +50,7 @@ from ..fileio import write_json_atomic
 from ..latency.profiling import DEFAULT_BATCH_SIZE
 from ..rpc import TERMINAL_PHASES, pb, phase_value
 from ..spec import SearchSpec
-from .errors import check_id, is_transient, require
+from .errors import caused_by_input, check_id, is_transient, require
 from .faults import RETRY_WAIT_MAX_S, RETRY_WAIT_MIN_S, Faults
 from .finalizing import DEFAULT_MEASURE_TIMEOUT_S, NETWORK, PHASE_FINALIZING, FinalizingStage, NetworkMeasurements
 from .leases import BATCH, CANDIDATE, LeaseBook, Roster
@@ -67,9 +67,12 @@ log = logging.getLogger(__name__)
 
 #: How often the driver thread wakes up, in seconds.
 DRIVER_PERIOD_S = 0.1
-#: What a permanently failed search's message advises.
+#: What a permanently failed search's message advises: for an error of the environment or the code, a resume.
 RESUME_ADVICE = ("fix the cause, then resume the search: `gpunet run --resume-failed` with the same --out, or on "
                  "Kubernetes set a new value of the annotation nas.gpunet.dev/resume on the NASSearch")
+#: ... and for an error of the spec, whose search-defining sections are fixed once a search started: a new search.
+NEW_SEARCH_ADVICE = ("the search-defining sections of a spec are fixed once a search started: correct the spec and "
+                     "start a new search (a new metadata.name, or a new --out for gpunet run)")
 #: Reasons a lease may be given back for (UNSPECIFIED is refused).
 RELEASE_REASONS = (pb.RELEASE_REASON_PREEMPTED, pb.RELEASE_REASON_FAILED, pb.RELEASE_REASON_SHUTDOWN)
 
@@ -290,7 +293,8 @@ class SearchController:
                 log.exception("controller driver failed")
                 with self.lock:
                     try:
-                        self._set_phase(PHASE_FAILED, f"{type(exc).__name__}: {exc}; {RESUME_ADVICE}")
+                        advice = NEW_SEARCH_ADVICE if caused_by_input(exc) else RESUME_ADVICE
+                        self._set_phase(PHASE_FAILED, f"{type(exc).__name__}: {exc}; {advice}")
                     except Exception:  # noqa: BLE001 - the phase is Failed in memory; the status says so
                         log.exception("could not save the failed phase")
                 return

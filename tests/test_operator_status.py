@@ -60,8 +60,82 @@ def test_status_names_the_best_candidate_per_tier_in_percent() -> None:
     assert status["best"]["candidate"] == "t2-c00001" and status["best"]["top1"] == 72.0
     assert status["best"]["latencyMs"] == pytest.approx(1.05)
     assert status["tiers"] == 3 and status["phase"] == "Searching"
-    (ready,) = status["conditions"]
+    degraded, ready = status["conditions"]
     assert ready["type"] == "Ready" and ready["status"] == "True"
+    assert degraded["type"] == "Degraded" and degraded["status"] == "False"
+
+
+def test_a_degraded_controller_is_a_degraded_condition_and_healthy_again_after() -> None:
+    reply = big_search(3)
+    reply.degraded.CopyFrom(pb.Degraded(reason="OperationalError", message="state.sqlite: database is locked",
+                                        since_unix_s=1.0, errors=4))
+    status = mirror(reply, [0.5, 0.8, 1.1], conditions=[], budget_bytes=BUDGET)
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "OperationalError")
+    assert "database is locked" in degraded["message"] and "4 transient errors" in degraded["message"]
+    assert status["phase"] == "Searching"  # degraded, not failed
+    healthy = mirror(big_search(3), [0.5, 0.8, 1.1], conditions=status["conditions"], budget_bytes=BUDGET)
+    assert next(c for c in healthy["conditions"] if c["type"] == "Degraded")["status"] == "False"
+
+
+def test_a_new_resume_annotation_resumes_a_failed_search_and_restarts_the_status_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import logging
+    from types import SimpleNamespace
+
+    from gpunet_operator import reconcile
+    from gpunet_operator.status_writer import StatusWriter
+
+    class Api:
+        def __init__(self) -> None:
+            self.applied: list[dict] = []
+
+        async def apply(self, body: dict, manager: str, subresource: str | None = None) -> dict:
+            self.applied.append(body["status"])
+            return body
+
+    class Controller:
+        def __init__(self) -> None:
+            self.asked: list[str] = []
+
+        async def resume(self, resume_id: str) -> pb.ResumeResponse:
+            first = resume_id not in self.asked
+            self.asked.append(resume_id)
+            return pb.ResumeResponse(resumed=first, phase=pb.SEARCH_PHASE_SEARCHING if first else pb.SEARCH_PHASE_FAILED,
+                                     message="resumed (2) after: boom" if first else "done already")
+
+    monkeypatch.setattr(reconcile.kopf, "event", lambda *a, **k: None)
+    api, controller = Api(), Controller()
+
+    async def get_controller(namespace: str, name: str) -> Controller:
+        return controller
+
+    ctx = SimpleNamespace(status=StatusWriter(api), controller=get_controller)
+    body = {"metadata": {"name": "s", "namespace": "ns", "uid": "u1", "generation": 3,
+                         "annotations": {reconcile.RESUME_ANNOTATION: "2"}},
+            "status": {"phase": "Failed", "message": "boom", "counters": {"completed": 1}}}
+    log = logging.getLogger("test")
+    assert asyncio.run(reconcile.resume(ctx, body, "2", log))
+    assert controller.asked == ["2"]
+    (written,) = api.applied
+    assert written["phase"] == "Searching" and written["counters"] == {"completed": 1}  # the daemon's `when` matches again
+    ready = next(c for c in written["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True"
+    assert not asyncio.run(reconcile.resume(ctx, body, "2", log))  # delivered again: resumed once
+    running = {**body, "status": {"phase": "Searching"}}
+    assert not asyncio.run(reconcile.resume(ctx, running, "3", log)) and controller.asked == ["2", "2"]
+    assert len(api.applied) == 1
+
+    class Resumed:  # the controller runs again, but the operator died before it wrote that into the status
+        async def resume(self, resume_id: str) -> pb.ResumeResponse:
+            return pb.ResumeResponse(resumed=False, phase=pb.SEARCH_PHASE_SEARCHING, message="not Failed but Searching")
+
+    async def get_resumed(namespace: str, name: str) -> Resumed:
+        return Resumed()
+
+    restarted = SimpleNamespace(status=StatusWriter(api), controller=get_resumed)
+    assert not asyncio.run(reconcile.resume(restarted, body, "2", log))
+    assert len(api.applied) == 2 and api.applied[-1]["phase"] == "Searching"  # the status loop starts again
 
 
 def test_compact_list_respects_any_budget() -> None:

@@ -100,6 +100,12 @@ def test_live_display_renders_phase_table_fill_states_tiers_and_eta() -> None:
         assert words in text
     assert eta_seconds(status, time.time() - 100, time.time()) == pytest.approx(100 / 4 * 8, rel=0.05)
     assert "best 0.2ms:85.3%" in status_line(status, time.time())
+    assert "DEGRADED" not in status_line(status, time.time())
+    status.degraded.CopyFrom(pb.Degraded(reason="OSError", message="state.sqlite: OSError: No space left", errors=2))
+    console = Console(record=True, width=140)
+    console.print(render_status(status, started=time.time() - 100))
+    assert "No space left" in console.export_text()
+    assert "DEGRADED: state.sqlite: OSError: No space left" in status_line(status, time.time())
 
 
 def test_local_run_refuses_to_start_without_the_installed_worker_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

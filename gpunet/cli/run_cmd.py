@@ -27,6 +27,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0: any free port)")
     p.add_argument("--timeout", type=float, help="stop (resumably) after this many seconds")
     p.add_argument("--no-display", action="store_true", help="plain status lines instead of the live display")
+    p.add_argument("--resume-failed", action="store_true",
+                   help="resume a Failed search in --out in the phase it failed in (after fixing the cause)")
     add_output_option(p)
     p.set_defaults(func=run)
 
@@ -47,13 +49,17 @@ def run(args: argparse.Namespace) -> Output | int:
     text = args.search.read_bytes()  # for `gpunet status` (tiers, table plan); load_spec has read it already
     # LocalRun takes the state directory's lock first: a second run on it (StateDirLockedError, exit 2) writes nothing.
     run_ = LocalRun(spec, out, workers=args.workers, profilers=args.profilers, lease_s=args.lease_seconds,
-                    threads=args.threads, profiler_runs=args.profiler_runs, metrics_port=args.metrics_port)
+                    threads=args.threads, profiler_runs=args.profiler_runs, metrics_port=args.metrics_port,
+                    resume_failed=args.resume_failed)
     write_atomic(Path(out) / SPEC_COPY, lambda f: f.write(text))
     machine_readable = args.output != "table"
     say = (lambda *a: print(*a, file=sys.stderr)) if machine_readable else print
     say(f"gpunet run: search {spec.name!r}, state in {run_.out}, controller on {run_.server.address} "
         "(plaintext gRPC on loopback; a fresh token per run)"
         + (f", metrics on :{run_.server.metrics_port}/metrics" if run_.server.metrics_port else ""))
+    if run_.resumed is not None:
+        say(f"gpunet run: --resume-failed: {'resumed in phase ' + phase_name(run_.resumed.phase) if run_.resumed.resumed else 'nothing to resume'}"
+            f" ({run_.resumed.message})")
     interrupted = False
     status = None
     try:

@@ -9,7 +9,8 @@
 - :mod:`.proposer`: a tier's searcher in this thread or in its own process.
 - :mod:`.service`: the servicer, token authentication and :class:`ControllerServer`.
 - :mod:`.state`: persistent state (SQLite), and the candidate and phase names.
-- :mod:`.errors`: domain errors and their gRPC status codes.
+- :mod:`.errors`: domain errors and their gRPC status codes; transient vs permanent errors.
+- :mod:`.faults`: the driver's retries of transient errors (tenacity) and the Degraded status.
 - :mod:`.metrics`: Prometheus metrics.
 - :mod:`.outputs`: candidates.jsonl, the model hub (hub.json / hub.md), pareto.png, ONNX exports.
 - :mod:`.local`: ``gpunet run``, the controller and local worker processes.

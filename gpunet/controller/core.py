@@ -24,6 +24,10 @@ Fault tolerance:
   killed at any moment restarts where it stopped.
 - A background *driver* thread computes proposals ahead and does the slow work (planning, stratification,
   searcher fits) outside the lock: RPCs never wait on a GP fit.
+- Errors are classified (:mod:`.faults`): a transient one (a locked or full database, an I/O error, a searcher's
+  numerical failure) is retried with backoff while the status says *degraded*; a permanent one fails the search
+  with what to do. A failed state write keeps its rows for the next write, and the file on disk stays the last
+  committed state. A ``Failed`` search is resumed by :meth:`SearchController.resume_failed` (RPC ``ResumeSearch``).
 
 This module keeps the phase machine, the driver and persistence; the RPCs are answered by the stage objects. It
 speaks the generated protobuf messages (:mod:`gpunet.rpc`) but knows nothing of gRPC servers; it raises the
@@ -44,9 +48,10 @@ import numpy as np
 
 from ..fileio import write_json_atomic
 from ..latency.profiling import DEFAULT_BATCH_SIZE
-from ..rpc import TERMINAL_PHASES, pb
+from ..rpc import TERMINAL_PHASES, pb, phase_value
 from ..spec import SearchSpec
-from .errors import check_id, require
+from .errors import caused_by_input, check_id, is_transient, require
+from .faults import RETRY_WAIT_MAX_S, RETRY_WAIT_MIN_S, Faults
 from .finalizing import DEFAULT_MEASURE_TIMEOUT_S, NETWORK, PHASE_FINALIZING, FinalizingStage, NetworkMeasurements
 from .leases import BATCH, CANDIDATE, LeaseBook, Roster
 from .metrics import ControllerMetrics
@@ -62,6 +67,12 @@ log = logging.getLogger(__name__)
 
 #: How often the driver thread wakes up, in seconds.
 DRIVER_PERIOD_S = 0.1
+#: What a permanently failed search's message advises: for an error of the environment or the code, a resume.
+RESUME_ADVICE = ("fix the cause, then resume the search: `gpunet run --resume-failed` with the same --out, or on "
+                 "Kubernetes set a new value of the annotation nas.gpunet.dev/resume on the NASSearch")
+#: ... and for an error of the spec, whose search-defining sections are fixed once a search started: a new search.
+NEW_SEARCH_ADVICE = ("the search-defining sections of a spec are fixed once a search started: correct the spec and "
+                     "start a new search (a new metadata.name, or a new --out for gpunet run)")
 #: Reasons a lease may be given back for (UNSPECIFIED is refused).
 RELEASE_REASONS = (pb.RELEASE_REASON_PREEMPTED, pb.RELEASE_REASON_FAILED, pb.RELEASE_REASON_SHUTDOWN)
 
@@ -90,6 +101,7 @@ class SearchController:
             files into ``state_dir`` (:mod:`.finalizing`); False passes through Finalizing at once (no files).
             The servers (``gpunet run``, ``python -m gpunet.controller``) do; unit tests of the core need not.
         finalize_timeout_s: how long Finalizing waits for profilers to measure the tier winners, in seconds.
+        retry_wait_s: ``(first, longest)`` backoff of the driver after a transient error, in seconds (:mod:`.faults`).
 
     Call :meth:`start` to run the driver thread, :meth:`close` to stop it.
     """
@@ -98,7 +110,8 @@ class SearchController:
                  clock: Callable[[], float] = time.time, max_pool: int = MAX_POOL,
                  profile_batch_size: int = DEFAULT_BATCH_SIZE, metrics: ControllerMetrics | None = None,
                  round_interval_s: float = MIN_ROUND_INTERVAL_S, searcher_processes: bool = False,
-                 results: bool = False, finalize_timeout_s: float = DEFAULT_MEASURE_TIMEOUT_S) -> None:
+                 results: bool = False, finalize_timeout_s: float = DEFAULT_MEASURE_TIMEOUT_S,
+                 retry_wait_s: tuple[float, float] = (RETRY_WAIT_MIN_S, RETRY_WAIT_MAX_S)) -> None:
         from ..latency import LatencyTable
 
         self.spec = spec
@@ -109,6 +122,10 @@ class SearchController:
         self.clock = clock
         self.metrics = metrics or ControllerMetrics()
         self.lock = threading.RLock()
+        self.faults = Faults(clock, *retry_wait_s)
+        #: Candidates whose last save failed (a transient error): written with the next save.
+        self._unsaved: dict[str, Candidate] = {}
+        self._save_failed = False
         self.table = LatencyTable(self.dir / "latency.sqlite")
         self.store = StateStore(self.dir / STATE_FILE)
         self.leases = LeaseBook(self.lease_s, self._next_lease_number)
@@ -151,11 +168,22 @@ class SearchController:
         return state
 
     def _save(self, *changed: Candidate) -> None:
-        """Persist the state header and the ``changed`` candidates in one transaction (call with the lock held)."""
+        """Persist the state header and the ``changed`` candidates in one transaction (call with the lock held).
+
+        A transient failure (a full disk, a locked database) leaves the file at its last commit, marks the search
+        degraded, keeps the rows for the next save and raises."""
         if self._closed:
             return
         self.state.updated = self.clock()
-        self.store.save(self.state, changed)
+        rows = {**self._unsaved, **{c.id: c for c in changed}}
+        try:
+            self.store.save(self.state, rows.values())
+        except Exception as exc:
+            if is_transient(exc):
+                self._unsaved, self._save_failed = rows, True
+                self.faults.note(self.store.path.name, exc)
+            raise
+        self._unsaved, self._save_failed = {}, False
 
     def _should_stop(self, cand: Candidate, epoch: int) -> tuple[int, str]:
         """The early-stopping decision after ``epoch`` of ``cand`` (:func:`.searching.stopping_decision`)."""
@@ -168,10 +196,42 @@ class SearchController:
         return self.state.next_lease
 
     def _set_phase(self, phase: str, message: str = "") -> None:
-        """Move the phase machine on and save (call with the lock held)."""
+        """Move the phase machine on and save (call with the lock held); Failed remembers the phase it ends."""
         log.info("search %s: phase %s -> %s %s", self.state.name, self.state.phase, phase, message)
+        if phase == PHASE_FAILED and self.state.phase != PHASE_FAILED:
+            self.state.failed_phase = self.state.phase
         self.state.phase, self.state.message = phase, message
         self._save()
+
+    def resume_failed(self, resume_id: str) -> pb.ResumeResponse:
+        """Resume a ``Failed`` search in the phase it failed in (``ResumeSearch``), once per ``resume_id``.
+
+        A search that failed before its stratification was written goes back to Profiling (the table is kept).
+        Permanent errors come back if their cause was not fixed: the search then fails again, saying so.
+
+        Raises:
+            InvalidRequestError: ``resume_id`` is empty or too long.
+        """
+        check_id(resume_id, "resume_id")
+        with self.lock:
+            phase = self.state.phase
+            if phase != PHASE_FAILED:
+                return pb.ResumeResponse(resumed=False, phase=phase_value(phase), message=f"not Failed but {phase}")
+            if resume_id == self.state.resume_id:
+                return pb.ResumeResponse(resumed=False, phase=phase_value(phase),
+                                         message=f"resume {resume_id!r} was done already; use a new value")
+            back = self.state.failed_phase or PHASE_PROFILING
+            if back not in (PHASE_PROFILING, PHASE_STRATIFYING) and not self.searching.path.exists():
+                back = PHASE_PROFILING
+            if back in (PHASE_SEARCHING, PHASE_SCALING, PHASE_FINALIZING) and not self.searching.searchers:
+                self.searching.load()
+            self.state.resume_id, self.state.failed_phase = resume_id, ""
+            self._set_phase(back, f"resumed ({resume_id}) after: {self.state.message}")
+            if self._thread is not None and not self._thread.is_alive():  # a permanent error ended the driver
+                self._thread = None
+                self.start()
+        self._wake.set()
+        return pb.ResumeResponse(resumed=True, phase=phase_value(back), message=self.state.message)
 
     def samples(self) -> np.ndarray:
         """The Sobol-sampled networks of stage 1, an ``n x 41`` int64 array (``n = spec.latency.samples``)."""
@@ -209,26 +269,45 @@ class SearchController:
         with self.lock:
             if self._closed:
                 return
-            self._save()
-            write_json_atomic(self.dir / "state.json", self.state.to_dict())
+            try:
+                self._save()
+                write_json_atomic(self.dir / "state.json", self.state.to_dict())
+            except Exception as exc:  # noqa: BLE001 - the file keeps its last commit; a restart resumes from it
+                if not is_transient(exc):
+                    raise
+                log.warning("could not save the state on close (%s: %s); %s keeps its last commit",
+                            type(exc).__name__, exc, self.store.path)
             self._closed = True  # a driver round still in flight must not write any more
             self.store.close()
         self.searching.close()
         self.table.close()
 
     def _drive(self) -> None:
+        retrying = self.faults.retrying(self._stop)  # transient errors: retried with backoff (degraded)
         while not self._stop.is_set():
             try:
-                self.step()
-            except Exception as exc:  # noqa: BLE001 - a driver error fails the search, visibly
+                retrying(self._drive_once)
+            except Exception as exc:  # noqa: BLE001 - a permanent error fails the search, visibly
                 if self._stop.is_set():
                     return
                 log.exception("controller driver failed")
                 with self.lock:
-                    self._set_phase(PHASE_FAILED, f"{type(exc).__name__}: {exc}")
+                    try:
+                        advice = NEW_SEARCH_ADVICE if caused_by_input(exc) else RESUME_ADVICE
+                        self._set_phase(PHASE_FAILED, f"{type(exc).__name__}: {exc}; {advice}")
+                    except Exception:  # noqa: BLE001 - the phase is Failed in memory; the status says so
+                        log.exception("could not save the failed phase")
                 return
             self._wake.wait(DRIVER_PERIOD_S)
             self._wake.clear()
+
+    def _drive_once(self) -> None:
+        """One driver round; then what a failed save left is written, and the search is healthy again."""
+        self.step()
+        with self.lock:
+            if self._save_failed:
+                self._save()
+        self.faults.clear()
 
     def step(self) -> None:
         """One round of the driver's work (also callable directly, e.g. in tests without the thread)."""
@@ -409,4 +488,5 @@ class SearchController:
             require(req.max_candidates >= 0, "max_candidates", req.max_candidates, ">= 0")
             limit = req.max_candidates or DEFAULT_MAX_CANDIDATES
         with self.lock:
-            return search_status(self.state, self.profiling, self.searching, self.roster, self.clock(), limit)
+            return search_status(self.state, self.profiling, self.searching, self.roster, self.clock(), limit,
+                                 degraded=self.faults.to_pb())

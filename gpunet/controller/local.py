@@ -10,7 +10,8 @@ second run on it exits at once and the first goes on untouched. Workers die with
 (``--parent-pid``: the kernel's parent-death signal). A worker process that dies holding a lease has it released
 as ``failed`` (a failed attempt of that candidate) before it is restarted, so its successor never gets it back;
 one that exits with :data:`gpunet.errors.EXIT_CANNOT_START` (no device, latency backend or dataset here) stops
-the run at once with its reason (:class:`~.errors.WorkerCannotStartError`).
+the run at once with its reason (:class:`~.errors.WorkerCannotStartError`). A ``Failed`` search in the directory is
+resumed with ``resume_failed`` (``gpunet run --resume-failed``) in the phase it failed in.
 
 The gRPC port is plaintext: it listens on 127.0.0.1 only, and the token is fresh per run and handed to the workers
 in their environment. Profilers run while the latency table fills and again, one of them, in phase Finalizing to
@@ -81,15 +82,20 @@ class LocalRun:
         threads: CPU threads per trainer (default: the machine's cores divided among the trainers).
         profiler_runs: timed runs per layer measurement (None: the backend's default).
         finalize_timeout_s: how long phase Finalizing waits for the tier winners' end-to-end measurements.
+        resume_failed: resume the search if it is ``Failed`` (:meth:`~.core.SearchController.resume_failed`); the
+            answer is :attr:`resumed`.
     """
 
     def __init__(self, spec: SearchSpec, out_dir: str | Path, *, workers: int = 2, profilers: int = 2,
                  lease_s: float = 30.0, threads: int | None = None, profiler_runs: int | None = None,
-                 metrics_port: int | None = None, finalize_timeout_s: float = 600.0) -> None:
+                 metrics_port: int | None = None, finalize_timeout_s: float = 600.0, resume_failed: bool = False) -> None:
         self.spec, self.out = spec, Path(out_dir).resolve()
+        self.resumed: pb.ResumeResponse | None = None
         self.lock = StateDirLock(self.out).acquire()  # before anything is written: a second run exits untouched
         try:
             self._setup(spec, workers, profilers, lease_s, threads, profiler_runs, metrics_port, finalize_timeout_s)
+            if resume_failed:
+                self.resumed = self.controller.resume_failed(f"local-{time.time_ns()}")
         except BaseException:
             self.lock.release()
             raise
@@ -295,6 +301,8 @@ def render_status(status: pb.SearchStatus, started: float) -> Any:
                             f"· {c.failed} failed  ({c.total}/{c.budget})")
     t.add_row("faults", f"{status.preemptions} preemptions · {status.lease_expiries} lease expiries · "
                         f"{status.active_workers} workers active")
+    if status.HasField("degraded"):
+        t.add_row("degraded", f"[yellow]{status.degraded.message}[/] ({status.degraded.errors} transient errors; retrying)")
     for tier in status.tiers:
         best = f"{tier.best_candidate_id}: top-1 {100 * tier.best_top1:.2f}% at {tier.best_latency_ms:.3f} ms" \
             if tier.best_candidate_id else "–"
@@ -310,4 +318,5 @@ def status_line(status: pb.SearchStatus, started: float) -> str:
     best = ", ".join(f"{t.target_ms:g}ms:{100 * t.best_top1:.1f}%" for t in status.tiers if t.best_candidate_id) or "-"
     return (f"[{time.time() - started:5.0f}s] {phase_name(status.phase)}: table {lt.layers_measured}/{lt.layers_needed}, "
             f"candidates {c.completed + c.stopped}/{c.budget} done ({c.running} running, {c.queued} queued, {c.failed} failed), "
-            f"preemptions {status.preemptions}, best {best}")
+            f"preemptions {status.preemptions}, best {best}"
+            + (f", DEGRADED: {status.degraded.message} (retrying)" if status.HasField("degraded") else ""))

@@ -5,6 +5,11 @@ A round tells the searcher the new results, asks it for ``want`` proposals and w
 in the controller process that would stall every RPC thread. :class:`ProcessSearcher` runs the searcher in a
 child process (``spawn``), so the controller's driver thread only waits on a pipe. :class:`LocalSearcher` is the
 same in-thread, for tests and tools.
+
+A round that fails (a numerical failure of a model fit, a full disk under the snapshot) leaves the searcher as it
+was after the last round that succeeded: it is rebuilt from that round's snapshot, so the driver's retry of the
+round tells the same results once, not twice. A transient failure in the child process comes back as
+:class:`~.errors.TransientError` (:func:`~.errors.is_transient`), any other as ``RuntimeError``.
 """
 
 from __future__ import annotations
@@ -48,11 +53,20 @@ class LocalSearcher:
     """The searcher of one tier, in the calling thread."""
 
     def __init__(self, algorithm: dict[str, Any], space: Any, pool: list[list[int]], tier: int, snapshot: str | None) -> None:
+        self._args = (algorithm, space, pool, tier)
+        self._snapshot = snapshot  # of the last round that succeeded: where a failed round rolls back to
         self.searcher = _create(algorithm, space, pool, tier, snapshot)
 
     def round(self, tells: Sequence[Tell], want: int, snapshot: str | Path) -> list[tuple[int, list[int]]]:
-        """Tell ``tells``, ask ``want`` proposals ``(trial_id, vector)``, write the state to ``snapshot``."""
-        return _round(self.searcher, tells, want, str(snapshot))
+        """Tell ``tells``, ask ``want`` proposals ``(trial_id, vector)``, write the state to ``snapshot``; on any
+        error, roll the searcher back to the last round's snapshot and raise."""
+        try:
+            proposals = _round(self.searcher, tells, want, str(snapshot))
+        except BaseException:
+            self.searcher = _create(*self._args, self._snapshot)
+            raise
+        self._snapshot = str(snapshot)
+        return proposals
 
     def close(self) -> None:
         pass
@@ -60,11 +74,13 @@ class LocalSearcher:
 
 def _serve(conn: Any, args: tuple[Any, ...]) -> None:
     """Child process: build the searcher, then answer rounds until told to stop or the parent goes away."""
+    from .errors import is_transient
+
     try:
-        searcher = _create(*args)
+        searcher = LocalSearcher(*args)
         conn.send(("ready", None))
     except Exception as exc:  # noqa: BLE001 - reported to the parent
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        conn.send(("transient" if is_transient(exc) else "error", f"{type(exc).__name__}: {exc}"))
         return
     while True:
         try:
@@ -74,9 +90,9 @@ def _serve(conn: Any, args: tuple[Any, ...]) -> None:
         if message is None:
             return
         try:
-            conn.send(("ok", _round(searcher, *message)))
-        except Exception as exc:  # noqa: BLE001
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            conn.send(("ok", searcher.round(*message)))
+        except Exception as exc:  # noqa: BLE001 - reported to the parent; the searcher was rolled back
+            conn.send(("transient" if is_transient(exc) else "error", f"{type(exc).__name__}: {exc}"))
 
 
 class ProcessSearcher:
@@ -98,6 +114,10 @@ class ProcessSearcher:
             raise RuntimeError(f"searcher process exited with code {self._proc.exitcode}") from None
         if kind == "error":
             raise RuntimeError(f"searcher process: {payload}")
+        if kind == "transient":
+            from .errors import TransientError
+
+            raise TransientError("searcher process", reason=payload)
         return payload
 
     def round(self, tells: Sequence[Tell], want: int, snapshot: str | Path) -> list[tuple[int, list[int]]]:

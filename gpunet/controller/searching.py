@@ -127,7 +127,9 @@ class SearchStage:
             empty = [p["target_ms"] for p in self.pools if not p["pool"]]
             if len(empty) == len(self.pools):
                 return False, (f"no sampled network lies in any latency tier {list(self.spec.tier_targets)} ms "
-                               f"(estimated latencies span {span} ms); change spec.latency.tiers")
+                               f"(estimated latencies span {span} ms); spec.latency is fixed for a search, so start a new "
+                               f"search (a new metadata.name, or a new --out for gpunet run) whose spec.latency.tiers lie "
+                               f"inside that span")
             self.state.next_number = [0] * len(self.pools)
             self.state.searcher_versions = [0] * len(self.pools)
             return True, f"tiers without networks: {empty} ms" if empty else ""

@@ -90,6 +90,9 @@ class SearchControllerServicer(pb_grpc.SearchControllerServiceServicer):
     def GetStatus(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.SearchStatus:
         return self._call("GetStatus", self.controller.status, request, context)
 
+    def ResumeSearch(self, request: pb.ResumeRequest, context: grpc.ServicerContext) -> pb.ResumeResponse:
+        return self._call("ResumeSearch", lambda r: self.controller.resume_failed(r.resume_id), request, context)
+
 
 class ControllerServer:
     """A running controller: the core, its driver thread, the gRPC server and ``/metrics``.

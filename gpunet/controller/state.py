@@ -159,6 +159,10 @@ class ControllerState:
     duplicate_reports: int = 0
     next_lease: int = 0
     spec_digest: str = ""
+    #: The phase the search was in when it failed (what a resume goes back to); empty while it has not failed.
+    failed_phase: str = ""
+    #: The id of the last resume of a failed search (``ResumeRequest.resume_id``): a resume asked twice is done once.
+    resume_id: str = ""
 
     def header(self) -> dict[str, Any]:
         """Everything but the candidates, as JSON-ready data."""

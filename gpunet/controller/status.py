@@ -22,8 +22,9 @@ DEFAULT_MAX_CANDIDATES = 200
 
 
 def search_status(state: ControllerState, profiling: ProfilingStage, searching: SearchStage, roster: Roster, now: float,
-                  limit: int = DEFAULT_MAX_CANDIDATES) -> pb.SearchStatus:
-    """The status of the search (call with the controller's lock held)."""
+                  limit: int = DEFAULT_MAX_CANDIDATES, degraded: pb.Degraded | None = None) -> pb.SearchStatus:
+    """The status of the search (call with the controller's lock held); ``degraded`` while a transient error is
+    being retried (:mod:`.faults`)."""
     cands = list(state.candidates.values())
     counts = Tally(c.state for c in cands)
     status = pb.SearchStatus(
@@ -45,6 +46,8 @@ def search_status(state: ControllerState, profiling: ProfilingStage, searching: 
             tier.best_latency_ms = _finite(best.latency_ms)
             tier.best_vector.extend(best.vector)
         status.tiers.append(tier)
+    if degraded is not None:
+        status.degraded.CopyFrom(degraded)
     recent = sorted(cands, key=lambda c: (c.created, c.id), reverse=True)
     status.records_truncated = len(recent) > limit
     status.records.extend(_record(c) for c in recent[:limit])

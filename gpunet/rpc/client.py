@@ -111,6 +111,14 @@ class AsyncControllerClient:
                                     granted_before_unix_s=granted_before_unix_s)
         return await self.call("ReleaseLease", request)
 
+    async def resume(self, resume_id: str) -> pb.ResumeResponse:
+        """Resume the search if it is Failed, once per ``resume_id`` (``ResumeSearch``).
+
+        Raises:
+            ControllerUnavailable: when the call fails.
+        """
+        return await self.call("ResumeSearch", pb.ResumeRequest(resume_id=resume_id))
+
     async def health(self, service: str = SERVICE_NAME) -> str:
         """The ``grpc.health.v1`` status of ``service`` (``""``: the process): ``"SERVING"``, ``"NOT_SERVING"``, ...
 

@@ -407,7 +407,7 @@ class CandidateRecord(_message.Message):
     def __init__(self, id: _Optional[str] = ..., tier_index: _Optional[int] = ..., state: _Optional[str] = ..., top1: _Optional[float] = ..., epochs: _Optional[int] = ..., latency_ms: _Optional[float] = ..., attempts: _Optional[int] = ..., preemptions: _Optional[int] = ..., worker_id: _Optional[str] = ..., lease_id: _Optional[str] = ...) -> None: ...
 
 class SearchStatus(_message.Message):
-    __slots__ = ("phase", "message", "search_name", "latency_table", "candidates", "preemptions", "lease_expiries", "tiers", "records", "records_truncated", "active_workers", "started_unix_s", "updated_unix_s")
+    __slots__ = ("phase", "message", "search_name", "latency_table", "candidates", "preemptions", "lease_expiries", "tiers", "records", "records_truncated", "active_workers", "started_unix_s", "updated_unix_s", "degraded")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     SEARCH_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -421,6 +421,7 @@ class SearchStatus(_message.Message):
     ACTIVE_WORKERS_FIELD_NUMBER: _ClassVar[int]
     STARTED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     UPDATED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
     phase: SearchPhase
     message: str
     search_name: str
@@ -434,4 +435,33 @@ class SearchStatus(_message.Message):
     active_workers: int
     started_unix_s: float
     updated_unix_s: float
-    def __init__(self, phase: _Optional[_Union[SearchPhase, str]] = ..., message: _Optional[str] = ..., search_name: _Optional[str] = ..., latency_table: _Optional[_Union[LatencyTableProgress, _Mapping]] = ..., candidates: _Optional[_Union[CandidateCounts, _Mapping]] = ..., preemptions: _Optional[int] = ..., lease_expiries: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierStatus, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[CandidateRecord, _Mapping]]] = ..., records_truncated: _Optional[bool] = ..., active_workers: _Optional[int] = ..., started_unix_s: _Optional[float] = ..., updated_unix_s: _Optional[float] = ...) -> None: ...
+    degraded: Degraded
+    def __init__(self, phase: _Optional[_Union[SearchPhase, str]] = ..., message: _Optional[str] = ..., search_name: _Optional[str] = ..., latency_table: _Optional[_Union[LatencyTableProgress, _Mapping]] = ..., candidates: _Optional[_Union[CandidateCounts, _Mapping]] = ..., preemptions: _Optional[int] = ..., lease_expiries: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierStatus, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[CandidateRecord, _Mapping]]] = ..., records_truncated: _Optional[bool] = ..., active_workers: _Optional[int] = ..., started_unix_s: _Optional[float] = ..., updated_unix_s: _Optional[float] = ..., degraded: _Optional[_Union[Degraded, _Mapping]] = ...) -> None: ...
+
+class Degraded(_message.Message):
+    __slots__ = ("reason", "message", "since_unix_s", "errors")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    message: str
+    since_unix_s: float
+    errors: int
+    def __init__(self, reason: _Optional[str] = ..., message: _Optional[str] = ..., since_unix_s: _Optional[float] = ..., errors: _Optional[int] = ...) -> None: ...
+
+class ResumeRequest(_message.Message):
+    __slots__ = ("resume_id",)
+    RESUME_ID_FIELD_NUMBER: _ClassVar[int]
+    resume_id: str
+    def __init__(self, resume_id: _Optional[str] = ...) -> None: ...
+
+class ResumeResponse(_message.Message):
+    __slots__ = ("resumed", "phase", "message")
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    resumed: bool
+    phase: SearchPhase
+    message: str
+    def __init__(self, resumed: _Optional[bool] = ..., phase: _Optional[_Union[SearchPhase, str]] = ..., message: _Optional[str] = ...) -> None: ...

@@ -67,6 +67,11 @@ class SearchControllerServiceStub:
                 request_serializer=gpunet_dot_nas_dot_v1_dot_controller__pb2.StatusRequest.SerializeToString,
                 response_deserializer=gpunet_dot_nas_dot_v1_dot_controller__pb2.SearchStatus.FromString,
                 _registered_method=True)
+        self.ResumeSearch = channel.unary_unary(
+                '/gpunet.nas.v1.SearchControllerService/ResumeSearch',
+                request_serializer=gpunet_dot_nas_dot_v1_dot_controller__pb2.ResumeRequest.SerializeToString,
+                response_deserializer=gpunet_dot_nas_dot_v1_dot_controller__pb2.ResumeResponse.FromString,
+                _registered_method=True)
 
 
 class SearchControllerServiceServicer:
@@ -121,6 +126,15 @@ class SearchControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResumeSearch(self, request, context):
+        """Resumes a Failed search in the phase it failed in (after its cause was fixed). Called by `gpunet run
+        --resume-failed` and by the operator when the NASSearch's `nas.gpunet.dev/resume` annotation changes. Asking
+        again with the same resume_id does nothing (resumed = false), so a retried call resumes once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +167,11 @@ def add_SearchControllerServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=gpunet_dot_nas_dot_v1_dot_controller__pb2.StatusRequest.FromString,
                     response_serializer=gpunet_dot_nas_dot_v1_dot_controller__pb2.SearchStatus.SerializeToString,
+            ),
+            'ResumeSearch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSearch,
+                    request_deserializer=gpunet_dot_nas_dot_v1_dot_controller__pb2.ResumeRequest.FromString,
+                    response_serializer=gpunet_dot_nas_dot_v1_dot_controller__pb2.ResumeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -319,6 +338,33 @@ class SearchControllerService:
             '/gpunet.nas.v1.SearchControllerService/GetStatus',
             gpunet_dot_nas_dot_v1_dot_controller__pb2.StatusRequest.SerializeToString,
             gpunet_dot_nas_dot_v1_dot_controller__pb2.SearchStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSearch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpunet.nas.v1.SearchControllerService/ResumeSearch',
+            gpunet_dot_nas_dot_v1_dot_controller__pb2.ResumeRequest.SerializeToString,
+            gpunet_dot_nas_dot_v1_dot_controller__pb2.ResumeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ Handler ids are pinned (``id=``) because kopf keeps its progress under them (in 
     children        create and resume: validate, then apply the children                (:mod:`.children`)
     spec-change     live sections changed: apply them, or refuse an invalid change       (:mod:`.children`)
     status          a daemon per running search: poll, mirror into status, size pools    (:mod:`.reconcile`)
+    resume          annotation nas.gpunet.dev/resume changed: resume a Failed search     (:mod:`.reconcile`)
     trainer-pods    trainer pod events: preempted, evicted, deleted or failed pods        (:mod:`.preemption`)
     nodes           node taints and deletions (cluster-wide installs)                     (:mod:`.preemption`)
 """
@@ -73,6 +74,11 @@ def _active(status: kopf.Status, **_: Any) -> bool:
 @kopf.daemon(GROUP, VERSION, PLURAL, id="status", when=_active, cancellation_backoff=5, cancellation_timeout=10)
 async def mirror_status(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, logger: logging.Logger, **_: Any) -> None:
     await reconcile.run(_ctx(memo), body, stopped, logger)
+
+
+@kopf.on.field(GROUP, VERSION, PLURAL, id="resume", field=("metadata", "annotations", reconcile.RESUME_ANNOTATION))
+async def resume_failed(body: kopf.Body, new: Any, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    await reconcile.resume(_ctx(memo), body, new, logger)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, id="forget", optional=True)

@@ -4,6 +4,10 @@ the pools. One daemon per search (kopf), until the search reaches a terminal pha
 An unreachable controller (not started yet, restarting, deleted, wrong address) sets ``ControllerReachable=False``
 once, and the poll interval doubles from ``poll_interval_s`` up to ``poll_backoff_max_s``: no hot loop against the
 controller, and no API request at all while nothing changes (the status writer sends only changed parts).
+
+A Failed search is resumed by a new value of its annotation :data:`RESUME_ANNOTATION` (:func:`resume`): the operator
+calls the controller's ``ResumeSearch`` with that value (done once per value, however often it is delivered) and
+writes the phase it answers into the status, which starts this loop again.
 """
 
 from __future__ import annotations
@@ -17,11 +21,15 @@ import kopf
 from gpunet.rpc import phase_name
 from gpunet.rpc.client import ControllerUnavailable
 
-from . import PENDING, SUCCEEDED, TERMINAL_PHASES, scaling
+from . import FAILED, GROUP, PENDING, SUCCEEDED, TERMINAL_PHASES, scaling
 from .context import OperatorContext, meta_of
 from .spec import with_defaults
-from .status import mirror, set_condition
+from .status import mirror, ready_condition, set_condition
 from .status_writer import MIRROR, MIRROR_CONDITIONS, mirror_part, owned_conditions
+
+
+#: The annotation whose new value resumes a Failed search: ``kubectl annotate nassearch NAME nas.gpunet.dev/resume=2``.
+RESUME_ANNOTATION = f"{GROUP}/resume"
 
 
 @dataclass
@@ -107,3 +115,42 @@ async def run(ctx: OperatorContext, body: Mapping[str, Any], stopped: Any, logge
             return
         delay = next_delay(delay, poll.reachable, settings.poll_interval_s, settings.poll_backoff_max_s)
         await stopped.wait(delay)
+
+
+async def resume(ctx: OperatorContext, body: Mapping[str, Any], value: Any, logger: logging.Logger) -> bool:
+    """The annotation :data:`RESUME_ANNOTATION` of a search changed to ``value``: resume it if it is Failed.
+
+    Calls the controller's ``ResumeSearch(resume_id=value)``, which resumes a Failed search once per value, and
+    writes the phase it answers into the status (the mirror part), so that the status loop starts again and sizes
+    the pools. Returns whether the search was resumed.
+
+    Raises:
+        kopf.TemporaryError: the controller has no token yet or does not answer (kopf retries the handler).
+    """
+    if not value or (body.get("status") or {}).get("phase") != FAILED:
+        return False
+    meta = meta_of(body)
+    client = await ctx.controller(meta["namespace"], meta["name"])
+    if client is None:
+        raise kopf.TemporaryError("the search has no token yet", delay=10)
+    try:
+        reply = await client.resume(str(value))
+    except ControllerUnavailable as exc:
+        raise kopf.TemporaryError(f"cannot resume: the controller does not answer ({exc.code})", delay=10) from exc
+    phase = phase_name(reply.phase) or PENDING
+    if phase in TERMINAL_PHASES:
+        logger.info("resume %r: %s", value, reply.message)
+        return False
+    if reply.resumed:
+        logger.info("resumed the failed search (%s=%r) in phase %s", RESUME_ANNOTATION, value, phase)
+        kopf.event(dict(body), type="Normal", reason="SearchResumed", message=reply.message)
+    # Also when it was resumed already (a redelivered annotation after a lost status write): the status says Failed
+    # but the controller runs again, so the status loop must start.
+    last = ctx.status.last(meta["uid"], MIRROR)
+    if last is None:
+        last = mirror_part(dict(body.get("status") or {}))
+    generation = body["metadata"].get("generation")
+    conditions = set_condition(owned_conditions(last, MIRROR_CONDITIONS), "Ready", *ready_condition(phase, reply.message),
+                               generation)
+    await ctx.status.apply(meta, MIRROR, {**last, "phase": phase, "message": reply.message, "conditions": conditions})
+    return reply.resumed

@@ -123,6 +123,15 @@ def ready_condition(phase: str, message: str) -> tuple[bool, str, str]:
     return True, phase, message or f"search is {phase.lower()}"
 
 
+def degraded_condition(search_status: Any) -> tuple[bool, str, str]:
+    """``(status, reason, message)`` of the Degraded condition: True while the controller rides out a transient
+    error (``SearchStatus.degraded``: retried with backoff, the search goes on)."""
+    if not search_status.HasField("degraded"):
+        return False, "Healthy", "no transient errors"
+    d = search_status.degraded
+    return True, d.reason or "TransientError", f"{d.message} ({d.errors} transient errors; retrying with backoff)"
+
+
 def mirror(
     search_status: Any,
     tiers: Sequence[float],
@@ -136,7 +145,7 @@ def mirror(
     Args:
         search_status: a ``gpunet.rpc.pb.SearchStatus``.
         tiers: ``spec.latency.tiers`` (ms), to name each record's tier by its target.
-        conditions: the conditions this writer owns (Ready, ControllerReachable), as last written.
+        conditions: the conditions this writer owns (Ready, ControllerReachable, Degraded), as last written.
         budget_bytes: byte budget of the per-candidate list.
         generation: ``metadata.generation`` of the NASSearch.
     """
@@ -167,7 +176,8 @@ def mirror(
         "bestPerTier": best_per_tier,
         **({"best": best} if best else {}),
         "candidates": compact_candidates(records, max(int(c.total), len(records)), budget_bytes),
-        "conditions": set_condition(conditions, "Ready", ready, reason, message, generation),
+        "conditions": set_condition(set_condition(conditions, "Ready", ready, reason, message, generation),
+                                    "Degraded", *degraded_condition(s), generation),
     }
     if generation is not None:
         status["observedGeneration"] = int(generation)

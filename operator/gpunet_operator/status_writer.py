@@ -3,7 +3,7 @@
 Each writer owns a part of the status and always applies all of it (a field it leaves out would be removed):
 
     gpunet-operator         the mirror of the controller: phase, counters (but podFailures), best per tier,
-                            candidates, conditions Ready and ControllerReachable        (:mod:`.reconcile`)
+                            candidates, conditions Ready, ControllerReachable, Degraded (:mod:`.reconcile`)
     gpunet-operator-start   phase Pending/Failed and Ready when a search starts or its spec is invalid
                                                                                           (:mod:`.children`)
     gpunet-operator-spec    the SpecAccepted condition of live spec changes               (:mod:`.children`)
@@ -30,7 +30,7 @@ from .api import KubeApi, is_not_found
 MIRROR, START, SPEC, PODS = "gpunet-operator", "gpunet-operator-start", "gpunet-operator-spec", "gpunet-operator-pods"
 #: Fields of ``status`` each writer owns (top-level keys; conditions are owned per type, see the docstring).
 MIRROR_KEYS = ("phase", "message", "tiers", "latencyTable", "counters", "bestPerTier", "best", "candidates", "observedGeneration")
-MIRROR_CONDITIONS = ("Ready", "ControllerReachable")
+MIRROR_CONDITIONS = ("Ready", "ControllerReachable", "Degraded")
 
 
 @dataclass

@@ -157,10 +157,13 @@ def test_the_trainer_worker_refuses_cuda_without_a_gpu_with_one_line(monkeypatch
 
     if torch.cuda.is_available():  # pragma: no cover - the lent GPU machine
         pytest.skip("this machine has a GPU")
+    from gpunet.errors import EXIT_CANNOT_START
+
     monkeypatch.setenv(TOKEN_ENV, "t")
-    assert main(["trainer", "--controller", "127.0.0.1:1", "--device", "cuda", "--threads", "1"]) == 2
+    # a worker that cannot start on this machine says why and exits EX_CONFIG (gpunet run then stops at once)
+    assert main(["trainer", "--controller", "127.0.0.1:1", "--device", "cuda", "--threads", "1"]) == EXIT_CANNOT_START == 78
     err = capsys.readouterr().err.strip()
-    assert err.startswith("gpunet_worker: error: device: got 'cuda'; torch") and err.endswith("expected cpu or auto")
+    assert err.startswith("gpunet_worker: cannot start: device: got 'cuda'; torch") and err.endswith("expected cpu or auto")
 
 
 # --- the AMP switches -----------------------------------------------------------------------------------------

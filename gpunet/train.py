@@ -430,9 +430,27 @@ def evaluate_on_test(arch: Architecture, training: TrainingSpec, checkpoint_path
         model.load_state_dict(state["ema"] if use_ema else state["model"])
     except (KeyError, RuntimeError) as exc:
         raise CheckpointError(str(checkpoint_path), reason=f"weights do not fit the architecture ({exc})") from exc
+    top1 = top1_on_test(model, training, arch.resolution, arch.in_chans, device, precision, (test_ds, num_classes))
+    return TestEvaluation(top1, len(test_ds), "ema" if use_ema else "raw", int(state.get("epoch", 0)),
+                          float(state.get("best_top1", 0.0)))
+
+
+def top1_on_test(model: nn.Module, training: TrainingSpec, resolution: int, in_chans: int, device: str = "cpu",
+              precision: Precision | None = None, dataset: tuple[Any, int] | None = None) -> float:
+    """Top-1 (a fraction) of any classifier ``model`` (``N x in_chans x resolution x resolution`` images -> ``N x
+    classes`` logits, e.g. a timm baseline) on the test split of ``training.dataset``, evaluated as the validation
+    split is during training. :func:`evaluate_on_test` does this for a searched network's checkpoint.
+
+    Args:
+        dataset: ``(test, num_classes)`` to reuse (:func:`gpunet.data.build_test_dataset` at this resolution).
+
+    Raises:
+        gpunet.data.DatasetMissingError: the test split is not there.
+    """
+    dev = torch.device(device)
+    test_ds, _ = dataset or build_test_dataset(training.dataset, training.recipe, resolution, in_chans)
+    precision = precision or precision_policy(dev, training.recipe.amp)
     model = precision.model(model.to(dev))
     loader = torch.utils.data.DataLoader(test_ds, batch_size=max(256, training.batch_size), shuffle=False,
                                          num_workers=training.recipe.workers, pin_memory=dev.type == "cuda")
-    top1 = evaluate(model, loader, dev, precision)
-    return TestEvaluation(top1, len(test_ds), "ema" if use_ema else "raw", int(state.get("epoch", 0)),
-                      float(state.get("best_top1", 0.0)))
+    return evaluate(model, loader, dev, precision)

@@ -178,6 +178,26 @@ def test_evaluate_on_test_scores_the_weights_validation_chose(fake_fmnist: Path,
     assert zeroed.weights == "ema" and zeroed.top1 == pytest.approx(0.1)
 
 
+def test_any_classifier_is_scored_on_the_test_split(fake_fmnist: Path) -> None:
+    import torch
+
+    from gpunet.train import top1_on_test
+
+    class Says(torch.nn.Module):
+        """Predicts class ``c`` for every image."""
+
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.c = c
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.one_hot(torch.full((x.shape[0],), self.c), 10).float()
+
+    training = TrainingSpec(dataset=DatasetSpec(path=str(fake_fmnist), test_subset=20))
+    # the fake test file has 5 images per class; a subset of 20 keeps 2 per class
+    assert top1_on_test(Says(3), training, 28, 1) == pytest.approx(2 / 20)
+
+
 @pytest.mark.skipif(not (FMNIST / "t10k-images-idx3-ubyte.gz").exists(), reason="dataset-fashion-mnist not installed")
 def test_installed_fashion_mnist() -> None:
     test = load_fashion_mnist(FMNIST, "test", subset=100)

@@ -25,9 +25,9 @@ import numpy as np
 
 from ..fileio import write_json_atomic
 from ..rpc import pb
+from ..search.pruners import Curve
 from ..spec import SearchSpec, TrainingSpec
 from .leases import Roster
-from ..search.pruners import Curve
 from .state import COMPLETED, FAILED, FINISHED, QUEUED, Candidate, ControllerState, score_of
 
 if TYPE_CHECKING:  # pragma: no cover

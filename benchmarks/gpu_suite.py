@@ -59,7 +59,7 @@ class Sizes:
     train_batch: int
     train_steps: int  # steps per epoch of the throughput runs
     train_workers: int  # DataLoader workers
-    trainer_images: tuple[int, int, int, int]  # classes, train and val images per class, image side (px)
+    trainer_images: tuple[int, int, int, int]  # classes, train and validation (held out of train/) images per class, side (px)
     trainer_batch: int
     trainer_workers: int
     profiler_runs: int
@@ -239,7 +239,9 @@ def trainer_section(suite: Suite) -> dict[str, Any]:
     classes, per_class, val_per_class, side = sizes.trainer_images
     work = Path(suite.args.keep_run) if suite.args.keep_run else Path(tempfile.mkdtemp(prefix="gpu-suite-"))
     t0 = time.perf_counter()
-    images = write_image_folder(work / "imagefolder", classes, per_class, val_per_class, side, SEED,
+    # train/ holds the training images and the validation split held out of them; val/ is the test split, which
+    # training never reads, so one image per class is enough there
+    images = write_image_folder(work / "imagefolder", classes, per_class + val_per_class, 1, side, SEED,
                                 processes=sizes.write_processes)
     write_s = time.perf_counter() - t0
     doc = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "gpu-suite-trainer"}, "spec": {
@@ -248,12 +250,13 @@ def trainer_section(suite: Suite) -> dict[str, Any]:
         "latency": {"backend": "torch", "device": sizes.device, "precision": sizes.precision, "tiers": [1000.0],
                     "tolerance": 0.99999, "samples": 16},
         "algorithm": {"name": "random", "seed": SEED, "budget": 1, "initialSamples": 1},
-        "training": {"dataset": {"kind": "imagefolder", "path": str(work / "imagefolder")}, "epochs": 2,
+        "training": {"dataset": {"kind": "imagefolder", "path": str(work / "imagefolder"),
+                                 "valSplit": classes * val_per_class}, "epochs": 2,
                      "batchSize": sizes.trainer_batch, "recipe": {"workers": sizes.trainer_workers},
                      "earlyStopping": {"enabled": False}, "maxRetries": 0},
     }}
     result = trainer_end_to_end(doc, work / "run", max(10.0, deadline - time.perf_counter()), sizes.profiler_runs)
-    return {"images": {"classes": classes, "train": classes * per_class, "val": classes * val_per_class,
+    return {"images": {"classes": classes, "train": classes * per_class, "val": classes * val_per_class, "test": classes,
                        "side_px": side, "written": images, "write_s": round(write_s, 2)},
             "batch_size": sizes.trainer_batch, "run_dir": str(work / "run"), **result}
 

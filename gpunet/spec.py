@@ -12,8 +12,8 @@ A ``NASSearch`` YAML is what ``kubectl apply`` takes and what ``gpunet run`` rea
                 tolerance: 0.1, samples: 100000}
       algorithm: {name: lamcts-bo, seed: 0, budget: 6, initialSamples: 3, options: {},
                   objective: tiered}      # or mnas, with targetMs, w, hard (gpunet.objectives)
-      training: {dataset: {kind: fashion-mnist}, epochs: 3, batchSize: 128, recipe: {...},
-                 earlyStopping: {enabled: true, minEpochs: 2, rule: median}, maxRetries: 3}
+      training: {dataset: {kind: fashion-mnist, valSplit: 0.1}, epochs: 3, batchSize: 128, recipe: {...},
+                 earlyStopping: {rule: median, minEpochs: 2, minPeers: 2}, maxRetries: 3}
       scaling: {baseTier: 0, targetsMs: [0.8, 1.6], depthMultipliers: [...], widthMultipliers: [...],
                 resolutionMultipliers: [...], candidatesPerTarget: 2}   # optional: phase Scaling (LACS)
       trainers: {...}; profilers: {...}; controller: {...}; storage: {...}   # Kubernetes only
@@ -55,7 +55,8 @@ BACKENDS = ("onnxruntime", "torch", "tensorrt")
 DEVICES = ("cpu", "cuda")
 PRECISIONS = ("fp32", "fp16")
 DATASET_KINDS = ("fashion-mnist", "imagefolder")
-STOPPING_RULES = ("median",)
+#: Names of ``gpunet.search.pruners.PRUNERS`` (kept here so that the schema needs no import of the pruners).
+STOPPING_RULES = ("median", "asha", "none")
 #: Names of ``gpunet.search.ALGORITHMS`` (kept here so that the schema needs no import of the searchers).
 ALGORITHMS = ("random", "sobol", "evolution", "bo", "turbo", "lamcts-bo", "lamcts-turbo")
 #: Sections that only the Kubernetes operator reads; ``gpunet run`` ignores them.
@@ -115,12 +116,29 @@ class AlgorithmSpec:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """The training data. ``path`` empty means the kind's default location."""
+    """The training data and its three splits (:mod:`gpunet.data`). ``path`` empty means the kind's default location.
+
+    - **train**: the training images (Fashion-MNIST's 60,000; ImageFolder's ``train/``) less the validation split,
+      optionally a class-balanced subset of ``trainSubset`` of them.
+    - **validation**: ``valSplit`` images held out of the training images (class-balanced, seeded by ``seed``,
+      disjoint from train); the search scores and selects candidates on it.
+    - **test**: Fashion-MNIST's 10,000 test images, ImageFolder's ``val/`` (ImageNet's validation set, the split
+      papers report); used once, to evaluate the final models (:func:`gpunet.train.evaluate_on_test`).
+    """
 
     kind: str = _f("fashion-mnist", "Dataset format.", enum=DATASET_KINDS)
     path: str = _f("", "Dataset root inside the pods (e.g. on the shared volume); an imagefolder needs one.")
-    train_subset: int = _f(0, "Train on a class-balanced subset of this many images (0 = all).", minimum=0)
-    val_subset: int = _f(0, "Validate on a class-balanced subset of this many images (0 = all).", minimum=0)
+    val_split: float = _f(0.1, "The validation split held out of the training images (class-balanced, seeded): a "
+                          "fraction of them if below 1, else a count of images. Candidates are scored and selected on "
+                          "it; the test split is left for the final models.", minimum=0, exclusiveMinimum=True)
+    seed: int = _f(0, "Seed of the validation hold-out and of the class-balanced subsets (the same for every "
+                   "candidate and trainer).", minimum=0)
+    train_subset: int = _f(0, "Train on a class-balanced subset of this many of the training images left after the "
+                           "hold-out (0 = all).", minimum=0)
+    val_subset: int = _f(0, "Validate on a class-balanced subset of this many images of the validation split (0 = all).",
+                         minimum=0)
+    test_subset: int = _f(0, "Evaluate the final models on a class-balanced subset of this many test images (0 = all).",
+                          minimum=0)
 
     @property
     def root(self) -> str:
@@ -159,12 +177,20 @@ class RecipeSpec:
 
 @dataclass(frozen=True)
 class EarlyStoppingSpec:
-    """Median stopping rule: after ``min_epochs``, stop a candidate whose top-1 at epoch e is below the median of
-    the other candidates' top-1 at epoch e (Golovin et al. 2017, Google Vizier)."""
+    """Early stopping of unpromising candidates by a pruner (:mod:`gpunet.search.pruners`): ``median`` is Google
+    Vizier's median stopping rule (Golovin et al. 2017), ``asha`` asynchronous successive halving (Li et al. 2020)."""
 
-    enabled: bool = _f(True, "Stop unpromising candidates early.")
-    min_epochs: int = _f(2, "Never stop a candidate before this epoch.", minimum=1)
-    rule: str = _f("median", "Stopping rule.", enum=STOPPING_RULES)
+    enabled: bool = _f(True, "Stop unpromising candidates early (false is the same as rule none).")
+    rule: str = _f("median", "The pruner: median = stop a candidate at epoch e if its best value up to e is below the "
+                   "median of the running averages up to e of the tier's completed candidates (Vizier); asha = at the "
+                   "rungs minResource x reductionFactor^k, keep only the top 1/reductionFactor of the values recorded "
+                   "there; none = never stop. Values are top-1, or the mnas reward with objective mnas.",
+                   enum=STOPPING_RULES)
+    min_epochs: int = _f(2, "Warm-up: never stop a candidate before this epoch (the last epoch is never stopped).", minimum=1)
+    min_peers: int = _f(2, "Decide only once this many other candidates of the tier count at the epoch (median: "
+                        "completed ones that reached it; asha: those recorded at the rung).", minimum=1)
+    min_resource: int = _f(1, "ASHA: epochs of the first rung.", minimum=1)
+    reduction_factor: int = _f(3, "ASHA: the reduction factor eta (the top 1/eta of a rung go on).", minimum=2)
 
 
 @dataclass(frozen=True)
@@ -244,7 +270,10 @@ CROSS_FIELD_RULES: dict[type, tuple[CrossRule, ...]] = {
                               "target_ms", "a latency target in ms > 0 with objective mnas",
                               lambda a: a.objective != "mnas" or a.target_ms > 0),),
     DatasetSpec: (CrossRule("!has(self.kind) || self.kind != 'imagefolder' || has(self.path) && self.path != ''", "path", "the ImageFolder root (train/ and val/)",
-                            lambda d: d.kind != "imagefolder" or d.path != ""),),
+                            lambda d: d.kind != "imagefolder" or d.path != ""),
+                  CrossRule("!has(self.valSplit) || self.valSplit < 1.0 || double(int(self.valSplit)) == self.valSplit",
+                            "val_split", "a fraction below 1 or a whole count of images",
+                            lambda d: d.val_split < 1 or float(d.val_split).is_integer()),),
 }
 
 

@@ -10,10 +10,14 @@ compute capability 8.0 and later, else float16 with a ``GradScaler``) and channe
 FP32 in NCHW. Pass a :class:`Precision` to :func:`train_candidate` to choose otherwise (e.g. to compare both AMP
 dtypes, as ``benchmarks/gpu_suite.py`` does).
 
-After every epoch the trainer evaluates top-1 on the validation split and writes a checkpoint atomically
+After every epoch the trainer evaluates top-1 on the validation split (held out of the training images,
+:func:`gpunet.data.build_datasets`) and writes a checkpoint atomically
 (temporary file, fsync, rename) before telling the caller, so a report always points at a complete file.
 A checkpoint that cannot be read (corrupt, another architecture) makes training restart from scratch, and the
 outcome records why.
+
+The test split is not seen during training: :func:`evaluate_on_test` scores a finished checkpoint on it once, for
+the final models of the hub.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import torch
 from torch import nn
 
 from .arch import Architecture
-from .data import build_datasets
+from .data import build_datasets, build_test_dataset
 from .errors import GpunetError
 from .fileio import write_atomic
 from .model import build_model
@@ -261,6 +265,7 @@ def train_candidate(
             (early stopping) or :data:`ABANDON`.
         should_stop: polled between batches; when true, training stops at once (the last epoch checkpoint stays
             the resume point) and the outcome is ``interrupted``.
+        seed: seed of the weights' initialisation and of the batch order (the splits are ``dataset.seed``'s).
         datasets: ``(train, val, num_classes)`` to reuse; default :func:`gpunet.data.build_datasets`.
         precision: AMP dtype and memory format; default :func:`precision_policy` of ``device`` and the recipe.
         may_write: asked right before each epoch checkpoint is written; when false (the worker's lease is gone),
@@ -269,7 +274,7 @@ def train_candidate(
     start = time.perf_counter()
     dev = torch.device(device)
     torch.manual_seed(seed)
-    train_ds, val_ds, num_classes = datasets or build_datasets(training.dataset, training.recipe, arch.resolution, arch.in_chans, seed)
+    train_ds, val_ds, num_classes = datasets or build_datasets(training.dataset, training.recipe, arch.resolution, arch.in_chans)
     arch = recipe_architecture(arch, training, num_classes)
     precision = precision or precision_policy(dev, training.recipe.amp)
     if dev.type == "cuda":
@@ -372,3 +377,80 @@ def train_candidate(
         if answer == ABANDON:
             return outcome("abandoned")
     return outcome("completed")
+
+
+@dataclass
+class TestEvaluation:
+    """Top-1 of a trained network on the test split (:func:`evaluate_on_test`).
+
+    Attributes:
+        top1: a fraction.
+        images: test images evaluated.
+        weights: ``"ema"`` or ``"raw"``: the weights the validation split preferred at the checkpoint's epoch.
+        epoch: completed training epochs of the checkpoint.
+        val_top1: the best validation top-1 the checkpoint records (what selection used).
+    """
+
+    __test__ = False  # not a pytest test class
+
+    top1: float
+    images: int
+    weights: str
+    epoch: int
+    val_top1: float
+
+
+def evaluate_on_test(arch: Architecture, training: TrainingSpec, checkpoint_path: str | Path, device: str = "cpu",
+                     precision: Precision | None = None, dataset: tuple[Any, int] | None = None) -> TestEvaluation:
+    """Top-1 on the test split of the network that ``checkpoint_path`` (a :func:`train_candidate` checkpoint of
+    ``arch`` trained with ``training``) holds: for the final models of the hub, once, after selection.
+
+    The weights evaluated are those the *validation* split preferred at the checkpoint's last epoch (the EMA weights
+    when they scored better there, else the raw ones), so the test split plays no part in any choice.
+
+    Args:
+        arch: the architecture as searched (the recipe's dropout rates and the dataset's classes are applied as in
+            training, :func:`recipe_architecture`).
+        device: ``cpu``, ``cuda`` or ``cuda:<index>``.
+        precision: autocast dtype and memory format; default :func:`precision_policy` of ``device`` and the recipe.
+        dataset: ``(test, num_classes)`` to reuse; default :func:`gpunet.data.build_test_dataset`.
+
+    Raises:
+        CheckpointError: the checkpoint is missing, unreadable or of another architecture.
+        gpunet.data.DatasetMissingError: the test split is not there.
+    """
+    dev = torch.device(device)
+    test_ds, num_classes = dataset or build_test_dataset(training.dataset, training.recipe, arch.resolution, arch.in_chans)
+    arch = recipe_architecture(arch, training, num_classes)
+    state = load_checkpoint(checkpoint_path, arch)
+    use_ema = bool(state.get("ema_better")) and state.get("ema") is not None
+    precision = precision or precision_policy(dev, training.recipe.amp)
+    model = build_model(arch)
+    try:
+        model.load_state_dict(state["ema"] if use_ema else state["model"])
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(str(checkpoint_path), reason=f"weights do not fit the architecture ({exc})") from exc
+    top1 = top1_on_test(model, training, arch.resolution, arch.in_chans, device, precision, (test_ds, num_classes))
+    return TestEvaluation(top1, len(test_ds), "ema" if use_ema else "raw", int(state.get("epoch", 0)),
+                          float(state.get("best_top1", 0.0)))
+
+
+def top1_on_test(model: nn.Module, training: TrainingSpec, resolution: int, in_chans: int, device: str = "cpu",
+              precision: Precision | None = None, dataset: tuple[Any, int] | None = None) -> float:
+    """Top-1 (a fraction) of any classifier ``model`` (``N x in_chans x resolution x resolution`` images -> ``N x
+    classes`` logits, e.g. a timm baseline) on the test split of ``training.dataset``, evaluated as the validation
+    split is during training. :func:`evaluate_on_test` does this for a searched network's checkpoint.
+
+    Args:
+        dataset: ``(test, num_classes)`` to reuse (:func:`gpunet.data.build_test_dataset` at this resolution).
+
+    Raises:
+        gpunet.data.DatasetMissingError: the test split is not there.
+    """
+    dev = torch.device(device)
+    test_ds, _ = dataset or build_test_dataset(training.dataset, training.recipe, resolution, in_chans)
+    precision = precision or precision_policy(dev, training.recipe.amp)
+    model = precision.model(model.to(dev))
+    loader = torch.utils.data.DataLoader(test_ds, batch_size=max(256, training.batch_size), shuffle=False,
+                                         num_workers=training.recipe.workers, pin_memory=dev.type == "cuda")
+    return evaluate(model, loader, dev, precision)

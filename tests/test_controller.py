@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from controller_helpers import fake_profile, micro_spec, trainer_request
+from controller_helpers import fake_profile, micro_doc, micro_spec, trainer_request
 from gpunet.controller import InvalidRequestError, SearchController, UnknownWorkError
 from gpunet.controller.state import ControllerState
 from gpunet.rpc import pb
+from gpunet.spec import load_spec
 
 
 class Clock:
@@ -148,21 +149,58 @@ def test_failures_beyond_max_retries_fail_the_candidate(tmp_path: Path, clock: C
     assert ctl.state.candidates[task.candidate_id].told
 
 
-def test_median_stopping_rule(tmp_path: Path, clock: Clock) -> None:
+def test_median_stopping_rule_compares_with_completed_candidates_running_averages(tmp_path: Path, clock: Clock) -> None:
+    ctl = searching(tmp_path, clock, epochs=3, min_epochs=2, budget=4)
+    tasks = []
+    for w in ("a", "b", "c"):
+        ctl.step()
+        tasks.append(ctl.request_work(trainer_request(w)).candidate)
+    # a and b run to the end: running averages after 2 epochs 0.75 and 0.65, median 0.70
+    for task, w, top1 in zip(tasks[:2], ("a", "b"), (0.8, 0.7)):
+        ctl.report_progress(progress(task, w, 1, top1 - 0.1))
+        # b (best 0.70 < a's 0.75) goes on: one completed peer is fewer than minPeers (2)
+        assert ctl.report_progress(progress(task, w, 2, top1, ckpt=task.checkpoint_path + ".2")).action == pb.PROGRESS_ACTION_CONTINUE
+        ctl.report_progress(progress(task, w, 3, top1, ckpt=task.checkpoint_path + ".3"))
+        assert ctl.report_result(result(task, w, top1, epochs=3)).accepted
+    # Epoch 1 is before minEpochs: never stopped.
+    assert ctl.report_progress(progress(tasks[2], "c", 1, 0.1)).action == pb.PROGRESS_ACTION_CONTINUE
+    answer = ctl.report_progress(progress(tasks[2], "c", 2, 0.69, ckpt=tasks[2].checkpoint_path + ".2"))
+    assert answer.action == pb.PROGRESS_ACTION_STOP and "median 0.7000 of the running averages of 2" in answer.reason
+    assert ctl.report_result(result(tasks[2], "c", 0.69, epochs=2, stopped_early=True)).accepted
+    assert ctl.state.candidates[tasks[2].candidate_id].state == "stopped"
+
+
+def test_median_stopping_rule_keeps_a_candidate_at_the_median(tmp_path: Path, clock: Clock) -> None:
     ctl = searching(tmp_path, clock, epochs=3, min_epochs=2, budget=4)
     tasks = []
     for w in ("a", "b", "c"):
         ctl.step()
         tasks.append(ctl.request_work(trainer_request(w)).candidate)
     for task, w, top1 in zip(tasks[:2], ("a", "b"), (0.8, 0.7)):
-        ctl.report_progress(progress(task, w, 1, top1 - 0.1))
-        assert ctl.report_progress(progress(task, w, 2, top1, ckpt=task.checkpoint_path + ".2")).action == pb.PROGRESS_ACTION_CONTINUE
-    # Epoch 1 is before minEpochs: never stopped.
-    assert ctl.report_progress(progress(tasks[2], "c", 1, 0.1)).action == pb.PROGRESS_ACTION_CONTINUE
-    answer = ctl.report_progress(progress(tasks[2], "c", 2, 0.3, ckpt=tasks[2].checkpoint_path + ".2"))
-    assert answer.action == pb.PROGRESS_ACTION_STOP and "median" in answer.reason
-    assert ctl.report_result(result(tasks[2], "c", 0.3, epochs=2, stopped_early=True)).accepted
-    assert ctl.state.candidates[tasks[2].candidate_id].state == "stopped"
+        for epoch in (1, 2, 3):
+            ctl.report_progress(progress(task, w, epoch, top1 - 0.1 * (epoch == 1), ckpt=f"{task.checkpoint_path}.{epoch}"))
+        ctl.report_result(result(task, w, top1, epochs=3))
+    ctl.report_progress(progress(tasks[2], "c", 1, 0.1))
+    # best 0.70 is not strictly worse than the median 0.70 of the running averages
+    assert ctl.report_progress(progress(tasks[2], "c", 2, 0.70, ckpt=tasks[2].checkpoint_path + ".2")).action == pb.PROGRESS_ACTION_CONTINUE
+
+
+def test_asha_stops_a_candidate_outside_the_top_half_of_its_rung_running_peers_included(tmp_path: Path, clock: Clock) -> None:
+    doc = micro_doc(epochs=3, budget=4)
+    doc["spec"]["training"]["earlyStopping"] = {"rule": "asha", "minEpochs": 1, "minPeers": 1, "minResource": 1,
+                                                "reductionFactor": 2}
+    ctl = SearchController(load_spec(doc), tmp_path, lease_s=10.0, clock=clock, round_interval_s=0)
+    fake_profile(ctl)
+    tasks = []
+    for w in ("a", "b", "c"):
+        ctl.step()
+        tasks.append(ctl.request_work(trainer_request(w)).candidate)
+    assert ctl.report_progress(progress(tasks[0], "a", 1, 0.8)).action == pb.PROGRESS_ACTION_CONTINUE  # no peer yet
+    answer = ctl.report_progress(progress(tasks[1], "b", 1, 0.7))  # rung 0 (epoch 1): 0.7 is not the top 1 of 2
+    assert answer.action == pb.PROGRESS_ACTION_STOP and "ASHA" in answer.reason
+    assert ctl.report_progress(progress(tasks[0], "a", 2, 0.5, ckpt=tasks[0].checkpoint_path + ".2")).action \
+        == pb.PROGRESS_ACTION_CONTINUE  # rung 1 (epoch 2): a is alone there
+    assert ctl.report_progress(progress(tasks[2], "c", 1, 0.9)).action == pb.PROGRESS_ACTION_CONTINUE  # top 1 of 3
 
 
 def test_early_stopping_can_be_turned_off(tmp_path: Path, clock: Clock) -> None:

@@ -174,18 +174,19 @@ def test_a_controller_restarted_in_phase_scaling_plans_the_missing_layers_again_
 
 
 def test_median_stopping_compares_mnas_rewards_when_the_objective_is_mnas():
-    from gpunet.controller.searching import stopping_decision
+    from gpunet.controller.searching import pruner_of, stopping_decision
     from gpunet.controller.state import Candidate, score_of
 
     spec = spec_of(algorithm={"objective": "mnas", "targetMs": 1.0, "w": -1.0},
                    training={"epochs": 5, "earlyStopping": {"enabled": True, "minEpochs": 1}})
-    peers = [Candidate(id=f"t0-c{i:04d}", tier=0, trial_id=i, vector=[], latency_ms=2.0, history=[0.6, 0.7])
-             for i in range(3)]
+    pruner = pruner_of(spec.training)
+    peers = [Candidate(id=f"t0-c{i:04d}", tier=0, trial_id=i, vector=[], latency_ms=2.0, history=[0.6, 0.8] + [0.8] * 3,
+                       state="completed") for i in range(3)]
     fast = Candidate(id="t0-c0009", tier=0, trial_id=9, vector=[], latency_ms=0.5, history=[0.5, 0.55])
-    # top-1 0.55 < 0.7, but the reward 0.55 x 0.5^-1 = 1.1 beats 0.7 x 2^-1 = 0.35
-    assert stopping_decision(spec.training, peers + [fast], fast, 2)[0] == pb.PROGRESS_ACTION_STOP
-    action, reason = stopping_decision(spec.training, peers + [fast], fast, 2, lambda c, t: score_of(spec, c, t))
+    # top-1 0.55 < the running average 0.7, but the reward 0.55 x 0.5^-1 = 1.1 beats 0.7 x 2^-1 = 0.35
+    assert stopping_decision(pruner, peers + [fast], fast, 2)[0] == pb.PROGRESS_ACTION_STOP
+    action, reason = stopping_decision(pruner, peers + [fast], fast, 2, lambda c, t: score_of(spec, c, t))
     assert action == pb.PROGRESS_ACTION_CONTINUE and reason == ""
     slow = Candidate(id="t0-c0010", tier=0, trial_id=10, vector=[], latency_ms=4.0, history=[0.6, 0.65])
-    action, reason = stopping_decision(spec.training, peers + [slow], slow, 2, lambda c, t: score_of(spec, c, t))
-    assert action == pb.PROGRESS_ACTION_STOP and "score 0.1625 < median 0.3500" in reason
+    action, reason = stopping_decision(pruner, peers + [slow], slow, 2, lambda c, t: score_of(spec, c, t))
+    assert action == pb.PROGRESS_ACTION_STOP and "best 0.1625 < median 0.3500" in reason and "mnas reward" in reason

@@ -7,7 +7,7 @@ It runs the search as a phase machine and hands out work under leases:
 2. **Stratifying** (:mod:`.searching`): estimate every sampled network from the table and group them into the
    latency tiers of ``spec.latency.tiers``.
 3. **Searching** (:mod:`.searching`, :mod:`.trainers`): one searcher per tier proposes candidates; trainers train
-   them and report top-1 per epoch; the early-stopping rule ends poor ones.
+   them and report top-1 per epoch; the early-stopping pruner ends poor ones.
 4. **Scaling** (:mod:`.scaling`, only with ``spec.scaling``): latency-aware compound scaling of a tier winner into
    a family of networks, one per latency target; profilers measure the scaled networks' layers, trainers train
    the closest under each target.
@@ -57,7 +57,7 @@ from .leases import BATCH, CANDIDATE, LeaseBook, Roster
 from .metrics import ControllerMetrics
 from .profiling import ProfilingStage
 from .scaling import ScalingStage
-from .searching import MAX_POOL, MIN_ROUND_INTERVAL_S, SearchStage, stopping_decision
+from .searching import MAX_POOL, MIN_ROUND_INTERVAL_S, SearchStage, pruner_of, stopping_decision
 from .state import (PHASE_FAILED, PHASE_PROFILING, PHASE_SCALING, PHASE_SEARCHING, PHASE_STRATIFYING, PHASE_SUCCEEDED,
                     STATE_FILE, Candidate, ControllerState, StateStore, score_of)
 from .status import DEFAULT_MAX_CANDIDATES, refresh_metrics, search_status
@@ -116,6 +116,7 @@ class SearchController:
 
         self.spec = spec
         self.space = spec.space()
+        self.pruner = pruner_of(spec.training)
         self.dir = Path(state_dir).resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.lease_s = float(lease_s)
@@ -186,10 +187,11 @@ class SearchController:
         self._unsaved, self._save_failed = {}, False
 
     def _should_stop(self, cand: Candidate, epoch: int) -> tuple[int, str]:
-        """The early-stopping decision after ``epoch`` of ``cand`` (:func:`.searching.stopping_decision`)."""
+        """The early-stopping decision after ``epoch`` of ``cand``: the pruner's (:func:`.searching.stopping_decision`),
+        on mnas rewards with objective mnas and in the Scaling phase."""
         rewarded = self.spec.algorithm.objective == "mnas" or cand.scaling
         score = (lambda c, top1: score_of(self.spec, c, top1)) if rewarded else None
-        return stopping_decision(self.spec.training, self.state.candidates.values(), cand, epoch, score)
+        return stopping_decision(self.pruner, self.state.candidates.values(), cand, epoch, score)
 
     def _next_lease_number(self) -> int:
         self.state.next_lease += 1

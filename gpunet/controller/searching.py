@@ -9,14 +9,14 @@ candidates ahead of the trainers (GPUNet paper 3.2-3.3), and the early-stopping 
   :mod:`.proposer`) is told finished results and asked for proposals in *rounds*; each round writes a new searcher
   snapshot (``searchers/tier-<t>-v<k>.json``) and the state names the current one. Proposals are asked ahead of
   demand (:meth:`SearchStage.lookahead`), so a free trainer never waits on a model fit.
-- :func:`stopping_decision` is the early-stopping rule a trainer's epoch report is checked against.
+- :func:`stopping_decision` asks the early-stopping pruner (:mod:`gpunet.search.pruners`, :func:`pruner_of` the
+  spec) about a trainer's epoch report.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import statistics
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
@@ -25,18 +25,18 @@ import numpy as np
 
 from ..fileio import write_json_atomic
 from ..rpc import pb
+from ..search.pruners import Curve
 from ..spec import SearchSpec, TrainingSpec
 from .leases import Roster
-from .state import FAILED, FINISHED, QUEUED, Candidate, ControllerState, score_of
+from .state import COMPLETED, FAILED, FINISHED, QUEUED, Candidate, ControllerState, score_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..latency import LatencyTable, LatencyTarget
+    from ..search.pruners import Pruner
     from .trainers import TrainerDesk
 
 #: Most networks kept per tier pool (the first ones in Sobol order): bounds the searchers' cost and state size.
 MAX_POOL = 4096
-#: Other candidates of a tier that must have reached an epoch before the median stopping rule applies there.
-MIN_STOPPING_PEERS = 2
 #: Most proposals asked of one searcher per driver round (a searcher's ask cost grows with the batch).
 MAX_ASK_PER_STEP = 16
 #: Results are told to a searcher at most this often (seconds) while no new proposal is needed: each round
@@ -47,29 +47,37 @@ TELL_PERIOD_S = 1.0
 MIN_ROUND_INTERVAL_S = 0.5
 
 
-def stopping_decision(training: TrainingSpec, candidates: Iterable[Candidate], cand: Candidate, epoch: int,
-                      score: Callable[[Candidate, float], float] | None = None) -> tuple[int, str]:
-    """Whether ``cand`` goes on after ``epoch``: ``(pb.ProgressAction, reason)``.
+def pruner_of(training: TrainingSpec) -> "Pruner":
+    """The pruner of ``spec.training.earlyStopping`` (:func:`gpunet.search.pruners.create_pruner`); ``enabled:
+    false`` is rule ``none``. The last epoch (``training.epochs``) is never stopped."""
+    from ..search.pruners import create_pruner
 
-    The median stopping rule (Golovin et al. 2017, Google Vizier): after ``training.earlyStopping.minEpochs``, stop
-    a candidate whose best top-1 up to epoch ``e`` is below the median of the other candidates' (same tier) best
-    top-1 up to ``e``, once at least :data:`MIN_STOPPING_PEERS` of them have reached ``e``. The last epoch is never
-    stopped. With ``score`` (a candidate and a top-1 -> what the search maximises, e.g. the MnasNet reward of
-    :func:`~.state.score_of`), the scores of those top-1 are compared instead.
-    """
     rule = training.early_stopping
-    if not rule.enabled or epoch < rule.min_epochs or epoch >= training.epochs:
+    return create_pruner(rule.rule if rule.enabled else "none", warmup_steps=rule.min_epochs, min_peers=rule.min_peers,
+                         max_steps=training.epochs, min_resource=rule.min_resource,
+                         reduction_factor=rule.reduction_factor)
+
+
+def stopping_decision(pruner: "Pruner", candidates: Iterable[Candidate], cand: Candidate, epoch: int,
+                      score: Callable[[Candidate, float], float] | None = None) -> tuple[int, str]:
+    """Whether ``cand`` goes on after ``epoch``: ``(pb.ProgressAction, reason)``, as ``pruner`` decides.
+
+    The pruner sees the learning curves of ``cand`` and of the other candidates of its tier (``completed`` for state
+    ``completed``). A curve's values are the top-1 of each epoch, or with ``score`` (a candidate and a top-1 -> what
+    the search maximises, e.g. the MnasNet reward of :func:`~.state.score_of`) their scores, so an mnas search
+    compares rewards.
+    """
+    if not 1 <= epoch <= len(cand.history):  # a report the history does not hold: nothing to judge
         return pb.PROGRESS_ACTION_CONTINUE, ""
     value = score or (lambda c, top1: top1)
-    mine = value(cand, max(cand.history[:epoch]))
-    peers = [value(c, max(c.history[:epoch])) for c in candidates
-             if c.tier == cand.tier and c.id != cand.id and len(c.history) >= epoch]
-    if len(peers) < MIN_STOPPING_PEERS:
-        return pb.PROGRESS_ACTION_CONTINUE, ""
-    median = statistics.median(peers)
-    if mine < median:
-        what = "top-1" if score is None else "score"
-        return pb.PROGRESS_ACTION_STOP, f"median stopping rule: {what} {mine:.4f} < median {median:.4f} at epoch {epoch}"
+
+    def curve(c: Candidate) -> "Curve":
+        return Curve(c.id, tuple(value(c, t) for t in c.history), c.state == COMPLETED)
+
+    peers = [curve(c) for c in candidates if c.tier == cand.tier and c.id != cand.id and c.history]
+    decision = pruner.prune(curve(cand), epoch, peers)
+    if decision.prune:
+        return pb.PROGRESS_ACTION_STOP, decision.reason + ("" if score is None else " (mnas reward)")
     return pb.PROGRESS_ACTION_CONTINUE, ""
 
 

@@ -16,6 +16,7 @@ NeurIPS 2020, with BO in the selected region) and ``lamcts-turbo``. The model-ba
 Modules: :mod:`.spaces` (spaces and :class:`SearchError`), :mod:`.base` (the ask/tell contract), :mod:`.simple`
 (model-free searchers and the Sobol design), :mod:`.gp` (the GP and its fit), :mod:`.candidates` (candidate sets
 and the acquisition's optimisation), :mod:`.bo`, :mod:`.turbo` and :mod:`.lamcts` (the model-based searchers).
+Early stopping is apart from the searchers, as in Optuna: :mod:`.pruners` (Vizier's median stopping rule, ASHA).
 """
 
 from __future__ import annotations

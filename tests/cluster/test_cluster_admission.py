@@ -114,6 +114,27 @@ def test_impossible_latency_targets_are_refused_by_the_server_and_by_gpunet_run(
         parse_search({"apiVersion": f"{GROUP}/{VERSION}", "kind": "NASSearch", "metadata": {"name": "x"}, "spec": spec})
 
 
+@pytest.mark.parametrize("val_split, refused", [(0.1, False), (50000, False), (2500.5, True)])
+def test_val_split_is_a_fraction_or_a_whole_count_to_the_server_and_to_gpunet_run(admin: client.ApiClient, val_split: float,
+                                                                                   refused: bool) -> None:
+    from gpunet.spec import SpecError, parse_search
+
+    ensure_namespace(admin, NS)
+    spec = {"latency": {"tiers": [0.5]}, "training": {"dataset": {"valSplit": val_split}}}
+    doc = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "NASSearch", "metadata": {"name": "x"}, "spec": spec}
+    if not refused:
+        created = _create(Api(admin), "val-split", spec)
+        assert created["spec"]["training"]["dataset"]["valSplit"] == val_split
+        client.CustomObjectsApi(admin).delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "val-split")
+        assert parse_search(doc).training.dataset.val_split == val_split
+        return
+    with pytest.raises(client.exceptions.ApiException) as info:
+        _create(Api(admin), "val-split", spec)
+    assert info.value.status == 422 and "a whole count of images" in json.loads(info.value.body)["message"], info.value.body
+    with pytest.raises(SpecError, match="a whole count of images"):
+        parse_search(doc)
+
+
 class FailingController(pb_grpc.SearchControllerServiceServicer):
     """A controller that is up but answers every call UNAVAILABLE (restarting); it counts the calls."""
 

@@ -84,7 +84,7 @@ class TrainerWorker:
         key = (repr(training.dataset), repr(training.recipe), arch.resolution, arch.in_chans)
         if key not in self._datasets:
             self._datasets.clear()
-            self._datasets[key] = build_datasets(training.dataset, training.recipe, arch.resolution, arch.in_chans, self.seed)
+            self._datasets[key] = build_datasets(training.dataset, training.recipe, arch.resolution, arch.in_chans)
         return self._datasets[key]
 
     def train(self, task: pb.TrainingAssignment) -> str:

@@ -174,7 +174,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         for n in names:
             custom.create_namespaced_custom_object("nas.gpunet.dev", "v1alpha1", NS, "nassearches", search(n, args.trainers))
         for n in names:
-            wait_for(f"{n}'s token", lambda: exists_secret(core, f"{n}-token"), timeout=120)
+            wait_for(f"{n}'s token and TLS Secrets", lambda: exists_secret(core, f"{n}-token") and exists_secret(core, f"{n}-tls"),
+                     timeout=120)
             server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
             pb_grpc.add_SearchControllerServiceServicer_to_server(controllers[n], server)
             # TLS with the certificate the operator made for the search, as its controller pod would serve it
@@ -312,7 +313,7 @@ def watch_marks(api: client.ApiClient, pods: set[str], marked: dict[str, float])
 
 def exists_secret(core: client.CoreV1Api, name: str) -> bool:
     try:
-        return bool(base64.b64decode(core.read_namespaced_secret(name, NS).data["token"]))
+        return bool(core.read_namespaced_secret(name, NS).data)
     except client.exceptions.ApiException as exc:
         if exc.status == 404:
             return False

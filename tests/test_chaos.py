@@ -158,3 +158,99 @@ def test_controller_sigkilled_at_20_random_points_loses_no_result_and_trains_not
     hub = write_outputs(micro_spec(**SPEC), tmp_path / "state", tmp_path / "out", measure=False, export=False)
     ids = [json.loads(line)["id"] for line in Path(hub["files"]["candidates"]).read_text().splitlines()]
     assert len(ids) == len(set(ids)) == len(state.candidates)
+
+
+WRITER = """
+import sys, torch
+from gpunet.train import save_checkpoint
+big = {"format": sys.argv[2], "arch": None, "weights": torch.randn(4_000_000)}  # 16 MB: a kill lands mid-write
+print("ready", flush=True)
+while True:
+    save_checkpoint(sys.argv[1], big)
+"""
+
+
+def test_a_trainer_sigkilled_while_writing_a_checkpoint_leaves_the_last_one_whole(tmp_path: Path) -> None:
+    """SIGKILL a process in a loop of checkpoint writes at random moments: the checkpoint file is always the old
+    or the new whole checkpoint (written atomically: a temporary file, fsync, rename), never a torn one."""
+    import torch
+
+    from gpunet.train import CHECKPOINT_FORMAT
+
+    path = tmp_path / "checkpoints" / "t0-c0000" / "L1.pt"
+    rng = random.Random(7)
+    for round_ in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), CHECKPOINT_FORMAT], stdout=subprocess.PIPE)
+        assert proc.stdout.readline().strip() == b"ready"
+        time.sleep(rng.uniform(0.3, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        if path.exists():  # a first write may not have finished before the first kill
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            assert state["format"] == CHECKPOINT_FORMAT and state["weights"].numel() == 4_000_000, round_
+    assert path.exists()
+    assert [p.name for p in path.parent.iterdir() if p != path and not p.name.startswith(".")] == []
+
+
+def test_a_rogue_worker_with_the_token_is_refused_and_touches_nothing_outside_the_root(tmp_path: Path) -> None:
+    """A worker with a valid token sends traversal paths, a symlink out of the root, an oversized message, wrong
+    lease ids and epochs outside the recipe: every call is refused with a status code, and nothing outside the
+    state directory is created, changed or deleted."""
+    from gpunet.controller import ControllerServer
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("keep me")
+    before = {p: p.stat().st_mtime_ns for p in outside.rglob("*")}
+    ctl = SearchController(micro_spec(**SPEC), tmp_path / "state", lease_s=30.0)
+    fake_profile(ctl)
+    server = ControllerServer(ctl, TOKEN, "127.0.0.1:0").start()
+    stub = rpc.connect(server.address, TOKEN)
+    try:
+        lease = stub.RequestWork(pb.WorkRequest(worker_id="rogue", kind=pb.WORKER_KIND_TRAINER, device="cpu"), timeout=5).candidate
+        folder = Path(lease.checkpoint_path).parent
+        (folder / "escape").parent.mkdir(parents=True, exist_ok=True)
+        (folder / "escape").symlink_to(outside / "precious.txt")
+
+        def progress(**kw: Any) -> pb.ProgressReport:
+            fields = dict(worker_id="rogue", candidate_id=lease.candidate_id, lease_id=lease.lease_id, epoch=1, top1=0.5,
+                          checkpoint_path=lease.checkpoint_path)
+            return pb.ProgressReport(**{**fields, **kw})
+
+        refused = {
+            "traversal": ("ReportProgress", progress(checkpoint_path=str(folder / ".." / ".." / ".." / "outside" / "precious.txt"))),
+            "absolute": ("ReportProgress", progress(checkpoint_path=str(outside / "precious.txt"))),
+            "symlink": ("ReportProgress", progress(checkpoint_path=str(folder / "escape"))),
+            "wrong lease": ("ReportProgress", progress(lease_id="L-forged")),
+            "epoch 0": ("ReportProgress", progress(epoch=0)),
+            "epoch past the recipe": ("ReportProgress", progress(epoch=99)),
+            "oversized": ("ReportProgress", progress(checkpoint_path="x" * (5 << 20))),
+            "result, wrong lease": ("ReportResult", pb.ResultReport(worker_id="rogue", candidate_id=lease.candidate_id,
+                                                                    lease_id="L-forged", top1=0.99, epochs=2)),
+            "result, traversal": ("ReportResult", pb.ResultReport(
+                worker_id="rogue", candidate_id=lease.candidate_id, lease_id=lease.lease_id, top1=0.99, epochs=2,
+                checkpoint_path=str(outside / "precious.txt"))),
+            "unknown candidate": ("ReportResult", pb.ResultReport(worker_id="rogue", candidate_id="../../etc",
+                                                                  lease_id=lease.lease_id, top1=0.99, epochs=2)),
+        }
+        answers = {}
+        for what, (method, request) in refused.items():
+            try:
+                reply = getattr(stub, method)(request, timeout=10)
+            except grpc.RpcError as exc:
+                answers[what] = exc.code().name
+                continue
+            # refused in the answer: a report under a lease that is not the worker's is told to abandon / not accepted
+            answers[what] = "ABANDON" if getattr(reply, "action", None) == pb.PROGRESS_ACTION_ABANDON else \
+                "NOT ACCEPTED" if getattr(reply, "accepted", True) is False else f"taken: {reply}"
+        refusals = {"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED", "ABANDON", "NOT ACCEPTED"}
+        assert set(answers.values()) <= refusals, answers
+        assert answers["oversized"] == "RESOURCE_EXHAUSTED" and answers["traversal"] == "INVALID_ARGUMENT", answers
+        # the lease is still the worker's, with nothing recorded from the refused reports
+        record = next(r for r in stub.GetStatus(pb.StatusRequest(max_candidates=100), timeout=5).records if r.id == lease.candidate_id)
+        assert (record.state, record.epochs, record.lease_id) == ("running", 0, lease.lease_id)
+    finally:
+        stub.channel.close()
+        server.stop()
+    assert {p: p.stat().st_mtime_ns for p in outside.rglob("*")} == before
+    assert (outside / "precious.txt").read_text() == "keep me"

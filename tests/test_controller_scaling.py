@@ -117,6 +117,25 @@ def test_scaling_phase_trains_the_scaled_networks_that_meet_each_target_and_writ
     assert {x["id"] for x in lines if x.get("scaling")} == set(members)
 
 
+def test_an_empty_base_tier_falls_back_to_the_nearest_tier_with_a_winner(tmp_path: Path):
+    """A base tier whose pool is empty (e.g. a slower machine measured every network above it) does not leave the
+    family empty: the winner of the nearest tier that has one is scaled."""
+    doc = micro_doc(budget=2, tiers=(0.001, 0.1), early_stopping=False)  # nothing is as fast as 0.001 ms
+    doc["spec"]["scaling"] = {**SCALING, "baseTier": 0}
+    ctl = SearchController(load_spec(doc), tmp_path, round_interval_s=0, results=False)
+    try:
+        fake_profile(ctl)
+        searched = train_all(ctl, layers_top1)
+        assert searched and all(c.tier == 1 for c in ctl.candidates())
+        assert ctl.state.phase == PHASE_SCALING
+        profile_scaled_layers(ctl)
+        scaled = train_all(ctl, layers_top1)
+        winner = max((c for c in ctl.candidates() if c.tier == 1 and not c.scaling), key=lambda c: (c.top1, [-ord(x) for x in c.id]))
+        assert scaled and {ctl.state.candidates[cid].scaling["base_candidate_id"] for cid in scaled} == {winner.id}
+    finally:
+        ctl.close()
+
+
 def test_mnas_objective_searches_the_whole_space_and_the_hub_is_the_pareto_front(tmp_path: Path):
     spec = spec_of(algorithm={"objective": "mnas", "targetMs": 0.085, "budget": 6}, latency={"tiers": [5.0]})
     ctl = SearchController(spec, tmp_path, round_interval_s=0, results=False)

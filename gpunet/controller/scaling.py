@@ -92,14 +92,20 @@ class ScalingStage:
         with self.lock:
             candidates = sorted(self.state.candidates.values(), key=lambda c: c.id)
             skip = set(self.state.unmeasurable)
-        base = best_per_tier(candidates, self.first, self.spec)[self.spec.scaling.base_tier]
-        if base is None:
+        winners, chosen = best_per_tier(candidates, self.first, self.spec), self.spec.scaling.base_tier
+        # The chosen tier may be empty (its pool had no network on a slower machine) or all its candidates may
+        # have failed: then the nearest tier with a winner is scaled, and the message says so.
+        tier = min((t for t, w in enumerate(winners) if w is not None), key=lambda t: (abs(t - chosen), t), default=None)
+        if tier is None:
             with self.lock:
                 self.planned = True
-                self.message = (f"LACS: tier {self.spec.scaling.base_tier} has no trained network to scale; "
-                                "the family stays empty")
+                self.message = "LACS: no tier has a trained network to scale; the family stays empty"
             log.warning("%s", self.message)
             return False
+        base = winners[tier]
+        if tier != chosen:
+            log.warning("LACS: tier %d (spec.scaling.baseTier) has no trained network; scaling %s, the winner of tier %d, "
+                        "the nearest tier with one", chosen, base.id, tier)
         networks = family_grid(architecture_of(self.space, base), self.space, self.spec.scaling)
         plan = plan_profiling(self.table, self.profiling.target(), archs=[a for *_, a in networks],
                               batch_size=self.batch_size, exclude=skip)

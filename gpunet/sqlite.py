@@ -11,16 +11,24 @@ file. Writable connections then run in WAL mode with ``synchronous=NORMAL``: one
 readers (other processes included) use the file at once, readers see the last committed state and never block
 the writer, and a commit survives a killed process (not necessarily a power cut). Read-only connections use
 SQLite's ``mode=ro`` URI and never create or change anything.
+
+``synchronous=NORMAL`` in WAL mode (SQLite, "PRAGMA synchronous"): a commit is a write into the WAL file with no
+fsync; the WAL is synced at checkpoints. A commit is durable against a crash of the process (the operating system
+has the bytes) but the last commits before a power loss or kernel crash may be rolled back; the database is never
+corrupted. ``FULL`` would fsync every commit. :class:`GroupCommit` batches the writes of many callers into one
+transaction, so that each of them waits on a shared commit rather than one of its own.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import sqlite3
+import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 #: Seconds a connection waits for a lock held by another writer before giving up (SQLite's busy timeout).
 BUSY_TIMEOUT_S = 60.0
@@ -175,3 +183,132 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+class CommitFailed(RuntimeError):
+    """The batch that held a staged write could not be committed (the cause is chained); the writes stay staged
+    and go into the next batch, which is retried."""
+
+
+#: One staged write: an SQL statement and its parameters.
+Write = tuple[str, tuple]
+
+
+class GroupCommit:
+    """Group commit: writes are staged from any thread and committed by one writer thread in batches, one
+    transaction per batch, so that a caller never waits on a commit of its own (the ``synchronous`` cost of a
+    commit is paid once for every write staged while the previous batch was committing).
+
+    Each write has a key; a later write of the same key replaces an earlier one still staged (e.g. one row per
+    candidate: only its newest version is written). :meth:`stage` returns a ticket; :meth:`wait` (blocking) or a
+    listener (:meth:`add_listener`, called from the writer thread with the highest committed ticket) tell when it
+    is durable. Tickets are committed in order, so ticket ``n`` committed means every write staged before it is too.
+
+    Durability is the connection's: with :func:`open_database`'s WAL and ``synchronous=NORMAL`` a committed batch
+    survives a killed process, and a power cut may lose the last batches (never corrupts the file).
+
+    Args:
+        conn: a connection in autocommit mode (:func:`open_database`); the writer thread uses it under :attr:`lock`.
+        name: the writer thread's name.
+        retry_s: pause after a failed commit before the writes are tried again, in seconds.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, name: str = "gpunet-sqlite-commit", retry_s: float = 0.5) -> None:
+        self.conn = conn
+        #: Guards :attr:`conn` (readers take it too).
+        self.lock = threading.Lock()
+        self.retry_s = retry_s
+        self._cond = threading.Condition()
+        self._pending: dict[Any, Write] = {}
+        self._staged = 0  # the last ticket handed out
+        self._done = 0  # the last ticket whose batch was tried (committed unless in _failures)
+        self._failures: list[tuple[int, int, BaseException]] = []  # (first, last, error) of failed batches
+        self._listeners: list[Callable[[int], None]] = []
+        self._closing = False
+        self.batches = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def staged(self) -> int:
+        """The last ticket handed out: waiting for it waits for every write staged so far."""
+        return self._staged
+
+    def stage(self, writes: dict[Any, Write]) -> int:
+        """Stage ``writes`` (key -> (sql, params)) for the next batch; returns their ticket.
+
+        Raises:
+            RuntimeError: after :meth:`close`.
+        """
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("group commit is closed")
+            self._pending.update(writes)
+            self._staged += 1
+            self._cond.notify_all()
+            return self._staged
+
+    def error(self, ticket: int) -> BaseException | None:
+        """None when ``ticket``'s batch committed, the error when it failed (only for tickets already done)."""
+        for first, last, exc in self._failures:
+            if first <= ticket <= last:
+                return exc
+        return None
+
+    def done(self, ticket: int) -> bool:
+        return self._done >= ticket
+
+    def wait(self, ticket: int, timeout_s: float | None = None) -> None:
+        """Block until ``ticket`` is committed.
+
+        Raises:
+            CommitFailed: its batch failed (the writes are retried in a later batch).
+            TimeoutError: not done within ``timeout_s``.
+        """
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._done >= ticket, timeout_s):
+                raise TimeoutError(f"commit of ticket {ticket} not done in {timeout_s} s")
+        exc = self.error(ticket)
+        if exc is not None:
+            raise CommitFailed(f"commit failed: {type(exc).__name__}: {exc}") from exc
+
+    def add_listener(self, fn: Callable[[int], None]) -> None:
+        """Call ``fn(last_done_ticket)`` from the writer thread after every batch (committed or failed)."""
+        self._listeners.append(fn)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending or self._closing)
+                if not self._pending:
+                    return
+                writes, ticket, first = self._pending, self._staged, self._done + 1
+                self._pending = {}
+            error: BaseException | None = None
+            try:
+                with self.lock, transaction(self.conn):
+                    for sql, params in writes.values():
+                        self.conn.execute(sql, params)
+            except Exception as exc:  # noqa: BLE001 - reported to the waiters; the writes are retried
+                error = exc
+            with self._cond:
+                if error is not None:
+                    self._failures = (self._failures + [(first, ticket, error)])[-64:]
+                    for key, write in writes.items():  # newer staged versions win
+                        self._pending.setdefault(key, write)
+                self._done = ticket
+                self.batches += 1
+                self._cond.notify_all()
+            for fn in self._listeners:
+                fn(ticket)
+            if error is not None:
+                if self._closing:
+                    return  # the last try failed: what is staged stays lost, as an uncommitted write would
+                time.sleep(self.retry_s)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Commit what is staged (one last try) and stop the writer thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout_s)

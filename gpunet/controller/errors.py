@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import grpc
 
 from ..errors import NO_VALUE, GpunetError
+from ..sqlite import CommitFailed
 
 
 class ControllerError(GpunetError):
@@ -87,7 +88,8 @@ def caused_by_input(exc: BaseException) -> bool:
 def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status code and message of an exception raised while serving a call.
 
-    ``UnauthenticatedError`` -> UNAUTHENTICATED; ``UnknownWorkError`` -> NOT_FOUND; ``NotReadyError`` -> UNAVAILABLE;
+    ``UnauthenticatedError`` -> UNAUTHENTICATED; ``UnknownWorkError`` -> NOT_FOUND; ``NotReadyError`` and
+    :class:`gpunet.sqlite.CommitFailed` -> UNAVAILABLE;
     any other error caused by input (:func:`caused_by_input`) -> INVALID_ARGUMENT; anything else -> INTERNAL.
     """
     if isinstance(exc, UnauthenticatedError):
@@ -95,6 +97,8 @@ def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, UnknownWorkError):
         return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, NotReadyError):
+        return grpc.StatusCode.UNAVAILABLE, str(exc)
+    if isinstance(exc, CommitFailed):  # the state could not be written now; the change is retried, so may the call
         return grpc.StatusCode.UNAVAILABLE, str(exc)
     if caused_by_input(exc):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)

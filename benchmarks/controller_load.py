@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 
 def client_process(address: str, token: str, first: int, count: int, seconds: float, epochs: int, epoch_s: float,
-                   max_wait_s: float, warmup_s: float, out: str) -> None:
+                   max_wait_s: float, warmup_s: float, per_channel: int, out: str) -> None:
     import resource
 
     import grpc
@@ -56,10 +56,13 @@ def client_process(address: str, token: str, first: int, count: int, seconds: fl
     errors: dict[str, int] = {}
     accepted: list[str] = []
     held: list[float] = []
+    details: dict[str, str] = {}
 
     async def main() -> None:
-        channel = grpc.aio.insecure_channel(address)
-        stub = pb_grpc.SearchControllerServiceStub(channel)
+        # A channel (a TCP connection of its own) per `per_channel` workers: on a cluster every worker pod has its own.
+        channels = [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+                    for _ in range(-(-count // per_channel))]
+        stubs = [pb_grpc.SearchControllerServiceStub(channel) for channel in channels]
         metadata = ((AUTH_METADATA_KEY, f"Bearer {token}"),)
         record_from = time.monotonic() + warmup_s  # calls started before are not measured (connections, proposals ahead)
         end = record_from + seconds
@@ -71,6 +74,7 @@ def client_process(address: str, token: str, first: int, count: int, seconds: fl
                 reply = await fn(request, metadata=metadata, timeout=30 + hold_s)
             except grpc.aio.AioRpcError as exc:
                 errors[f"{name}:{exc.code().name}"] = errors.get(f"{name}:{exc.code().name}", 0) + 1
+                details.setdefault(exc.code().name, exc.details())
                 return None
             took = time.perf_counter() - t0
             if not measured:
@@ -83,6 +87,7 @@ def client_process(address: str, token: str, first: int, count: int, seconds: fl
 
         async def trainer(i: int) -> None:
             wid = f"sim-{first + i}"
+            stub = stubs[i // per_channel]
             await asyncio.sleep(random.random())
             immediate = True
             while time.monotonic() < end:
@@ -130,12 +135,13 @@ def client_process(address: str, token: str, first: int, count: int, seconds: fl
                         accepted.append(task.candidate_id)
 
         await asyncio.gather(*(trainer(i) for i in range(count)))
-        await channel.close()
+        for channel in channels:
+            await channel.close()
 
     asyncio.run(main())
     usage = resource.getrusage(resource.RUSAGE_SELF)
     Path(out).write_text(json.dumps({"latencies": latencies, "errors": errors, "accepted": accepted, "held": len(held),
-                                     "cpu_s": usage.ru_utime + usage.ru_stime}))
+                                     "error_details": details, "cpu_s": usage.ru_utime + usage.ru_stime}))
 
 
 def main() -> int:
@@ -149,6 +155,8 @@ def main() -> int:
     parser.add_argument("--max-wait", type=float, default=20.0,
                         help="seconds an idle worker's RequestWork may be held (long poll); 0: poll as old clients do")
     parser.add_argument("--lease-seconds", type=float, default=30.0)
+    parser.add_argument("--workers-per-channel", type=int, default=50,
+                        help="simulated workers sharing one gRPC channel (one TCP connection)")
     parser.add_argument("--warmup", type=float, default=5.0,
                         help="seconds before --seconds of measurement (calls then are run, not measured; errors count)")
     parser.add_argument("--json", action="store_true")
@@ -177,7 +185,8 @@ def main() -> int:
     outs = [os.path.join(tmp, f"client-{i}.json") for i in range(args.procs)]
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=client_process, args=(server.address, "load-token", i * per, per, args.seconds, args.epochs,
-                                                      args.epoch_seconds, args.max_wait, args.warmup, outs[i]))
+                                                      args.epoch_seconds, args.max_wait, args.warmup,
+                                                      args.workers_per_channel, outs[i]))
              for i in range(args.procs)]
     load_before = os.getloadavg()[0]
     start = time.time()
@@ -199,6 +208,7 @@ def main() -> int:
     errors: dict[str, int] = {}
     accepted: list[str] = []
     held, client_cpu = 0, 0.0
+    error_details: dict[str, str] = {}
     for out in outs:
         data = json.loads(Path(out).read_text())
         for k, v in data["latencies"].items():
@@ -207,6 +217,7 @@ def main() -> int:
             errors[k] = errors.get(k, 0) + v
         accepted += data["accepted"]
         held += data["held"]
+        error_details.update(data["error_details"])
         client_cpu += data["cpu_s"]
     lost = [c for c in accepted if c not in saved.candidates or saved.candidates[c].state not in FINISHED]
     server_cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
@@ -224,7 +235,7 @@ def main() -> int:
                "rpcs": rows,
                "all_p50_ms": round(float(np.percentile(everything, 50)), 2),
                "all_p99_ms": round(float(np.percentile(everything, 99)), 2), "errors": errors,
-               "results_accepted": len(accepted), "lost_results": len(lost), "held_polls_timed_out": held,
+               "error_details": error_details, "results_accepted": len(accepted), "lost_results": len(lost), "held_polls_timed_out": held,
                "commit_batches": commit_batches,
                "cpu_s": {"controller": round(server_cpu, 1), "searchers": round(searcher_cpu, 1),
                          "clients": round(client_cpu, 1), "wall_x_cpus": round(wall * (os.cpu_count() or 1), 1),

@@ -286,9 +286,12 @@ class GroupCommit:
                 self._pending = {}
             error: BaseException | None = None
             try:
-                with self.lock, transaction(self.conn):
-                    for sql, params in writes.values():
-                        self.conn.execute(sql, params)
+                by_statement: dict[str, list[tuple]] = {}
+                for sql, params in writes.values():
+                    by_statement.setdefault(sql, []).append(params)
+                with self.lock, transaction(self.conn):  # one call per statement: few GIL hand-offs per batch
+                    for sql, rows in by_statement.items():
+                        self.conn.executemany(sql, rows)
             except Exception as exc:  # noqa: BLE001 - reported to the waiters; the writes are retried
                 error = exc
             with self._cond:

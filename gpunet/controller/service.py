@@ -46,6 +46,12 @@ log = logging.getLogger(__name__)
 HEALTH_METHOD_PREFIX = f"/{health.SERVICE_NAME}/"
 #: Longest a RequestWork is held (``WorkRequest.max_wait_s`` is capped to it, and to the lease duration), in seconds.
 MAX_WAIT_S = 30.0
+#: gRPC core's server arguments. Calls that have arrived but that the application has not taken yet are "pending";
+#: by default core rejects them, at random from 1,000 pending and always from 3,000, with CANCELLED. A burst of a
+#: few thousand workers (a restart, a wave of long polls ending) exceeds that; the asyncio server takes calls as
+#: fast as it can anyway, so the limits are raised rather than failing the workers.
+SERVER_OPTIONS = [("grpc.so_reuseport", 0), ("grpc.server.max_pending_requests", 50_000),
+                  ("grpc.server.max_pending_requests_hard_limit", 100_000)]
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
@@ -280,7 +286,7 @@ class ControllerServer:
                      health_port: int | None) -> None:
         self.commits = CommitWaits(self.loop, self.controller.store.commits)
         self.waiters = WorkWaiters(self.loop)
-        self._aio = grpc.aio.server(interceptors=[interceptor], options=[("grpc.so_reuseport", 0)])
+        self._aio = grpc.aio.server(interceptors=[interceptor], options=SERVER_OPTIONS)
         pb_grpc.add_SearchControllerServiceServicer_to_server(
             SearchControllerServicer(self.controller, self.commits, self.waiters), self._aio)
         self.health = health.aio.HealthServicer()

@@ -18,6 +18,9 @@ Prints p50 / p99 / max latency (ms, client side: call start to answer) per RPC, 
 
 - ``lost_results``: results answered ``accepted`` that the state on disk does not hold after the controller stopped
   (its state reloaded from ``state.sqlite``; must be 0).
+- ``server_side``: per RPC, the controller's own handler time (its Prometheus histogram, so to a bucket bound):
+  the share of calls answered within 25 and 100 ms and the bound under which the p99 lies. The difference to the
+  client-side figures is the transport and the clients' own scheduling on the shared cores.
 - ``cpu_s``: CPU seconds of the controller process (gRPC server, driver, state writer), of its searcher processes
   and of the client processes, and ``load_avg``: the machine's 1-minute load average before and after.
 
@@ -144,6 +147,26 @@ def client_process(address: str, token: str, first: int, count: int, seconds: fl
                                      "error_details": details, "cpu_s": usage.ru_utime + usage.ru_stime}))
 
 
+def server_side(ctl) -> dict[str, dict[str, float]]:
+    """Per RPC, from the controller's own histogram (``gpunet_rpc_duration_seconds``: handler start to answer, the
+    commit wait included, the transport and the clients not): calls, the share answered within 25 and 100 ms, and
+    the histogram bound the p99 lies under (ms). RequestWork's include the long polls' holds."""
+    counts: dict[str, dict[float, float]] = {}
+    for metric in ctl.metrics.rpc_seconds.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_bucket"):
+                counts.setdefault(sample.labels["method"], {})[float(sample.labels["le"])] = sample.value
+    out = {}
+    for method, buckets in counts.items():
+        total = buckets[float("inf")]
+        if not total:
+            continue
+        p99 = min(le for le, n in buckets.items() if n >= 0.99 * total)
+        out[method] = {"calls": int(total), "within_25_ms": round(buckets[0.025] / total, 4),
+                       "within_100_ms": round(buckets[0.1] / total, 4), "p99_under_ms": p99 * 1000}
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=1000)
@@ -200,6 +223,7 @@ def main() -> int:
     load_after = os.getloadavg()[0]
     status = ctl.status()
     commit_batches = ctl.store.commits.batches
+    served = server_side(ctl)
     server.stop()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)  # clients and (reaped at stop) searcher processes
     saved = ControllerState.load(tmp)  # what a restarted controller would find
@@ -236,7 +260,7 @@ def main() -> int:
                "all_p50_ms": round(float(np.percentile(everything, 50)), 2),
                "all_p99_ms": round(float(np.percentile(everything, 99)), 2), "errors": errors,
                "error_details": error_details, "results_accepted": len(accepted), "lost_results": len(lost), "held_polls_timed_out": held,
-               "commit_batches": commit_batches,
+               "commit_batches": commit_batches, "server_side": served,
                "cpu_s": {"controller": round(server_cpu, 1), "searchers": round(searcher_cpu, 1),
                          "clients": round(client_cpu, 1), "wall_x_cpus": round(wall * (os.cpu_count() or 1), 1),
                          "cpus": os.cpu_count()},

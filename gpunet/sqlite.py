@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime as _dt
 import sqlite3
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,57 +194,52 @@ Write = tuple[str, tuple]
 
 
 class GroupCommit:
-    """Group commit: writes are staged from any thread and committed by one writer thread in batches, one
-    transaction per batch, so that a caller never waits on a commit of its own (the ``synchronous`` cost of a
-    commit is paid once for every write staged while the previous batch was committing).
+    """Group commit: writes are staged from any thread, and one :meth:`flush` commits everything staged so far in
+    one transaction, so that the writes of many callers share a commit rather than each paying for one of its own.
 
     Each write has a key; a later write of the same key replaces an earlier one still staged (e.g. one row per
-    candidate: only its newest version is written). :meth:`stage` returns a ticket; :meth:`wait` (blocking) or a
-    listener (:meth:`add_listener`, called from the writer thread with the highest committed ticket) tell when it
-    is durable. Tickets are committed in order, so ticket ``n`` committed means every write staged before it is too.
+    candidate: only its newest version is written). :meth:`stage` returns a ticket; :meth:`flush` makes it durable:
+    if the ticket is already committed (another caller's flush took it) it returns at once, else it commits every
+    write staged until now. Flushes are serialised and take the staged writes in order, so ticket ``n`` committed
+    means every write staged before it is too. The asyncio server stages the writes of all the calls it handles
+    in one turn of its event loop and flushes once at the end of it, on its own thread (no hand-off to another
+    thread, whose wake-up on a loaded machine costs more than the commit).
 
     Durability is the connection's: with :func:`open_database`'s WAL and ``synchronous=NORMAL`` a committed batch
     survives a killed process, and a power cut may lose the last batches (never corrupts the file).
 
     Args:
-        conn: a connection in autocommit mode (:func:`open_database`); the writer thread uses it under :attr:`lock`.
-        name: the writer thread's name.
-        retry_s: pause after a failed commit before the writes are tried again, in seconds.
+        conn: a connection in autocommit mode (:func:`open_database`); used under :attr:`lock`.
     """
 
-    def __init__(self, conn: sqlite3.Connection, name: str = "gpunet-sqlite-commit", retry_s: float = 0.5) -> None:
+    def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        #: Guards :attr:`conn` (readers take it too).
+        #: Guards :attr:`conn` (readers take it too); held for a whole flush, so flushes are serialised.
         self.lock = threading.Lock()
-        self.retry_s = retry_s
-        self._cond = threading.Condition()
+        self._staging = threading.Lock()  # guards _pending and _staged
         self._pending: dict[Any, Write] = {}
         self._staged = 0  # the last ticket handed out
         self._done = 0  # the last ticket whose batch was tried (committed unless in _failures)
         self._failures: list[tuple[int, int, BaseException]] = []  # (first, last, error) of failed batches
-        self._listeners: list[Callable[[int], None]] = []
-        self._closing = False
+        self._closed = False
         self.batches = 0
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
 
     @property
     def staged(self) -> int:
-        """The last ticket handed out: waiting for it waits for every write staged so far."""
+        """The last ticket handed out: flushing it commits every write staged so far."""
         return self._staged
 
     def stage(self, writes: dict[Any, Write]) -> int:
-        """Stage ``writes`` (key -> (sql, params)) for the next batch; returns their ticket.
+        """Stage ``writes`` (key -> (sql, params)) for the next flush; returns their ticket.
 
         Raises:
             RuntimeError: after :meth:`close`.
         """
-        with self._cond:
-            if self._closing:
+        with self._staging:
+            if self._closed:
                 raise RuntimeError("group commit is closed")
             self._pending.update(writes)
             self._staged += 1
-            self._cond.notify_all()
             return self._staged
 
     def error(self, ticket: int) -> BaseException | None:
@@ -258,60 +252,43 @@ class GroupCommit:
     def done(self, ticket: int) -> bool:
         return self._done >= ticket
 
-    def wait(self, ticket: int, timeout_s: float | None = None) -> None:
-        """Block until ``ticket`` is committed.
+    def flush(self, ticket: int | None = None) -> None:
+        """Make ``ticket`` (default: everything staged) durable, committing what is staged unless it already is.
 
         Raises:
-            CommitFailed: its batch failed (the writes are retried in a later batch).
-            TimeoutError: not done within ``timeout_s``.
+            CommitFailed: its batch failed; the writes stay staged for the next flush (a transient error, e.g. a
+                full disk or a locked file, heals on a later try).
         """
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._done >= ticket, timeout_s):
-                raise TimeoutError(f"commit of ticket {ticket} not done in {timeout_s} s")
+        ticket = self._staged if ticket is None else ticket
+        with self.lock:
+            if self._done < ticket:
+                with self._staging:
+                    writes, last, first = self._pending, self._staged, self._done + 1
+                    self._pending = {}
+                by_statement: dict[str, list[tuple]] = {}
+                for sql, params in writes.values():
+                    by_statement.setdefault(sql, []).append(params)
+                try:
+                    with transaction(self.conn):
+                        for sql, rows in by_statement.items():
+                            self.conn.executemany(sql, rows)
+                except Exception as exc:  # noqa: BLE001 - reported to the waiters; the writes are retried
+                    self._failures = (self._failures + [(first, last, exc)])[-64:]
+                    with self._staging:
+                        for key, write in writes.items():  # newer staged versions win
+                            self._pending.setdefault(key, write)
+                self._done = last
+                self.batches += 1
         exc = self.error(ticket)
         if exc is not None:
             raise CommitFailed(f"commit failed: {type(exc).__name__}: {exc}") from exc
 
-    def add_listener(self, fn: Callable[[int], None]) -> None:
-        """Call ``fn(last_done_ticket)`` from the writer thread after every batch (committed or failed)."""
-        self._listeners.append(fn)
+    def close(self) -> None:
+        """Commit what is staged and refuse further writes.
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._pending or self._closing)
-                if not self._pending:
-                    return
-                writes, ticket, first = self._pending, self._staged, self._done + 1
-                self._pending = {}
-            error: BaseException | None = None
-            try:
-                by_statement: dict[str, list[tuple]] = {}
-                for sql, params in writes.values():
-                    by_statement.setdefault(sql, []).append(params)
-                with self.lock, transaction(self.conn):  # one call per statement: few GIL hand-offs per batch
-                    for sql, rows in by_statement.items():
-                        self.conn.executemany(sql, rows)
-            except Exception as exc:  # noqa: BLE001 - reported to the waiters; the writes are retried
-                error = exc
-            with self._cond:
-                if error is not None:
-                    self._failures = (self._failures + [(first, ticket, error)])[-64:]
-                    for key, write in writes.items():  # newer staged versions win
-                        self._pending.setdefault(key, write)
-                self._done = ticket
-                self.batches += 1
-                self._cond.notify_all()
-            for fn in self._listeners:
-                fn(ticket)
-            if error is not None:
-                if self._closing:
-                    return  # the last try failed: what is staged stays lost, as an uncommitted write would
-                time.sleep(self.retry_s)
-
-    def close(self, timeout_s: float = 30.0) -> None:
-        """Commit what is staged (one last try) and stop the writer thread."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-        self._thread.join(timeout_s)
+        Raises:
+            CommitFailed: the last flush failed.
+        """
+        with self._staging:
+            self._closed = True
+        self.flush()

@@ -117,27 +117,36 @@ def test_a_worker_loop_long_polls_and_its_stop_ends_the_wait(profiling_server: C
     client.close()
 
 
-def test_group_commit_batches_writers_and_reports_a_failed_batch(tmp_path: Path) -> None:
+def test_group_commit_shares_one_commit_keeps_the_newest_write_and_reports_a_failed_batch(tmp_path: Path) -> None:
     from gpunet.controller.state import FILE_FORMAT
 
     conn = open_database(tmp_path / "s.sqlite", FILE_FORMAT, error=lambda p, r: ValueError(r))
     commits = GroupCommit(conn)
     put = "INSERT OR REPLACE INTO candidates VALUES (?, ?)"
 
-    def writer(i: int) -> int:
-        ticket = commits.stage({("c", i % 50): (put, (f"c{i % 50}", json.dumps({"v": i})))})
-        commits.wait(ticket)
-        return ticket
+    def stage(i: int) -> int:
+        return commits.stage({("c", i % 50): (put, (f"c{i % 50}", json.dumps({"v": i})))})
+
+    tickets = [stage(i) for i in range(400)]
+    assert not commits.done(tickets[0])
+    commits.flush(tickets[0])  # an early ticket's flush takes every write staged so far
+    assert all(commits.done(t) for t in tickets) and commits.batches == 1
+    rows = dict(conn.execute("SELECT id, data FROM candidates").fetchall())
+    assert len(rows) == 50 and json.loads(rows["c7"]) == {"v": 357}, "one row per key, its newest version"
+
+    def writer(i: int) -> None:  # concurrent stage + flush from threads: each returns only once committed
+        ticket = stage(1000 + i)
+        commits.flush(ticket)
+        assert commits.done(ticket)
 
     with futures.ThreadPoolExecutor(8) as pool:
-        tickets = list(pool.map(writer, range(400)))
-    assert sorted(tickets) == list(range(1, 401)) and commits.batches < 400, "writes shared commits"
-    rows = dict(conn.execute("SELECT id, data FROM candidates").fetchall())
-    assert len(rows) == 50
+        list(pool.map(writer, range(200)))
+    assert json.loads(dict(conn.execute("SELECT id, data FROM candidates").fetchall())["c49"]) == {"v": 1199}
     bad = commits.stage({"x": ("INSERT INTO no_such_table VALUES (1)", ())})
     with pytest.raises(CommitFailed, match="no_such_table"):
-        commits.wait(bad, timeout_s=10)
-    commits.close(timeout_s=2)
+        commits.flush(bad)
+    with pytest.raises(CommitFailed):  # still staged: retried by the next flush, which fails again
+        commits.flush()
 
 
 SERVE = """

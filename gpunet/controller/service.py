@@ -2,9 +2,10 @@
 
 The server is ``grpc.aio`` on an event loop thread of its own, so that thousands of held calls (long-polled
 ``RequestWork``) cost no thread each. The servicer delegates to :class:`~gpunet.controller.core.SearchController`
-(:meth:`~gpunet.controller.core.SearchController.answer`: the core's work, under its lock, without waiting for the
-state's commit) and then awaits the group commit of what the answer depends on (:class:`CommitWaits`), so that no
-answer gets out before its state is durable, and no call waits on a commit of its own. Domain errors become gRPC
+(:meth:`~gpunet.controller.core.SearchController.answer`: the core's work, under its lock, without committing the
+state) and then awaits the group commit of what the answer depends on (:class:`CommitWaits`: one commit at the end
+of each turn of the event loop for all the calls of that turn), so that no answer gets out before its state is
+durable, and no call waits on a commit of its own. Domain errors become gRPC
 status codes through :func:`gpunet.controller.errors.grpc_status` (the one mapping). Authentication is a server
 interceptor: every call must carry ``authorization: Bearer <token>`` in its metadata, else ``UNAUTHENTICATED``.
 
@@ -24,8 +25,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import hmac
-import heapq
-import itertools
 import logging
 import math
 import threading
@@ -77,26 +76,28 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
 
 
 class CommitWaits:
-    """Awaitable tickets of a :class:`~gpunet.sqlite.GroupCommit`, on one event loop (one wake-up per batch)."""
+    """Awaitable commits of a :class:`~gpunet.sqlite.GroupCommit` on one event loop: the calls that wait in one
+    turn of the loop share one flush, run at the end of that turn on the loop's thread."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, commits: GroupCommit) -> None:
         self.loop, self.commits = loop, commits
-        self._heap: list[tuple[int, int, asyncio.Future]] = []
-        self._order = itertools.count()
-        commits.add_listener(self._from_writer)
+        self._waiting: list[tuple[int, asyncio.Future]] = []
 
-    def _from_writer(self, ticket: int) -> None:
-        if not self.loop.is_closed():
-            try:
-                self.loop.call_soon_threadsafe(self._release, ticket)
-            except RuntimeError:  # the loop closed meanwhile
-                pass
-
-    def _release(self, ticket: int) -> None:
-        while self._heap and self._heap[0][0] <= ticket:
-            fut = heapq.heappop(self._heap)[2]
-            if not fut.done():
+    def _flush(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        error: BaseException | None = None
+        try:
+            self.commits.flush(max(ticket for ticket, _ in waiting))
+        except CommitFailed as exc:
+            error = exc
+        for ticket, fut in waiting:
+            if fut.done():
+                continue
+            exc = self.commits.error(ticket) if error is not None else None
+            if exc is None:
                 fut.set_result(None)
+            else:
+                fut.set_exception(CommitFailed(f"commit failed: {type(exc).__name__}: {exc}"))
 
     async def wait(self, ticket: int) -> None:
         """Return once ``ticket`` is committed.
@@ -104,14 +105,16 @@ class CommitWaits:
         Raises:
             CommitFailed: its batch failed.
         """
-        if not self.commits.done(ticket):
-            fut = self.loop.create_future()
-            heapq.heappush(self._heap, (ticket, next(self._order), fut))
-            self._release(self.commits._done)  # noqa: SLF001 - a batch may have ended between the check and the push
-            await fut
-        exc = self.commits.error(ticket)
-        if exc is not None:
-            raise CommitFailed(f"commit failed: {type(exc).__name__}: {exc}") from exc
+        if self.commits.done(ticket):
+            exc = self.commits.error(ticket)
+            if exc is not None:
+                raise CommitFailed(f"commit failed: {type(exc).__name__}: {exc}") from exc
+            return
+        fut = self.loop.create_future()
+        if not self._waiting:
+            self.loop.call_soon(self._flush)  # after the calls now ready have staged their writes too
+        self._waiting.append((ticket, fut))
+        await fut
 
 
 class WorkWaiters:

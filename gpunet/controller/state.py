@@ -210,8 +210,8 @@ class StateStore:
     """The SQLite file behind :class:`ControllerState`; thread-safe.
 
     Writes go through a :class:`~gpunet.sqlite.GroupCommit`: :meth:`save` stages the header and the changed
-    candidates and returns a ticket; :meth:`wait` blocks until it is committed (:meth:`save` with ``wait=True``
-    does both). Many RPCs' saves share one transaction, and each waits only for the batch holding its own.
+    candidates and returns a ticket; :meth:`wait` commits it (unless a flush already did), and :meth:`save` with
+    ``wait=True`` does both. Many RPCs' saves share one transaction.
 
     Raises:
         StateFileError: the file is not a controller state (another application's, corrupt, a newer format).
@@ -225,7 +225,7 @@ class StateStore:
             error=lambda p, reason: StateFileError(str(p), reason=reason),
             missing=lambda p, reason: FileNotFoundError(f"{p}: no controller state here ({reason})"))
         self._conn = conn
-        self.commits: GroupCommit | None = None if readonly else GroupCommit(conn, name="gpunet-state-commit")
+        self.commits: GroupCommit | None = None if readonly else GroupCommit(conn)
         self._lock = self.commits.lock if self.commits is not None else threading.Lock()
 
     def exists(self) -> bool:
@@ -248,17 +248,17 @@ class StateStore:
         assert self.commits is not None, "a read-only state store cannot save"
         ticket = self.commits.stage(writes)
         if wait:
-            self.commits.wait(ticket)
+            self.commits.flush(ticket)
         return ticket
 
     def wait(self, ticket: int) -> None:
-        """Block until ``ticket`` (of :meth:`save`) is committed.
+        """Make ``ticket`` (of :meth:`save`) durable: commit it, unless a flush already did.
 
         Raises:
             gpunet.sqlite.CommitFailed: its batch failed.
         """
         assert self.commits is not None
-        self.commits.wait(ticket)
+        self.commits.flush(ticket)
 
     def load(self) -> ControllerState:
         with self._lock:
@@ -269,11 +269,13 @@ class StateStore:
         return ControllerState.from_dict({**json.loads(row[0]), "candidates": cands})
 
     def close(self) -> None:
-        """Commit what is staged, stop the writer and close the file."""
-        if self.commits is not None:
-            self.commits.close()
-        with self._lock:
-            self._conn.close()
+        """Commit what is staged and close the file."""
+        try:
+            if self.commits is not None:
+                self.commits.close()
+        finally:
+            with self._lock:
+                self._conn.close()
 
 
 _PUT_HEADER = "INSERT OR REPLACE INTO meta VALUES ('state', ?)"

@@ -25,7 +25,7 @@ def work_loop(client: ControllerClient, request: Any, expected: str | tuple[str,
     Sends ``request`` (a ``WorkRequest``) until the controller says done (returns 0), ``stop`` is set by SIGTERM
     (returns 0) or the controller stays unreachable (returns 1). The request is a long poll
     (:meth:`ControllerClient.request_work`): an idle worker's call is held by the controller until work appears, so
-    idle workers do not poll. ``Wait`` (the hold ended without work) sleeps ``retry_after_s`` (0: ask again now); an
+    idle workers do not poll. ``Wait`` (the hold ended without work) sleeps ``retry_after_s`` (0: ask again at once); an
     assignment of an ``expected`` oneof field (``"candidate"``, or ``("layers", "network")``) goes to ``handle``;
     any other kind is logged and retried after a second.
     """
@@ -43,8 +43,7 @@ def work_loop(client: ControllerClient, request: Any, expected: str | tuple[str,
             log.info("controller says done: %s", response.done.reason)
             return 0
         if work == "wait":
-            if response.wait.retry_after_s > 0:
-                stop.wait(response.wait.retry_after_s)
+            stop.wait(max(0.05, response.wait.retry_after_s))  # the floor: never a hot loop
         elif work in kinds:
             handle(getattr(response, work))
         else:

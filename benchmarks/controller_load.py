@@ -163,7 +163,8 @@ def server_side(ctl) -> dict[str, dict[str, float]]:
             continue
         p99 = min(le for le, n in buckets.items() if n >= 0.99 * total)
         out[method] = {"calls": int(total), "within_25_ms": round(buckets[0.025] / total, 4),
-                       "within_100_ms": round(buckets[0.1] / total, 4), "p99_under_ms": p99 * 1000}
+                       "within_100_ms": round(buckets[0.1] / total, 4),
+                       "p99_under_ms": p99 * 1000 if p99 != float("inf") else None}  # None: above the last bound, 5 s
     return out
 
 
@@ -188,6 +189,7 @@ def main() -> int:
     from controller_helpers import fake_profile
 
     from gpunet.controller import ControllerServer, SearchController
+    from gpunet.controller.service import SWITCH_INTERVAL_S
     from gpunet.controller.state import FINISHED, ControllerState
     from gpunet.spec import API_VERSION, KIND, load_spec
 
@@ -201,6 +203,7 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="gpunet-load-")
     ctl = SearchController(spec, tmp, lease_s=args.lease_seconds, searcher_processes=True)
     fake_profile(ctl)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)  # as python -m gpunet.controller does
     server = ControllerServer(ctl, "load-token", "127.0.0.1:0").start()
     print(f"controller on {server.address}; pools {[p['pool_size'] for p in ctl.pools]}; {args.workers} simulated workers "
           f"in {args.procs} processes for {args.seconds:.0f} s", file=sys.stderr)

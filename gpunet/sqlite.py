@@ -11,16 +11,23 @@ file. Writable connections then run in WAL mode with ``synchronous=NORMAL``: one
 readers (other processes included) use the file at once, readers see the last committed state and never block
 the writer, and a commit survives a killed process (not necessarily a power cut). Read-only connections use
 SQLite's ``mode=ro`` URI and never create or change anything.
+
+``synchronous=NORMAL`` in WAL mode (SQLite, "PRAGMA synchronous"): a commit is a write into the WAL file with no
+fsync; the WAL is synced at checkpoints. A commit is durable against a crash of the process (the operating system
+has the bytes) but the last commits before a power loss or kernel crash may be rolled back; the database is never
+corrupted. ``FULL`` would fsync every commit. :class:`GroupCommit` batches the writes of many callers into one
+transaction, so that each of them waits on a shared commit rather than one of its own.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import sqlite3
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 #: Seconds a connection waits for a lock held by another writer before giving up (SQLite's busy timeout).
 BUSY_TIMEOUT_S = 60.0
@@ -175,3 +182,113 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+class CommitFailed(RuntimeError):
+    """The batch that held a staged write could not be committed (the cause is chained); the writes stay staged
+    and go into the next batch, which is retried."""
+
+
+#: One staged write: an SQL statement and its parameters.
+Write = tuple[str, tuple]
+
+
+class GroupCommit:
+    """Group commit: writes are staged from any thread, and one :meth:`flush` commits everything staged so far in
+    one transaction, so that the writes of many callers share a commit rather than each paying for one of its own.
+
+    Each write has a key; a later write of the same key replaces an earlier one still staged (e.g. one row per
+    candidate: only its newest version is written). :meth:`stage` returns a ticket; :meth:`flush` makes it durable:
+    if the ticket is already committed (another caller's flush took it) it returns at once, else it commits every
+    write staged until now. Flushes are serialised and take the staged writes in order, so ticket ``n`` committed
+    means every write staged before it is too. The asyncio server stages the writes of all the calls it handles
+    in one turn of its event loop and flushes once at the end of it, on its own thread (no hand-off to another
+    thread, whose wake-up on a loaded machine costs more than the commit).
+
+    Durability is the connection's: with :func:`open_database`'s WAL and ``synchronous=NORMAL`` a committed batch
+    survives a killed process, and a power cut may lose the last batches (never corrupts the file).
+
+    Args:
+        conn: a connection in autocommit mode (:func:`open_database`); used under :attr:`lock`.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        #: Guards :attr:`conn` (readers take it too); held for a whole flush, so flushes are serialised.
+        self.lock = threading.Lock()
+        self._staging = threading.Lock()  # guards _pending and _staged
+        self._pending: dict[Any, Write] = {}
+        self._staged = 0  # the last ticket handed out
+        self._done = 0  # the last ticket whose batch was tried (committed unless in _failures)
+        self._failures: list[tuple[int, int, BaseException]] = []  # (first, last, error) of failed batches
+        self._closed = False
+        self.batches = 0
+
+    @property
+    def staged(self) -> int:
+        """The last ticket handed out: flushing it commits every write staged so far."""
+        return self._staged
+
+    def stage(self, writes: dict[Any, Write]) -> int:
+        """Stage ``writes`` (key -> (sql, params)) for the next flush; returns their ticket.
+
+        Raises:
+            RuntimeError: after :meth:`close`.
+        """
+        with self._staging:
+            if self._closed:
+                raise RuntimeError("group commit is closed")
+            self._pending.update(writes)
+            self._staged += 1
+            return self._staged
+
+    def error(self, ticket: int) -> BaseException | None:
+        """None when ``ticket``'s batch committed, the error when it failed (only for tickets already done)."""
+        for first, last, exc in self._failures:
+            if first <= ticket <= last:
+                return exc
+        return None
+
+    def done(self, ticket: int) -> bool:
+        return self._done >= ticket
+
+    def flush(self, ticket: int | None = None) -> None:
+        """Make ``ticket`` (default: everything staged) durable, committing what is staged unless it already is.
+
+        Raises:
+            CommitFailed: its batch failed; the writes stay staged for the next flush (a transient error, e.g. a
+                full disk or a locked file, heals on a later try).
+        """
+        ticket = self._staged if ticket is None else ticket
+        with self.lock:
+            if self._done < ticket:
+                with self._staging:
+                    writes, last, first = self._pending, self._staged, self._done + 1
+                    self._pending = {}
+                by_statement: dict[str, list[tuple]] = {}
+                for sql, params in writes.values():
+                    by_statement.setdefault(sql, []).append(params)
+                try:
+                    with transaction(self.conn):
+                        for sql, rows in by_statement.items():
+                            self.conn.executemany(sql, rows)
+                except Exception as exc:  # noqa: BLE001 - reported to the waiters; the writes are retried
+                    self._failures = (self._failures + [(first, last, exc)])[-64:]
+                    with self._staging:
+                        for key, write in writes.items():  # newer staged versions win
+                            self._pending.setdefault(key, write)
+                self._done = last
+                self.batches += 1
+        exc = self.error(ticket)
+        if exc is not None:
+            raise CommitFailed(f"commit failed: {type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        """Commit what is staged and refuse further writes.
+
+        Raises:
+            CommitFailed: the last flush failed.
+        """
+        with self._staging:
+            self._closed = True
+        self.flush()

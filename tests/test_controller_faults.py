@@ -19,6 +19,7 @@ from gpunet.controller.errors import TransientError, grpc_status, is_transient
 from gpunet.controller.state import ControllerState
 from gpunet.errors import SpaceError
 from gpunet.rpc import pb
+from gpunet.sqlite import CommitFailed
 from gpunet.search.gp import GPFitError
 
 FAST_RETRY = (0.01, 0.05)
@@ -171,6 +172,10 @@ class FullDisk:
         return self.conn.execute(sql, *args)
 
 
+#: What a save on a full disk raises: the OSError, or the group commit's CommitFailed that chains it.
+FULL_DISK = (OSError, CommitFailed)
+
+
 def test_a_full_disk_leaves_the_state_valid_and_the_search_resumable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import gpunet.fileio as fileio
 
@@ -178,7 +183,7 @@ def test_a_full_disk_leaves_the_state_valid_and_the_search_resumable(tmp_path: P
     first = ctl.request_work(trainer_request("w1")).candidate
     second = ctl.request_work(trainer_request("w2")).candidate
     disk = FullDisk(ctl.store._conn)
-    ctl.store._conn = disk
+    ctl.store._conn = ctl.store.commits.conn = disk  # the group commit writes through the same connection
     real_fsync = fileio.os.fsync
     lock = threading.Lock()
 
@@ -190,15 +195,15 @@ def test_a_full_disk_leaves_the_state_valid_and_the_search_resumable(tmp_path: P
 
     monkeypatch.setattr(fileio.os, "fsync", fsync)
 
-    with pytest.raises(OSError) as exc:  # the RPC is answered UNAVAILABLE; the worker retries
+    with pytest.raises(FULL_DISK) as exc:  # the RPC is answered UNAVAILABLE; the worker retries
         ctl.report_result(result(first, "w1", 0.61))
     assert grpc_status(exc.value)[0] == grpc.StatusCode.UNAVAILABLE
     assert "No space left" in ctl.status().degraded.message
     assert not ctl.report_result(result(first, "w1", 0.61)).accepted  # the retry: known in memory, not yet saved
-    with pytest.raises(OSError):  # an epoch of the other candidate, which no later driver round touches
+    with pytest.raises(FULL_DISK):  # an epoch of the other candidate, which no later driver round touches
         ctl.report_progress(pb.ProgressReport(worker_id="w2", candidate_id=second.candidate_id, lease_id=second.lease_id,
                                               epoch=1, top1=0.4, checkpoint_path=second.checkpoint_path, train_loss=1.0))
-    with pytest.raises(OSError):
+    with pytest.raises(FULL_DISK):
         ctl.step()  # the searcher's round (told the result) cannot write its snapshot nor the state
     assert not list((tmp_path / "searchers").glob("*.tmp")), "a failed atomic write leaves no temporary file"
     on_disk = ControllerState.load(tmp_path)  # another reader: the last commit, loadable
@@ -215,7 +220,7 @@ def test_a_full_disk_leaves_the_state_valid_and_the_search_resumable(tmp_path: P
     assert (on_disk.candidates[second.candidate_id].epoch, on_disk.candidates[second.candidate_id].history) == (1, [0.4])
 
     disk.full = True  # full again, and the controller stops (or is killed) before it clears
-    with pytest.raises(OSError):
+    with pytest.raises(FULL_DISK):
         ctl.report_result(result(second, "w2", 0.55))
     ctl.close()  # does not raise: the file keeps its last commit
     disk.full = False

@@ -21,7 +21,8 @@ Fault tolerance:
 - Requests are idempotent: a worker asking again gets its current assignment back; a duplicate or late report
   is answered ``accepted = false`` and changes nothing.
 - State is saved (:mod:`.state`, one SQLite transaction) before any reply that depends on it, so a controller
-  killed at any moment restarts where it stopped.
+  killed at any moment restarts where it stopped. The server group-commits (:meth:`SearchController.answer`):
+  many RPCs' saves share a transaction, and each reply waits for the commit of the batch holding its changes.
 - A background *driver* thread computes proposals ahead and does the slow work (planning, stratification,
   searcher fits) outside the lock: RPCs never wait on a GP fit.
 - Errors are classified (:mod:`.faults`): a transient one (a locked or full database, an I/O error, a searcher's
@@ -42,7 +43,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -135,6 +136,8 @@ class SearchController:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._deferred = threading.local()  # .on: _save stages without waiting (inside answer())
+        self._driver_listeners: list[Callable[[], None]] = []
         now = self.clock()
         self.state = self._load(now)
         self.profiling = ProfilingStage(spec, self.state, self.table, self.leases, self.lock, profile_batch_size)
@@ -172,19 +175,40 @@ class SearchController:
         """Persist the state header and the ``changed`` candidates in one transaction (call with the lock held).
 
         A transient failure (a full disk, a locked database) leaves the file at its last commit, marks the search
-        degraded, keeps the rows for the next save and raises."""
+        degraded, keeps the rows for the next save and raises. Blocks until committed, except inside
+        :meth:`answer`, whose caller waits for the commit itself."""
         if self._closed:
             return
         self.state.updated = self.clock()
         rows = {**self._unsaved, **{c.id: c for c in changed}}
         try:
-            self.store.save(self.state, rows.values())
+            self.store.save(self.state, rows.values(), wait=not getattr(self._deferred, "on", False))
         except Exception as exc:
             if is_transient(exc):
                 self._unsaved, self._save_failed = rows, True
                 self.faults.note(self.store.path.name, exc)
             raise
         self._unsaved, self._save_failed = {}, False
+
+    def answer(self, method: str, request: Any) -> tuple[Any, int]:
+        """Answer an RPC (``method``: ``"request_work"``, ``"report_result"``, ...) without waiting for its commit.
+
+        Returns the response and the state's commit ticket (:meth:`StateStore.save`): the caller must wait until
+        the ticket is committed before it sends the response (the server does, asynchronously), so that nothing a
+        worker was told is lost by a crash. The ticket covers every change made before the answer, so an answer
+        that depends on another call's change (not only its own) is durable too.
+        """
+        self._deferred.on = True
+        try:
+            response = getattr(self, method)(request)
+        finally:
+            self._deferred.on = False
+        return response, self.store.commits.staged
+
+    def add_driver_listener(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` from the driver thread after each of its rounds (work may have appeared: proposals,
+        re-queued leases, a new phase)."""
+        self._driver_listeners.append(fn)
 
     def _should_stop(self, cand: Candidate, epoch: int) -> tuple[int, str]:
         """The early-stopping decision after ``epoch`` of ``cand``: the pruner's (:func:`.searching.stopping_decision`),
@@ -300,6 +324,11 @@ class SearchController:
                     except Exception:  # noqa: BLE001 - the phase is Failed in memory; the status says so
                         log.exception("could not save the failed phase")
                 return
+            for fn in self._driver_listeners:
+                try:
+                    fn()
+                except Exception:  # noqa: BLE001 - a listener (a server being stopped) must not stop the driver
+                    log.debug("driver listener failed", exc_info=True)
             self._wake.wait(DRIVER_PERIOD_S)
             self._wake.clear()
 

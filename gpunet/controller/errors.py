@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import grpc
 
 from ..errors import NO_VALUE, GpunetError
+from ..sqlite import CommitFailed
 
 
 class ControllerError(GpunetError):
@@ -140,8 +141,9 @@ def caused_by_input(exc: BaseException) -> bool:
 def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status code and message of an exception raised while serving a call.
 
-    ``UnauthenticatedError`` -> UNAUTHENTICATED; ``UnknownWorkError`` -> NOT_FOUND; ``NotReadyError`` and a transient
-    error (:func:`is_transient`: a locked database, a full disk) -> UNAVAILABLE, which clients retry with backoff;
+    ``UnauthenticatedError`` -> UNAUTHENTICATED; ``UnknownWorkError`` -> NOT_FOUND; ``NotReadyError``, a transient
+    error (:func:`is_transient`: a locked database, a full disk) and :class:`gpunet.sqlite.CommitFailed` ->
+    UNAVAILABLE, which clients retry with backoff;
     any other error caused by input (:func:`caused_by_input`) -> INVALID_ARGUMENT; anything else -> INTERNAL.
     """
     if isinstance(exc, UnauthenticatedError):
@@ -152,6 +154,8 @@ def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.UNAVAILABLE, str(exc)
     if is_transient(exc):
         return grpc.StatusCode.UNAVAILABLE, f"transient: {type(exc).__name__}: {exc}; retry later"
+    if isinstance(exc, CommitFailed):  # the state could not be written now; the change is retried, so may the call
+        return grpc.StatusCode.UNAVAILABLE, str(exc)
     if caused_by_input(exc):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"

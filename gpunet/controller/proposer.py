@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -72,10 +73,19 @@ class LocalSearcher:
         pass
 
 
+#: Niceness added to a searcher process: its model fits yield the CPU to the controller's RPCs (a few ms each, and
+#: the latency of thousands of workers), while they still get every cycle the RPCs leave.
+SEARCHER_NICE = 10
+
+
 def _serve(conn: Any, args: tuple[Any, ...]) -> None:
     """Child process: build the searcher, then answer rounds until told to stop or the parent goes away."""
     from .errors import is_transient
 
+    try:
+        os.nice(SEARCHER_NICE)
+    except OSError:  # not permitted here: run at the parent's priority
+        pass
     try:
         searcher = LocalSearcher(*args)
         conn.send(("ready", None))

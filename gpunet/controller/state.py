@@ -4,8 +4,11 @@ Files in the state directory (the shared volume on Kubernetes, ``--out`` under `
 
 - ``state.sqlite``: this module's :class:`ControllerState` in SQLite (WAL, through :mod:`gpunet.sqlite`): one row
   per candidate and one for the rest. Every change that matters is one transaction touching only the changed rows,
-  so a save costs the same with 10 or 10,000 candidates. Commits survive a killed process (``synchronous=NORMAL``
-  in WAL mode). A file that is not ours, or is corrupt, is refused and left untouched.
+  so a save costs the same with 10 or 10,000 candidates. Saves are group-committed (:class:`~gpunet.sqlite.GroupCommit`):
+  the saves of concurrent RPCs share one transaction, and an RPC is answered only once its save is committed.
+  Commits survive a killed process (``synchronous=NORMAL`` in WAL mode: no fsync per commit, so a power cut may
+  roll back the last commits, never corrupt the file). A file that is not ours, or is corrupt, is refused and left
+  untouched.
 - ``state.json``: a readable export of the same, written when the controller stops.
 - ``stratification.json``: the latency-tier pools (written once, after stratification).
 - ``searchers/tier-<t>-v<k>.json``: snapshots of each tier's searcher; the state names the current one, so a
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sqlite3
 import threading
 from dataclasses import dataclass, field
@@ -28,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..rpc import PHASES, pb, phase_name
-from ..sqlite import FileFormat, open_database, transaction
+from ..sqlite import CommitFailed, FileFormat, GroupCommit, open_database
 from .errors import StateFileError
 
 STATE_FORMAT = "gpunet-controller-state/v1"
@@ -208,7 +212,11 @@ def _header_format(conn: sqlite3.Connection) -> Any:
 
 
 class StateStore:
-    """The SQLite file behind :class:`ControllerState`; thread-safe (one connection, a lock).
+    """The SQLite file behind :class:`ControllerState`; thread-safe.
+
+    Writes go through a :class:`~gpunet.sqlite.GroupCommit`: :meth:`save` stages the header and the changed
+    candidates and returns a ticket; :meth:`wait` commits it (unless a flush already did), and :meth:`save` with
+    ``wait=True`` does both. Many RPCs' saves share one transaction.
 
     Raises:
         StateFileError: the file is not a controller state (another application's, corrupt, a newer format).
@@ -217,25 +225,45 @@ class StateStore:
 
     def __init__(self, path: str | Path, readonly: bool = False) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
-        self._conn = open_database(
+        conn = open_database(
             self.path, FILE_FORMAT, readonly=readonly,
             error=lambda p, reason: StateFileError(str(p), reason=reason),
             missing=lambda p, reason: FileNotFoundError(f"{p}: no controller state here ({reason})"))
+        self._conn = conn
+        self.commits: GroupCommit | None = None if readonly else GroupCommit(conn)
+        self._lock = self.commits.lock if self.commits is not None else threading.Lock()
 
     def exists(self) -> bool:
         with self._lock:
             row = self._conn.execute("SELECT 1 FROM meta WHERE key = 'state'").fetchone()
         return row is not None
 
-    def save(self, state: ControllerState, candidates: Iterable[Candidate] = ()) -> None:
-        """Write the header and the given (changed) candidates in one transaction."""
-        rows = [(c.id, json.dumps(c.to_dict(), separators=(",", ":"))) for c in candidates]
-        header = json.dumps(state.header(), separators=(",", ":"))
-        with self._lock, transaction(self._conn):
-            self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('state', ?)", (header,))
-            if rows:
-                self._conn.executemany("INSERT OR REPLACE INTO candidates VALUES (?, ?)", rows)
+    def save(self, state: ControllerState, candidates: Iterable[Candidate] = (), wait: bool = True) -> int:
+        """Stage the header and the given (changed) candidates for one transaction; returns the ticket.
+
+        Args:
+            wait: block until the ticket is committed (else call :meth:`wait` before relying on it).
+
+        Raises:
+            gpunet.sqlite.CommitFailed: ``wait`` and the commit failed (the writes are retried in the next batch).
+        """
+        writes: dict[Any, Any] = {("candidate", c.id): (_PUT_CANDIDATE, (c.id, json.dumps(c.to_dict(), separators=(",", ":"))))
+                                  for c in candidates}
+        writes["header"] = (_PUT_HEADER, (json.dumps(state.header(), separators=(",", ":")),))
+        assert self.commits is not None, "a read-only state store cannot save"
+        ticket = self.commits.stage(writes)
+        if wait:
+            self.commits.flush(ticket)
+        return ticket
+
+    def wait(self, ticket: int) -> None:
+        """Make ``ticket`` (of :meth:`save`) durable: commit it, unless a flush already did.
+
+        Raises:
+            gpunet.sqlite.CommitFailed: its batch failed.
+        """
+        assert self.commits is not None
+        self.commits.flush(ticket)
 
     def load(self) -> ControllerState:
         with self._lock:
@@ -246,5 +274,17 @@ class StateStore:
         return ControllerState.from_dict({**json.loads(row[0]), "candidates": cands})
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        """Commit what is staged and close the file. A commit that fails here (a full disk) is logged: the file
+        keeps its last commit, from which a restart resumes."""
+        try:
+            if self.commits is not None:
+                self.commits.close()
+        except CommitFailed as exc:
+            logging.getLogger(__name__).warning("%s: the last writes were not committed on close (%s)", self.path, exc)
+        finally:
+            with self._lock:
+                self._conn.close()
+
+
+_PUT_HEADER = "INSERT OR REPLACE INTO meta VALUES ('state', ?)"
+_PUT_CANDIDATE = "INSERT OR REPLACE INTO candidates VALUES (?, ?)"

@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 #: Status codes worth retrying: the controller is restarting, overloaded or the network blipped.
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
+#: How long a worker's ``RequestWork`` lets the controller hold it when there is no work (the long poll), seconds.
+LONG_POLL_S = 20.0
+#: How often a long call checks the client's ``stop`` event, in seconds.
+STOP_POLL_S = 0.5
+
 #: ``ReleaseReason`` values by name.
 RELEASE_REASONS = {
     "preempted": pb.RELEASE_REASON_PREEMPTED,
@@ -159,8 +164,8 @@ class ControllerClient:
         self.stub = connect(address, token, options=options, credentials=credentials)
         self.retries = 0
 
-    def call(self, method: str, request: Any, *, give_up_s: float | None = None) -> Any:
-        """``stub.<method>(request)`` with retries.
+    def call(self, method: str, request: Any, *, give_up_s: float | None = None, timeout_s: float | None = None) -> Any:
+        """``stub.<method>(request)`` with retries; each try's deadline is ``timeout_s`` (default the client's).
 
         Raises:
             ControllerUnavailable: a retryable failure lasted ``give_up_s`` (or ``stop`` was set meanwhile).
@@ -171,7 +176,7 @@ class ControllerClient:
         limit = self.give_up_s if give_up_s is None else give_up_s
         while True:
             try:
-                return fn(request, timeout=self.timeout_s)
+                return self._invoke(method, fn, request, self.timeout_s if timeout_s is None else timeout_s)
             except grpc.RpcError as exc:
                 if exc.code() not in RETRYABLE:
                     raise
@@ -187,6 +192,29 @@ class ControllerClient:
                 else:
                     time.sleep(pause)
                 delay = min(delay * 2, self.max_backoff_s)
+
+    def request_work(self, request: pb.WorkRequest, max_wait_s: float = LONG_POLL_S) -> pb.WorkResponse:
+        """``RequestWork`` as a long poll: the controller holds the call up to ``max_wait_s`` seconds until there is
+        work (``WorkRequest.max_wait_s``; an older controller answers Wait at once, as before). The call's deadline is
+        ``timeout_s + max_wait_s``; ``stop`` ends the wait early (:class:`ControllerUnavailable`).
+
+        Raises:
+            ControllerUnavailable, grpc.RpcError: as :meth:`call`.
+        """
+        held = pb.WorkRequest()
+        held.CopyFrom(request)
+        held.max_wait_s = max_wait_s
+        return self.call("RequestWork", held, timeout_s=self.timeout_s + max_wait_s)
+
+    def _invoke(self, method: str, fn: Any, request: Any, timeout_s: float) -> Any:
+        if self.stop is None or timeout_s <= self.timeout_s:
+            return fn(request, timeout=timeout_s)
+        future = fn.future(request, timeout=timeout_s)  # a long call: stop must not wait for its end
+        while not future.done():
+            if self.stop.wait(STOP_POLL_S):
+                future.cancel()
+                raise ControllerUnavailable(self.address, method, "CANCELLED", "stopped while waiting for an answer")
+        return future.result()
 
     def close(self) -> None:
         self.stub.channel.close()

@@ -61,14 +61,16 @@ SEARCH_PHASE_FINALIZING: SearchPhase
 SEARCH_PHASE_SCALING: SearchPhase
 
 class WorkRequest(_message.Message):
-    __slots__ = ("worker_id", "kind", "device")
+    __slots__ = ("worker_id", "kind", "device", "max_wait_s")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    MAX_WAIT_S_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     kind: WorkerKind
     device: str
-    def __init__(self, worker_id: _Optional[str] = ..., kind: _Optional[_Union[WorkerKind, str]] = ..., device: _Optional[str] = ...) -> None: ...
+    max_wait_s: float
+    def __init__(self, worker_id: _Optional[str] = ..., kind: _Optional[_Union[WorkerKind, str]] = ..., device: _Optional[str] = ..., max_wait_s: _Optional[float] = ...) -> None: ...
 
 class WorkResponse(_message.Message):
     __slots__ = ("candidate", "layers", "wait", "done", "network")

@@ -83,6 +83,8 @@ class SearchControllerServiceServicer:
         """A free worker asks for work. The answer is a candidate to train, a batch of layers to profile, a whole
         network to measure (phase Finalizing), "wait" (nothing to do right now, ask again later) or "done" (the
         search is over; exit). Asking again while holding a lease returns the same assignment with its lease renewed.
+        With WorkRequest.max_wait_s an idle worker's call is held until work appears (a long poll), so idle workers
+        do not poll.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

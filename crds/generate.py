@@ -137,6 +137,7 @@ def spec_schema() -> dict[str, Any]:
     props: dict[str, Any] = {"searchSpace": search_space_schema()}
     for name, cls in engine.ENGINE_SECTIONS.items():
         props[name] = {**engine.openapi_schema(cls), "default": {}}
+    props["baselines"] = engine.baselines_schema()
     props |= kubernetes_sections()
     return {"type": "object", "x-kubernetes-validations": frozen_rules(), "properties": props, "description": (
         "What to search and with which resources. searchSpace, latency, algorithm, training and storage define the "

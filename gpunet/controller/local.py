@@ -136,8 +136,8 @@ class LocalRun:
             return self
         if self.controller.state.phase == PHASE_PROFILING:
             self.procs += [self._spawn("profiler", i) for i in range(self.n_profilers)]
-        if self.controller.state.phase != PHASE_FINALIZING:
-            self.procs += [self._spawn("trainer", i) for i in range(self.n_workers)]
+        # also in Finalizing: stage 2 trains there (a trainer with nothing to do hears "done" and exits 0)
+        self.procs += [self._spawn("trainer", i) for i in range(self.n_workers)]
         self.supervise()
         return self
 

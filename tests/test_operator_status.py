@@ -94,7 +94,8 @@ SPEC = with_defaults({"latency": {"tiers": [0.5]}, "trainers": {"maxReplicas": 4
     ("Profiling", 0, 0, True, Scale(1, 0, 0)),  # table complete: profilers go
     ("Scaling", 0, 2, False, Scale(1, 2, 2)),  # LACS: the scaled networks' layers measured, trainers kept
     ("Scaling", 4, 0, True, Scale(1, 0, 4)),  # LACS: the scaled networks trained
-    ("Finalizing", 3, 0, True, Scale(1, 2, 0)),  # winners measured on profilers, results written; no trainer
+    ("Finalizing", 0, 0, True, Scale(1, 2, 0)),  # winners measured on profilers, results written; no trainer
+    ("Finalizing", 3, 1, True, Scale(1, 2, 4)),  # stage 2: the winners trained again and the baselines
     ("Succeeded", 5, 5, True, Scale(0, 0, 0)),
     ("Failed", 5, 5, False, Scale(0, 0, 0)),
 ])

@@ -90,7 +90,7 @@ def baseline_network(baseline: Any, space: Any) -> TimmNetwork:
 
 def check_baselines(baselines: Any) -> None:
     """Every ``spec.baselines`` model is known to the installed timm (raises :class:`BaselineError` naming the
-    entry); needs timm."""
+    entry); needs timm (the controller calls it when it starts)."""
     import timm
 
     for i, b in enumerate(baselines):

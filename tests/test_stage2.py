@@ -162,16 +162,20 @@ def test_stage2_trains_winner_and_baseline_under_leases_and_survives_a_trainer_k
 
 def test_stage2_plan_survives_a_controller_restart_and_resumes_from_the_search_checkpoint(tmp_path: Path) -> None:
     clock = Clock()
-    spec = stage2_spec(final_epochs=2, top_k=2, init="checkpoint", baselines=())
+    spec = stage2_spec(final_epochs=2, top_k=2, init="checkpoint")
     ctl = searched(tmp_path, clock, spec)
     ctl.step()
     planned = sorted(c.id for c in ctl.candidates() if c.final)
-    assert len(planned) == 2, "the top 2 of the tier"
+    assert len(planned) == 3, "the top 2 of the tier and the baseline"
+    baseline = ctl.state.candidates[f"b0-{BASELINE}"]
+    assert baseline.training["epochs"] == 4 and baseline.epoch == 0, "the winners' whole budget, from scratch"
     ctl.close()
     again = SearchController(spec, tmp_path, lease_s=10.0, clock=clock, round_interval_s=0, results=True)
     again.step()
     assert sorted(c.id for c in again.candidates() if c.final) == planned, "planned once"
     task = again.request_work(trainer_request("t1")).candidate
+    if task.candidate_id.startswith("b0-"):
+        task = again.request_work(trainer_request("t2")).candidate
     assert task.start_epoch == 2 and task.resume_checkpoint.endswith("search.pt")
     assert Path(task.resume_checkpoint).read_bytes() == b"not a real checkpoint", "the search checkpoint, copied"
     assert json.loads(task.training_json)["epochs"] == 4, "2 search epochs + 2 of stage 2"
@@ -236,3 +240,10 @@ def test_baseline_trains_and_is_tested_from_its_checkpoint(tmp_path: Path) -> No
     assert outcome.status == "completed" and outcome.epochs == 1
     top1 = test_top1(outcome.checkpoint_path, training)
     assert 0.0 <= top1 <= 1.0
+
+
+def test_an_unknown_baseline_fails_the_controller_at_start(tmp_path: Path) -> None:
+    from gpunet.baselines import BaselineError
+
+    with pytest.raises(BaselineError, match=r"spec.baselines\[0\].model: got 'not_a_timm_model'"):
+        SearchController(stage2_spec(baselines=({"model": "not_a_timm_model"},)), tmp_path)

@@ -104,6 +104,10 @@ class SearchController:
 
         self.spec = spec
         self.space = spec.space()
+        if spec.baselines:  # a misspelt baseline fails the search now, not after it
+            from ..baselines import check_baselines
+
+            check_baselines(spec.baselines)
         self.dir = Path(state_dir).resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.lease_s = float(lease_s)

@@ -12,7 +12,8 @@ Vertex AI NAS likewise follows its proxy-task search with a full training of the
   network's dropout rates makes the trainer start from scratch, and the candidate records why).
 - **Baselines** (``spec.baselines``): each timm model becomes a candidate ``b<j>-<model>`` (tier -1, ``final =
   {"kind": "baseline", "model", "index"}``, ``architecture`` its :class:`gpunet.baselines.TimmNetwork`), trained
-  with the same stage-2 training (the search's epochs when stage 2 is off), from scratch.
+  with the same stage-2 training, from scratch, for the winners' whole budget: ``final.epochs`` (plus the search's
+  ``epochs`` with ``init: checkpoint``; the search's ``epochs`` when stage 2 is off).
 
 They are queued on the :class:`~.trainers.TrainerDesk` and trained under leases like every candidate: an expired
 lease or a preemption re-queues them from their last epoch checkpoint. Their trainers evaluate the trained network
@@ -93,7 +94,9 @@ class FinalTraining:
                 for rank, src in enumerate(top_candidates(candidates, t, final.top_k, spec)):
                     new.append(self._winner(src, rank, now))
         space = spec.space()
-        training = spec.training.stage2().to_dict()
+        # The baselines get the winners' whole budget: with init checkpoint, the search's epochs and stage 2's.
+        resumed = spec.training.epochs if final.epochs and final.init == "checkpoint" else 0
+        training = spec.training.stage2(resumed).to_dict()
         for j, baseline in enumerate(spec.baselines):
             net = baseline_network(baseline, space)
             new.append(Candidate(

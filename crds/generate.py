@@ -160,6 +160,11 @@ COUNTERS = {
     "preempted": "Leases given back because a pod was preempted or evicted.",
     "podFailures": "Trainer pods or containers that failed (not preempted).",
     "leaseExpiries": "Leases that expired without a heartbeat.",
+    "finalQueued": "Stage 2 (phase Finalizing): winners and baselines waiting for a trainer.",
+    "finalRunning": "Stage 2: winners and baselines leased to a trainer.",
+    "finalCompleted": "Stage 2: winners and baselines trained for all their epochs.",
+    "finalFailed": "Stage 2: winners and baselines given up after spec.training.maxRetries failed attempts.",
+    "finalTotal": "Stage 2: winners trained again (spec.training.final) and baselines (spec.baselines).",
 }
 
 

@@ -64,6 +64,17 @@ def test_status_names_the_best_candidate_per_tier_in_percent() -> None:
     assert ready["type"] == "Ready" and ready["status"] == "True"
 
 
+def test_status_counts_stage2_in_finalizing_and_leaves_baselines_without_a_tier() -> None:
+    reply = pb.SearchStatus(phase=pb.SEARCH_PHASE_FINALIZING, candidates=pb.CandidateCounts(running=2, completed=6, total=8),
+                            final_training=pb.CandidateCounts(running=2, completed=1, total=3),
+                            records=[pb.CandidateRecord(id="b0-mobilenetv3_small_050", tier_index=-1, state="running")])
+    status = mirror(reply, [0.5], conditions=[], budget_bytes=BUDGET)
+    counters = status["counters"]
+    assert (counters["finalRunning"], counters["finalCompleted"], counters["finalTotal"]) == (2, 1, 3)
+    assert status["candidates"]["list"] == [{"id": "b0-mobilenetv3_small_050", "state": "running"}]
+    assert "finalTotal" not in mirror(big_search(3), [0.5, 0.8, 1.1], conditions=[], budget_bytes=BUDGET)["counters"]
+
+
 def test_compact_list_respects_any_budget() -> None:
     records = [{"id": f"c{i}", "state": "completed", "top1": 50.0} for i in range(100)]
     for budget in (2, 50, 500, 5000):

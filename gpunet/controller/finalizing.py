@@ -34,7 +34,7 @@ import math
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from ..fileio import write_json_atomic
 from ..rpc import pb, phase_name
@@ -43,9 +43,6 @@ from .errors import check_id, require
 from .leases import Lease, LeaseBook
 from .measurements import FINALIZING_FILE, FINALIZING_FORMAT, NetworkJob, read_progress
 from .state import PHASE_SUCCEEDED, ControllerState, architecture_of
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .trainers import TrainerDesk
 
 log = logging.getLogger(__name__)
 
@@ -256,13 +253,14 @@ class FinalizingStage:
         results: measure the tier winners and write the result files (False: the phase passes straight through,
             e.g. ``python -m gpunet.controller --no-outputs``, after stage 2 if the spec asks for it).
         measure_timeout_s: how long to wait for profilers to measure every tier winner.
-        desk: the trainers' desk, for stage 2 (:mod:`.stage2`); None: no stage 2.
+        desk: the trainers' desk (:class:`~.trainers.TrainerDesk`, which imports this module), for stage 2
+            (:mod:`.stage2`); None: no stage 2.
         save: persists the state header and the given candidates (with the lock held); needed with ``desk``.
     """
 
     def __init__(self, spec: SearchSpec, state: ControllerState, state_dir: Path, leases: LeaseBook,
                  lock: threading.RLock, *, results: bool = True,
-                 measure_timeout_s: float = DEFAULT_MEASURE_TIMEOUT_S, desk: "TrainerDesk | None" = None,
+                 measure_timeout_s: float = DEFAULT_MEASURE_TIMEOUT_S, desk: Any = None,
                  save: Callable[..., None] | None = None) -> None:
         from .stage2 import FinalTraining
 

@@ -29,14 +29,10 @@ import math
 import re
 import shutil
 from collections import Counter as Tally
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from ..baselines import baseline_network
 from .state import FAILED, FINISHED, Candidate, is_baseline, score_of
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .finalizing import FinalizingStage
-    from .trainers import TrainerDesk
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +59,15 @@ class FinalTraining:
     """The stage-2 step of :class:`~.finalizing.FinalizingStage` (see the module docstring).
 
     Args:
-        stage: the Finalizing stage (spec, state, lock).
-        desk: the trainers' desk the candidates are queued on.
+        stage: the :class:`~.finalizing.FinalizingStage` (its spec, state and lock; not imported here, as
+            finalizing imports this module).
+        desk: the :class:`~.trainers.TrainerDesk` the candidates are queued on.
         save: persists the state header and the given candidates (with the lock held).
     """
 
     name = "final-training"
 
-    def __init__(self, stage: "FinalizingStage", desk: "TrainerDesk", save: Callable[..., None]) -> None:
+    def __init__(self, stage: Any, desk: Any, save: Callable[..., None]) -> None:
         self.stage, self.desk, self.save = stage, desk, save
 
     @property

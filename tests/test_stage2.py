@@ -155,6 +155,15 @@ def test_stage2_trains_winner_and_baseline_under_leases_and_survives_a_trainer_k
     md = (tmp_path / "hub.md").read_text()
     assert "Table 3 layout" in md and "speedup at equal accuracy 1.50x over mobilenetv3_small_050" in md
     assert "accuracy gain at equal latency +11.00 points" in md and f"| {BASELINE} (28x28, 1 ch) | 57.00 | 0.0900 |" in md
+    from rich.console import Console
+
+    from gpunet.cli.results_cmd import hub_view
+
+    console = Console(record=True, width=240)
+    for part in hub_view(hub):
+        console.print(part)
+    text = console.export_text()
+    assert f"baseline {BASELINE}" in text and "57.00" in text and "68.00" in text and f"f0-{best.id}" in text
     lines = [json.loads(line) for line in (tmp_path / "candidates.jsonl").read_text().splitlines()]
     assert {line["id"]: line.get("top1_test") for line in lines if line.get("final")} == \
         {f"f0-{best.id}": pytest.approx(0.68), f"b0-{BASELINE}": pytest.approx(0.57)}

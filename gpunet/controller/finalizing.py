@@ -3,14 +3,14 @@
 The steps run in order, each until it is done, and the search is ``Succeeded`` only after the last one, so that
 a scale-down at ``Succeeded`` (the operator's) never cuts the results off:
 
+0. :class:`~.stage2.FinalTraining` — stage 2: the tier winners trained again and the baselines trained, by the
+   trainers under leases (:mod:`.stage2`). The measurements of step 1 wait for it, so that a profiler never times a
+   network while trainers share its machine (``gpunet run`` on one CPU).
 1. :class:`NetworkMeasurements` — each latency tier's best network is measured end to end by a *profiler*, on the
    search's target device (the latency target the table was measured on), under a lease like a batch of layers.
    The GPUNet paper reports such end-to-end latencies next to the table's estimates, which overestimate because
    TensorRT fuses across layers (section 3.2, Fig. 4). The controller never measures itself: on Kubernetes it is a
    CPU pod, and a number from another device would be wrong under the right name.
-0. :class:`~.stage2.FinalTraining` — stage 2: the tier winners trained again and the baselines trained, by the
-   trainers under leases (:mod:`.stage2`). The measurements of step 1 wait for it, so that a profiler never times a
-   network while trainers share its machine (``gpunet run`` on one CPU).
 2. :class:`WriteResults` — the result files (:func:`gpunet.controller.outputs.write_outputs`): ``hub.json`` (with
    each measurement's ``latency_measured_on``), ``candidates.jsonl``, weights, ONNX, ``hub.md``, ``pareto.png``.
 

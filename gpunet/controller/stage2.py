@@ -28,7 +28,6 @@ import logging
 import math
 import re
 import shutil
-from collections import Counter as Tally
 from typing import Any, Callable
 
 from ..baselines import baseline_network
@@ -132,10 +131,6 @@ class FinalTraining:
         with self.stage.lock:
             members = self.members()
             return all(c.state in (*FINISHED, FAILED) for c in members)
-
-    def counts(self) -> Tally:
-        """Stage-2 candidates per state (call with the lock held)."""
-        return Tally(c.state for c in self.members())
 
     def progress(self) -> str:
         members = self.members()

@@ -537,7 +537,8 @@ def baselines_schema() -> dict[str, Any]:
 
 
 def parse_baselines(raw: Any, where: str = "spec.baselines") -> tuple[BaselineSpec, ...]:
-    """``spec.baselines``: a list of ``{model, resolution, inChans}`` mappings (raises :class:`SpecError` naming the entry)."""
+    """``spec.baselines``: a list of ``{model, resolution, inChans}`` mappings (raises :class:`SpecError` naming
+    the entry)."""
     if raw is None:
         return ()
     if not isinstance(raw, (list, tuple)) or len(raw) > MAX_BASELINES:

@@ -140,6 +140,7 @@ def spec_schema() -> dict[str, Any]:
     props: dict[str, Any] = {"searchSpace": search_space_schema()}
     for name, cls in engine.ENGINE_SECTIONS.items():
         props[name] = {**engine.openapi_schema(cls), "default": {}}
+    props["baselines"] = engine.baselines_schema()
     props |= kubernetes_sections()
     return {"type": "object", "x-kubernetes-validations": frozen_rules(), "properties": props, "description": (
         "What to search and with which resources. searchSpace, latency, algorithm, training and storage define the "
@@ -162,6 +163,11 @@ COUNTERS = {
     "preempted": "Leases given back because a pod was preempted or evicted.",
     "podFailures": "Trainer pods or containers that failed (not preempted).",
     "leaseExpiries": "Leases that expired without a heartbeat.",
+    "finalQueued": "Stage 2 (phase Finalizing): winners and baselines waiting for a trainer.",
+    "finalRunning": "Stage 2: winners and baselines leased to a trainer.",
+    "finalCompleted": "Stage 2: winners and baselines trained for all their epochs.",
+    "finalFailed": "Stage 2: winners and baselines given up after spec.training.maxRetries failed attempts.",
+    "finalTotal": "Stage 2: winners trained again (spec.training.final) and baselines (spec.baselines).",
 }
 
 

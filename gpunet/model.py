@@ -124,8 +124,13 @@ class GPUNet(nn.Module):
         return self.head(self.forward_features(x))
 
 
-def build_model(arch: Architecture) -> GPUNet:
-    """Build the network of ``arch`` (weights initialised by PyTorch's defaults)."""
+def build_model(arch: Architecture) -> nn.Module:
+    """Build the network of ``arch`` (weights initialised by PyTorch's defaults): a :class:`GPUNet`, or the timm
+    model of a baseline (:class:`gpunet.baselines.TimmNetwork`, ``pretrained=False``)."""
+    from .baselines import TimmNetwork
+
+    if isinstance(arch, TimmNetwork):
+        return arch.build()
     return GPUNet(arch)
 
 

@@ -13,9 +13,11 @@ A ``NASSearch`` YAML is what ``kubectl apply`` takes and what ``gpunet run`` rea
       algorithm: {name: lamcts-bo, seed: 0, budget: 6, initialSamples: 3, options: {},
                   objective: tiered}      # or mnas, with targetMs, w, hard (gpunet.objectives)
       training: {dataset: {kind: fashion-mnist, valSplit: 0.1}, epochs: 3, batchSize: 128, recipe: {...},
-                 earlyStopping: {rule: median, minEpochs: 2, minPeers: 2}, maxRetries: 3}
+                 earlyStopping: {rule: median, minEpochs: 2, minPeers: 2}, maxRetries: 3,
+                 final: {epochs: 0, topK: 1, init: scratch, recipe: {}}}   # epochs > 0: stage 2 of the winners
       scaling: {baseTier: 0, targetsMs: [0.8, 1.6], depthMultipliers: [...], widthMultipliers: [...],
                 resolutionMultipliers: [...], candidatesPerTarget: 2}   # optional: phase Scaling (LACS)
+      baselines: [{model: mobilenetv3_small_050, resolution: 0, inChans: 0}]   # optional: timm models, Table 3
       trainers: {...}; profilers: {...}; controller: {...}; storage: {...}   # Kubernetes only
 
 **One table of fields.** Every engine field is a dataclass field below whose ``metadata`` holds its description
@@ -193,6 +195,24 @@ class EarlyStoppingSpec:
     reduction_factor: int = _f(3, "ASHA: the reduction factor eta (the top 1/eta of a rung go on).", minimum=2)
 
 
+#: How a stage-2 training starts (``spec.training.final.init``).
+FINAL_INITS = ("scratch", "checkpoint")
+
+
+@dataclass(frozen=True)
+class FinalTrainingSpec:
+    """Stage 2: the longer training of each tier's best candidates once its search ends (GPUNet paper 4.1: the
+    top network is trained again for longer; Vertex AI NAS: full training of the best trials). ``epochs`` 0 = off."""
+
+    epochs: int = _f(0, "Epochs of the stage-2 training of each tier's winners (0 = no stage 2); with init "
+                     "checkpoint, epochs on top of the search's.", minimum=0)
+    top_k: int = _f(1, "Best candidates of each tier (by the search's validation score) trained again; the hub reports "
+                    "the one with the best stage-2 validation top-1.", minimum=1, maximum=16)
+    init: str = _f("scratch", "Start from fresh weights (scratch) or from the candidate's last search checkpoint.",
+                   enum=FINAL_INITS)
+    recipe: dict[str, Any] = _f({}, "Overrides of training.recipe for stage 2 and the baselines (camelCase recipe fields).")
+
+
 @dataclass(frozen=True)
 class TrainingSpec:
     """How every candidate is trained (the same recipe for all candidates of a tier)."""
@@ -204,10 +224,22 @@ class TrainingSpec:
     early_stopping: EarlyStoppingSpec = _f(EarlyStoppingSpec, "Early stopping of unpromising candidates.")
     max_retries: int = _f(3, "Retries of a candidate after failed attempts (a training error, an expired lease, a dead "
                          "worker; preemptions do not count): failed attempt maxRetries + 1 marks it failed.", minimum=0)
+    final: FinalTrainingSpec = _f(FinalTrainingSpec, "Stage 2: the longer training of the tier winners (and of the "
+                                  "baselines) after the search.")
 
     def to_dict(self) -> dict[str, Any]:
         """camelCase mapping, as in the YAML; :func:`parse_training` reads it back."""
         return _to_camel(dataclasses.asdict(self))
+
+    def stage2(self, resumed_epochs: int = 0) -> "TrainingSpec":
+        """The training of stage 2 and of the baselines: ``final.epochs`` epochs (plus ``resumed_epochs`` already
+        done when resuming from a search checkpoint; the search's ``epochs`` when stage 2 is off), the recipe with
+        ``final.recipe``'s overrides, no early stopping, no further stage."""
+        recipe = _fill(RecipeSpec, {**_to_camel(dataclasses.asdict(self.recipe)), **self.final.recipe},
+                       "spec.training.final.recipe")
+        epochs = resumed_epochs + self.final.epochs if self.final.epochs else self.epochs
+        return dataclasses.replace(self, epochs=epochs, recipe=recipe, final=FinalTrainingSpec(),
+                                   early_stopping=dataclasses.replace(self.early_stopping, enabled=False))
 
 
 _MULTIPLIERS = {"minItems": 1, "maxItems": 32, "uniqueItems": True, "items": {"minimum": 0, "exclusiveMinimum": True}}
@@ -236,6 +268,20 @@ class ScalingSpec:
     def enabled(self) -> bool:
         return bool(self.targets_ms)
 
+
+@dataclass(frozen=True)
+class BaselineSpec:
+    """A hand-designed or published network trained and measured next to the hub's models (GPUNet paper Table 3),
+    built by ``timm.create_model(model, pretrained=False, num_classes=..., in_chans=...)``: no download."""
+
+    model: str = _f("", "timm model name (timm.list_models()), e.g. mobilenetv3_small_050.", minLength=1,
+                    pattern="^[A-Za-z0-9_.]+$")
+    resolution: int = _f(0, "Input resolution in pixels (0 = the search space's largest).", minimum=0)
+    in_chans: int = _f(0, "Input channels (0 = the search space's, e.g. 1 for Fashion-MNIST).", minimum=0)
+
+
+#: Most entries of ``spec.baselines``.
+MAX_BASELINES = 16
 
 #: The engine sections of ``spec`` and their dataclasses.
 ENGINE_SECTIONS: dict[str, type] = {"latency": LatencySpec, "algorithm": AlgorithmSpec, "training": TrainingSpec,
@@ -292,6 +338,8 @@ class SearchSpec:
     training: TrainingSpec = field(default_factory=TrainingSpec)
     kubernetes: dict[str, Any] = field(default_factory=dict)
     scaling: ScalingSpec = field(default_factory=ScalingSpec)
+    #: ``spec.baselines`` (:func:`parse_baselines`).
+    baselines: tuple[BaselineSpec, ...] = ()
 
     @property
     def tier_targets(self) -> tuple[float, ...]:
@@ -508,12 +556,40 @@ def parse_algorithm(raw: Any, where: str = "spec.algorithm") -> AlgorithmSpec:
     return spec
 
 
-def parse_training(raw: Any, where: str = "spec.training") -> TrainingSpec:
-    return _fill(TrainingSpec, raw, where)
-
-
 def parse_scaling(raw: Any, where: str = "spec.scaling") -> ScalingSpec:
     return _fill(ScalingSpec, raw, where)
+
+
+def parse_training(raw: Any, where: str = "spec.training") -> TrainingSpec:
+    training = _fill(TrainingSpec, raw, where)
+    training.stage2()  # the recipe overrides of stage 2 are recipe fields with valid values
+    return training
+
+
+def baselines_schema() -> dict[str, Any]:
+    """The CRD schema of ``spec.baselines``: a list of :class:`BaselineSpec`."""
+    item = openapi_schema(BaselineSpec)
+    item["required"] = ["model"]
+    return {"type": "array", "default": [], "maxItems": MAX_BASELINES, "items": item,
+            "description": "timm models trained with stage 2's budget and measured like the hub's models (Table 3)."}
+
+
+def parse_baselines(raw: Any, where: str = "spec.baselines") -> tuple[BaselineSpec, ...]:
+    """``spec.baselines``: a list of ``{model, resolution, inChans}`` mappings (raises :class:`SpecError` naming
+    the entry)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, (list, tuple)) or len(raw) > MAX_BASELINES:
+        raise SpecError(where, raw, f"a list of at most {MAX_BASELINES} baselines ({{model, resolution, inChans}})")
+    out = []
+    for i, item in enumerate(raw):
+        path = f"{where}[{i}]"
+        if not isinstance(item, Mapping) or "model" not in item:
+            raise SpecError(path, item, "a mapping with a timm model name under 'model'")
+        out.append(_fill(BaselineSpec, item, path))
+    if len({b for b in out}) != len(out):
+        raise SpecError(where, [b.model for b in out], "distinct baselines")
+    return tuple(out)
 
 
 def _check_scaling(spec: SearchSpec) -> None:
@@ -541,7 +617,7 @@ def parse_search(doc: Mapping[str, Any], check_space: bool = True) -> SearchSpec
     if not (isinstance(name, str) and re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", name)):
         raise SpecError("metadata.name", name, "a DNS-1123 subdomain name (lowercase letters, digits, '-', '.')")
     spec = _section(doc.get("spec"), "spec")
-    known = ("searchSpace", *ENGINE_SECTIONS, *KUBERNETES_SECTIONS)
+    known = ("searchSpace", *ENGINE_SECTIONS, "baselines", *KUBERNETES_SECTIONS)
     for key in spec:
         _field_name(key, [_snake(k) for k in known], f"spec.{key}", spec[key])
     space = _section(spec.get("searchSpace", {"preset": "gpunet"}), "spec.searchSpace")
@@ -555,6 +631,7 @@ def parse_search(doc: Mapping[str, Any], check_space: bool = True) -> SearchSpec
         training=parse_training(spec.get("training")),
         kubernetes={k: spec[k] for k in KUBERNETES_SECTIONS if k in spec},
         scaling=parse_scaling(spec.get("scaling")),
+        baselines=parse_baselines(spec.get("baselines")),
     )
     _check_scaling(parsed)
     if check_space:

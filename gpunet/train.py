@@ -245,6 +245,41 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, precision: Pre
     return int(correct) / max(total, 1)
 
 
+def test_split(training: TrainingSpec, arch: Any, seed: int = 0) -> Any:
+    """The dataset that the hub's models and the baselines are tested on, once (issue 11: three splits): the test
+    split of ``training.dataset`` (:func:`gpunet.data.build_test_dataset`: Fashion-MNIST's test set, an
+    ImageFolder's ``val/``), apart from the validation split held out of the training data that the search selects
+    on. ``seed`` is unused: the split is seeded by ``training.dataset.seed``."""
+    return build_test_dataset(training.dataset, training.recipe, arch.resolution, arch.in_chans)[0]
+
+
+def test_top1(checkpoint_path: str | Path, training: TrainingSpec, device: str = "cpu", seed: int = 0,
+              dataset: Any = None) -> float:
+    """Top-1 (a fraction) on :func:`test_split` of the network in a training checkpoint: its EMA weights when they
+    scored the higher validation top-1 in the last epoch, else its raw weights (as the hub's weights files).
+
+    The checkpoint is read with ``weights_only=True``; its ``arch`` is our architecture JSON or a baseline's
+    (:func:`gpunet.baselines.network_from_dict`). Raises :class:`CheckpointError` for an unreadable file.
+    """
+    from .baselines import network_from_dict
+
+    try:
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        arch = network_from_dict(state["arch"])
+        model = build_model(arch)
+        use_ema = state.get("ema") is not None and bool(state.get("ema_better", False))
+        model.load_state_dict(state["ema"] if use_ema else state["model"])
+    except FileNotFoundError as exc:
+        raise CheckpointError(str(checkpoint_path), reason="no such file") from exc
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(str(checkpoint_path), reason=f"unusable ({type(exc).__name__}: {exc})") from exc
+    dev = torch.device(device)
+    dataset = dataset if dataset is not None else test_split(training, arch, seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=max(256, training.batch_size), shuffle=False,
+                                         num_workers=training.recipe.workers)
+    return evaluate(model.to(dev), loader, dev)
+
+
 def train_candidate(
     arch: Architecture,
     training: TrainingSpec,

@@ -90,7 +90,7 @@ def test_no_profiler_within_the_timeout_ends_finalizing_with_the_reason(tmp_path
     clock = Clock()
     ctl = finished_search(tmp_path, clock, finalize_timeout_s=60.0)
     ctl.step()
-    assert ctl.state.phase == "Finalizing" and "measured 0/1 tier winners" in ctl.state.message
+    assert ctl.state.phase == "Finalizing" and "measured 0/1 networks" in ctl.state.message
     clock.now += 61
     ctl.step()
     assert ctl.state.phase == "Succeeded"

@@ -138,6 +138,17 @@ def test_a_new_resume_annotation_resumes_a_failed_search_and_restarts_the_status
     assert len(api.applied) == 2 and api.applied[-1]["phase"] == "Searching"  # the status loop starts again
 
 
+def test_status_counts_stage2_in_finalizing_and_leaves_baselines_without_a_tier() -> None:
+    reply = pb.SearchStatus(phase=pb.SEARCH_PHASE_FINALIZING, candidates=pb.CandidateCounts(running=2, completed=6, total=8),
+                            final_training=pb.CandidateCounts(running=2, completed=1, total=3),
+                            records=[pb.CandidateRecord(id="b0-mobilenetv3_small_050", tier_index=-1, state="running")])
+    status = mirror(reply, [0.5], conditions=[], budget_bytes=BUDGET)
+    counters = status["counters"]
+    assert (counters["finalRunning"], counters["finalCompleted"], counters["finalTotal"]) == (2, 1, 3)
+    assert status["candidates"]["list"] == [{"id": "b0-mobilenetv3_small_050", "state": "running"}]
+    assert "finalTotal" not in mirror(big_search(3), [0.5, 0.8, 1.1], conditions=[], budget_bytes=BUDGET)["counters"]
+
+
 def test_compact_list_respects_any_budget() -> None:
     records = [{"id": f"c{i}", "state": "completed", "top1": 50.0} for i in range(100)]
     for budget in (2, 50, 500, 5000):
@@ -168,7 +179,8 @@ SPEC = with_defaults({"latency": {"tiers": [0.5]}, "trainers": {"maxReplicas": 4
     ("Profiling", 0, 0, True, Scale(1, 0, 0)),  # table complete: profilers go
     ("Scaling", 0, 2, False, Scale(1, 2, 2)),  # LACS: the scaled networks' layers measured, trainers kept
     ("Scaling", 4, 0, True, Scale(1, 0, 4)),  # LACS: the scaled networks trained
-    ("Finalizing", 3, 0, True, Scale(1, 2, 0)),  # winners measured on profilers, results written; no trainer
+    ("Finalizing", 0, 0, True, Scale(1, 2, 0)),  # winners measured on profilers, results written; no trainer
+    ("Finalizing", 3, 1, True, Scale(1, 2, 4)),  # stage 2: the winners trained again and the baselines
     ("Succeeded", 5, 5, True, Scale(0, 0, 0)),
     ("Failed", 5, 5, False, Scale(0, 0, 0)),
 ])

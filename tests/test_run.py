@@ -151,3 +151,27 @@ def test_local_run_with_scaling_trains_and_measures_the_lacs_family(tmp_path: Pa
     model = gpunet.hub.load(out, 5.0, family=True)  # the member's trained weights, by its target
     assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - member["params_m"]) < 1e-3
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_local_run_trains_stage2_and_a_baseline_and_writes_table3(tmp_path: Path) -> None:
+    """Real trainers and a real profiler: the tier winner trained again (stage 2), a timm baseline trained and
+    measured end to end, both tested on the test split, the hub written with them."""
+    import yaml
+
+    spec = write_spec(tmp_path / "search.yaml", name="local-stage2", budget=1, epochs=1, train_subset=200,
+                      val_subset=100, tiers=(0.3,), tolerance=0.9)
+    doc = yaml.safe_load(spec.read_text())
+    doc["spec"]["training"]["final"] = {"epochs": 2}
+    doc["spec"]["baselines"] = [{"model": "mobilenetv3_small_050"}]
+    spec.write_text(yaml.safe_dump(doc, sort_keys=False))
+    out = tmp_path / "out"
+    run = subprocess.run(gpunet_run(spec, out, "--json"), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    hub = json.loads(run.stdout)
+    tier, (base,) = hub["tiers"][0], hub["baselines"]
+    assert tier["final_candidate_id"] == f"f0-{tier['candidate_id']}" and tier["final_epochs"] == 2
+    assert 0.0 <= tier["top1_test"] <= 1.0 and tier["weights"] and tier["latency_ms_measured"] > 0
+    assert base["model"] == "mobilenetv3_small_050" and base["epochs"] == 2 and 0.0 <= base["top1_test"] <= 1.0
+    assert base["latency_ms_measured"] > 0 and base["latency_measured_on"]["backend"] == "onnxruntime"
+    assert tier["vs_baselines"]["equal_accuracy"]["baseline"] == "mobilenetv3_small_050"
+    assert "Table 3 layout" in (out / "hub.md").read_text() and (out / "pareto.png").stat().st_size > 0

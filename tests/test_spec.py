@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,30 @@ def test_a_gpunet_x_tiny_spec_parses_with_its_block_digits() -> None:
     assert narrowed.vector_length == 47 and narrowed.stages[4].blocks == ("irb",)
     widened = load_spec(doc(searchSpace={"preset": "gpunet-tiny", "stages": {4: {"block": ["fused_irb", "irb"]}}}))
     assert widened.space().vector_length == 42
+
+
+@pytest.mark.parametrize(("baselines", "field", "says"), [
+    ("mobilenetv3_small_050", "spec.baselines", "a list of at most 16 baselines"),
+    ([{"resolution": 32}], "spec.baselines[0]", "a mapping with a timm model name under 'model'"),
+    ([{"model": "resnet18", "inchans": 1}], "spec.baselines[0].inchans", "unknown field"),
+    ([{"model": "resnet 18"}], "spec.baselines[0].model", "a string matching"),
+    ([{"model": "resnet18"}, {"model": "resnet18"}], "spec.baselines", "distinct baselines"),
+])
+def test_bad_baselines_are_refused_naming_the_field(baselines: object, field: str, says: str) -> None:
+    with pytest.raises(SpecError, match=f"^{re.escape(field)}: .*{re.escape(says)}"):
+        load_spec(doc(baselines=baselines))
+
+
+def test_stage2_training_takes_the_final_epochs_and_recipe_overrides() -> None:
+    spec = load_spec(doc(training={"epochs": 3, "recipe": {"lr": 0.01}, "final": {"epochs": 2, "init": "checkpoint",
+                                                                               "recipe": {"lr": 0.002}}},
+                         baselines=[{"model": "resnet18", "inChans": 1}]))
+    assert spec.baselines[0].in_chans == 1 and spec.baselines[0].resolution == 0
+    stage2 = spec.training.stage2(resumed_epochs=3)
+    assert (stage2.epochs, stage2.recipe.lr, stage2.early_stopping.enabled, stage2.final.epochs) == (5, 0.002, False, 0)
+    assert parse_training(stage2.to_dict()) == stage2, "the trainer reads it back from training_json"
+    assert load_spec(doc()).training.final.epochs == 0 and load_spec(doc()).baselines == (), "off by default"
+    with pytest.raises(SpecError, match=r"^spec.training.final.recipe.lr: got -1.0; expected a number > 0"):
+        load_spec(doc(training={"final": {"epochs": 1, "recipe": {"lr": -1}}}))
+    with pytest.raises(SpecError, match=r"^spec.training.final.init: got 'warm'"):
+        load_spec(doc(training={"final": {"init": "warm"}}))

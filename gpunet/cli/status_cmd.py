@@ -111,10 +111,11 @@ def run_status(run_dir: Path, spec_file: Path | None = None) -> dict[str, Any]:
     counts = {s: sum(c.state == s for c in candidates) for s in CANDIDATE_STATES}
     tiers = []
     for t, best in enumerate(best_per_tier(candidates, len(targets), spec)):
-        done = [c for c in candidates if c.tier == t and c.state in FINISHED]
+        searched = [c for c in candidates if c.tier == t and not c.final]  # stage 2's runs are counted apart
+        done = [c for c in searched if c.state in FINISHED]
         tiers.append({
             "index": t, "target_ms": targets[t], "pool_size": pools[t], "evaluated": len(done),
-            "running": sum(c.tier == t and c.state == RUNNING for c in candidates),
+            "running": sum(c.state == RUNNING for c in searched),
             "best": None if best is None else {
                 "candidate_id": best.id, "top1": best.top1, "vector": best.vector,
                 "latency_ms_estimated": best.latency_ms if math.isfinite(best.latency_ms) else None},

@@ -11,8 +11,9 @@ It runs the search as a phase machine and hands out work under leases:
 4. **Scaling** (:mod:`.scaling`, only with ``spec.scaling``): latency-aware compound scaling of a tier winner into
    a family of networks, one per latency target; profilers measure the scaled networks' layers, trainers train
    the closest under each target.
-5. **Finalizing** (:mod:`.finalizing`): profilers measure each tier's best network end to end on the target device,
-   then the result files are written. Then **Succeeded** (or **Failed** at any point).
+5. **Finalizing** (:mod:`.finalizing`): stage 2 (:mod:`.stage2`, with ``spec.training.final`` or
+   ``spec.baselines``) trains the tier winners again and the baselines on the trainers; profilers measure each
+   tier's best network and the baselines end to end on the target device, then the result files are written. Then **Succeeded** (or **Failed** at any point).
 
 Fault tolerance:
 
@@ -118,6 +119,10 @@ class SearchController:
         self.spec = spec
         self.space = spec.space()
         self.pruner = pruner_of(spec.training)
+        if spec.baselines:  # a misspelt baseline fails the search now, not after it
+            from ..baselines import check_baselines
+
+            check_baselines(spec.baselines)
         self.dir = Path(state_dir).resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.lease_s = float(lease_s)
@@ -147,7 +152,7 @@ class SearchController:
         self.scaling = ScalingStage(spec, self.state, self.table, self.profiling, self.trainers, self.lock, self._save,
                                     profile_batch_size)
         self.finalizing = FinalizingStage(spec, self.state, self.dir, self.leases, self.lock, results=results,
-                                          measure_timeout_s=finalize_timeout_s)
+                                          measure_timeout_s=finalize_timeout_s, desk=self.trainers, save=self._save)
         phase = self.state.phase
         if phase in (PHASE_SEARCHING, PHASE_SCALING, PHASE_FINALIZING, *TERMINAL_PHASES) and self.searching.path.exists():
             self.searching.load()
@@ -213,6 +218,8 @@ class SearchController:
     def _should_stop(self, cand: Candidate, epoch: int) -> tuple[int, str]:
         """The early-stopping decision after ``epoch`` of ``cand``: the pruner's (:func:`.searching.stopping_decision`),
         on mnas rewards with objective mnas and in the Scaling phase."""
+        if cand.final:  # stage 2 trains for its whole budget
+            return pb.PROGRESS_ACTION_CONTINUE, ""
         rewarded = self.spec.algorithm.objective == "mnas" or cand.scaling
         score = (lambda c, top1: score_of(self.spec, c, top1)) if rewarded else None
         return stopping_decision(self.pruner, self.state.candidates.values(), cand, epoch, score)
@@ -410,6 +417,8 @@ class SearchController:
             response = self._current_assignment(req.worker_id, now)
             if response is None:
                 if req.kind == pb.WORKER_KIND_TRAINER:
+                    if self.state.phase == PHASE_FINALIZING:
+                        self.finalizing.begin(now)  # stage 2 is queued before a trainer hears "done"
                     response, cand = self.trainers.work(req, now)
                     if cand is not None:
                         self._save(cand)

@@ -3,6 +3,9 @@
 The steps run in order, each until it is done, and the search is ``Succeeded`` only after the last one, so that
 a scale-down at ``Succeeded`` (the operator's) never cuts the results off:
 
+0. :class:`~.stage2.FinalTraining` — stage 2: the tier winners trained again and the baselines trained, by the
+   trainers under leases (:mod:`.stage2`). The measurements of step 1 wait for it, so that a profiler never times a
+   network while trainers share its machine (``gpunet run`` on one CPU).
 1. :class:`NetworkMeasurements` — each latency tier's best network is measured end to end by a *profiler*, on the
    search's target device (the latency target the table was measured on), under a lease like a batch of layers.
    The GPUNet paper reports such end-to-end latencies next to the table's estimates, which overestimate because
@@ -11,8 +14,8 @@ a scale-down at ``Succeeded`` (the operator's) never cuts the results off:
 2. :class:`WriteResults` — the result files (:func:`gpunet.controller.outputs.write_outputs`): ``hub.json`` (with
    each measurement's ``latency_measured_on``), ``candidates.jsonl``, weights, ONNX, ``hub.md``, ``pareto.png``.
 
-Later steps (e.g. a longer training of the winners) join :attr:`FinalizingStage.steps`; a step is any object with
-a ``name`` and a ``run(now) -> bool`` (True once done) that the driver calls outside the controller's lock.
+A step is any object with a ``name`` and a ``run(now) -> bool`` (True once done) that the driver calls outside the
+controller's lock (:attr:`FinalizingStage.steps`).
 
 Not hanging: a measurement is tried at most :data:`MAX_ATTEMPTS` times (an expired lease or a profiler's error
 counts as one). If no profiler of the target device reports within ``measure_timeout_s`` of entering (or resuming)
@@ -31,7 +34,7 @@ import math
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from ..fileio import write_json_atomic
 from ..rpc import pb, phase_name
@@ -74,17 +77,30 @@ class NetworkMeasurements:
         self._deadline: float | None = None
 
     def plan(self) -> None:
-        """The jobs: one per tier with a finished candidate (its best, as in ``hub.json``), and one per member of
-        the Scaling phase's family (tier index ``len(tier_targets) + j``)."""
+        """The jobs: one per tier with a finished candidate (its best, as in ``hub.json``, and with stage 2 its
+        ``final.topK`` best), one per member of the Scaling phase's family (tier index ``len(tier_targets) + j``),
+        and one per baseline (tier ``-1 - j``)."""
+        from ..baselines import baseline_network
         from .outputs import best_per_tier, family_members
+        from .stage2 import baseline_id, top_candidates
 
         spec, space = self.stage.spec, self.stage.spec.space()
-        candidates = sorted(self.stage.state.candidates.values(), key=lambda c: c.id)
+        candidates = sorted((c for c in self.stage.state.candidates.values() if not c.final), key=lambda c: c.id)
         winners = best_per_tier(candidates, len(spec.tier_targets), spec)
         if spec.scaling.enabled:
             winners += family_members(candidates, spec)
         self.jobs = {f"tier-{t}-{c.id}": NetworkJob(f"tier-{t}-{c.id}", t, c.id, architecture_of(space, c).to_dict())
                      for t, c in enumerate(winners) if c is not None}
+        if spec.training.final.epochs:
+            measured = {job.candidate_id for job in self.jobs.values()}
+            for t in range(len(spec.tier_targets)):
+                for c in top_candidates(candidates, t, spec.training.final.top_k, spec):
+                    if c.id not in measured:
+                        self.jobs[f"tier-{t}-{c.id}"] = NetworkJob(f"tier-{t}-{c.id}", t, c.id,
+                                                                   architecture_of(space, c).to_dict())
+        for j, b in enumerate(spec.baselines):
+            cid = baseline_id(j, b.model)
+            self.jobs[f"baseline-{cid}"] = NetworkJob(f"baseline-{cid}", -1 - j, cid, baseline_network(b, space).to_dict())
 
     def run(self, now: float) -> bool:
         with self.stage.lock:
@@ -116,7 +132,7 @@ class NetworkMeasurements:
 
     def progress(self) -> str:
         done = sum(j.result is not None for j in self.jobs.values())
-        return f"measured {done}/{len(self.jobs)} tier winners end to end"
+        return f"measured {done}/{len(self.jobs)} networks end to end"
 
     # --- RPCs ----------------------------------------------------------------------------------------------
     def work(self, req: pb.WorkRequest, now: float) -> pb.WorkResponse:
@@ -139,11 +155,14 @@ class NetworkMeasurements:
         job = self.jobs.get(lease.work_id)
         if job is None or job.done:
             return None
+        from ..baselines import TIMM_KEY
+
         lat = self.stage.spec.latency
+        network = {"timm_network_json" if TIMM_KEY in job.architecture else "architecture_json": json.dumps(job.architecture)}
         return pb.NetworkMeasurementAssignment(
             measurement_id=job.id, lease_id=lease.id, lease_deadline_unix_s=lease.deadline,
             lease_duration_s=self.stage.leases.duration_s, backend=lat.backend, device=lat.device,
-            precision=lat.precision, batch_size=lat.batch_size, architecture_json=json.dumps(job.architecture))
+            precision=lat.precision, batch_size=lat.batch_size, **network)
 
     @staticmethod
     def parse(req: pb.LatencyReport) -> None:
@@ -232,16 +251,24 @@ class FinalizingStage:
         leases: the search's lease book (network measurements are leased to profilers).
         lock: the controller's lock; :meth:`drive` takes it when needed, every other method expects it held.
         results: measure the tier winners and write the result files (False: the phase passes straight through,
-            e.g. ``python -m gpunet.controller --no-outputs``).
+            e.g. ``python -m gpunet.controller --no-outputs``, after stage 2 if the spec asks for it).
         measure_timeout_s: how long to wait for profilers to measure every tier winner.
+        desk: the trainers' desk (:class:`~.trainers.TrainerDesk`, which imports this module), for stage 2
+            (:mod:`.stage2`); None: no stage 2.
+        save: persists the state header and the given candidates (with the lock held); needed with ``desk``.
     """
 
     def __init__(self, spec: SearchSpec, state: ControllerState, state_dir: Path, leases: LeaseBook,
                  lock: threading.RLock, *, results: bool = True,
-                 measure_timeout_s: float = DEFAULT_MEASURE_TIMEOUT_S) -> None:
+                 measure_timeout_s: float = DEFAULT_MEASURE_TIMEOUT_S, desk: Any = None,
+                 save: Callable[..., None] | None = None) -> None:
+        from .stage2 import FinalTraining
+
         self.spec, self.state, self.dir, self.leases, self.lock = spec, state, Path(state_dir), leases, lock
         self.measure = NetworkMeasurements(self, measure_timeout_s)
-        self.steps: list[FinalizingStep] = [self.measure, WriteResults(self)] if results else []
+        self.final = FinalTraining(self, desk, save or (lambda *_: None)) if desk is not None else None
+        first: list[FinalizingStep] = [self.final] if self.final is not None and self.final.wanted else []
+        self.steps: list[FinalizingStep] = first + ([self.measure, WriteResults(self)] if results else [])
         self.steps_done: list[str] = []
         self._planned = False
 
@@ -249,11 +276,13 @@ class FinalizingStage:
     def path(self) -> Path:
         return self.dir / FINALIZING_FILE
 
-    def begin(self) -> None:
+    def begin(self, now: float = 0.0) -> None:
         """Plan the phase's work, or resume it from ``finalizing.json`` (call with the lock held)."""
         if self._planned or not self.steps:
             return
         self._planned = True
+        if self.final in self.steps:
+            self.final.plan(now or self.state.updated)
         data = read_progress(self.dir)
         try:
             self.steps_done = [str(name) for name in data.get("steps_done", [])]
@@ -274,7 +303,7 @@ class FinalizingStage:
     def drive(self, now: float) -> bool:
         """Run the steps in order, each until done (the driver thread, outside the lock). True when all are done."""
         with self.lock:
-            self.begin()
+            self.begin(now)
         for step in self.steps:
             if step.name in self.steps_done:
                 continue
@@ -292,19 +321,27 @@ class FinalizingStage:
             return False
         return not self._planned or any(not j.done for j in self.measure.jobs.values())
 
+    def stage2_running(self) -> bool:
+        """True while stage 2 is planned and not done (call with the lock held)."""
+        return self.final in self.steps and self.final.name not in self.steps_done
+
     def message(self) -> str:
         """The phase's progress, for the status message."""
         pending = [s.name for s in self.steps if s.name not in self.steps_done]
         if not pending:
             return "results written"
-        return f"{self.measure.progress()}; steps left: {', '.join(pending)}"
+        stage2 = f"{self.final.progress()}; " if self.final in self.steps else ""
+        return f"{stage2}{self.measure.progress()}; steps left: {', '.join(pending)}"
 
     # --- RPCs (with the lock held) -------------------------------------------------------------------------
     def work(self, req: pb.WorkRequest, now: float) -> pb.WorkResponse:
-        """A profiler's work request in phase Finalizing."""
-        self.begin()
+        """A profiler's work request in phase Finalizing (it waits while stage 2 trains)."""
+        self.begin(now)
         if self.measure not in self.steps or self.measure.name in self.steps_done:
             return pb.WorkResponse(done=pb.Done(reason="no network left to measure"))
+        if self.stage2_running():
+            return pb.WorkResponse(wait=pb.Wait(retry_after_s=5.0, reason="stage 2 trains first; the networks are "
+                                                "measured after it, without trainers beside them"))
         return self.measure.work(req, now)
 
     def assignment(self, lease: Lease) -> pb.NetworkMeasurementAssignment | None:

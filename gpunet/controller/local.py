@@ -142,8 +142,8 @@ class LocalRun:
             return self
         if self.controller.state.phase == PHASE_PROFILING:
             self.procs += [self._spawn("profiler", i) for i in range(self.n_profilers)]
-        if self.controller.state.phase != PHASE_FINALIZING:
-            self.procs += [self._spawn("trainer", i) for i in range(self.n_workers)]
+        # also in Finalizing: stage 2 trains there (a trainer with nothing to do hears "done" and exits 0)
+        self.procs += [self._spawn("trainer", i) for i in range(self.n_workers)]
         self.supervise()
         return self
 
@@ -315,8 +315,10 @@ def render_status(status: pb.SearchStatus, started: float) -> Any:
 def status_line(status: pb.SearchStatus, started: float) -> str:
     """One plain line of the status, for logs and non-terminal output."""
     c, lt = status.candidates, status.latency_table
+    s2 = status.final_training  # stage 2's runs are counted apart from the search's candidates
     best = ", ".join(f"{t.target_ms:g}ms:{100 * t.best_top1:.1f}%" for t in status.tiers if t.best_candidate_id) or "-"
+    stage2 = f", stage 2 {s2.completed + s2.stopped + s2.failed}/{s2.total} done" if s2.total else ""
     return (f"[{time.time() - started:5.0f}s] {phase_name(status.phase)}: table {lt.layers_measured}/{lt.layers_needed}, "
-            f"candidates {c.completed + c.stopped}/{c.budget} done ({c.running} running, {c.queued} queued, {c.failed} failed), "
-            f"preemptions {status.preemptions}, best {best}"
+            f"candidates {c.completed + c.stopped - s2.completed - s2.stopped}/{c.budget} done "
+            f"({c.running - s2.running} running, {c.queued - s2.queued} queued, {c.failed - s2.failed} failed){stage2}, preemptions {status.preemptions}, best {best}"
             + (f", DEGRADED: {status.degraded.message} (retrying)" if status.HasField("degraded") else ""))

@@ -20,7 +20,8 @@ FINALIZING_FORMAT = "gpunet-finalizing/v1"
 
 @dataclass
 class NetworkJob:
-    """One end-to-end measurement: tier ``tier``'s best network.
+    """One end-to-end measurement: a network of tier ``tier`` (its best, one of stage 2's top-k, a family member at
+    ``len(tiers) + j``) or baseline ``j`` (``tier`` = ``-1 - j``), ``candidate_id`` the candidate whose network it is.
 
     ``result`` (once measured): ``{"latency_ms", "spread_ms", "runs", "backend", "backend_version", "device",
     "precision", "batch_size", "worker_id", "measured_unix_s"}``; ``error`` the last error, and ``given_up`` set
@@ -62,11 +63,12 @@ def read_progress(state_dir: str | Path) -> dict[str, Any]:
     return data
 
 
-def read_network_measurements(state_dir: str | Path) -> dict[int, NetworkJob]:
-    """The end-to-end measurements of a state directory's ``finalizing.json``, by tier; empty when there is none."""
+def read_network_measurements(state_dir: str | Path) -> dict[str, NetworkJob]:
+    """The end-to-end measurements of a state directory's ``finalizing.json``, by candidate id; empty when there is
+    none."""
     try:
         jobs = [NetworkJob.from_dict(j) for j in read_progress(state_dir).get("networks", [])]
     except (TypeError, KeyError, AttributeError) as exc:
         log.warning("%s holds a malformed measurement (%s); ignored", Path(state_dir) / FINALIZING_FILE, exc)
         return {}
-    return {job.tier: job for job in jobs}
+    return {job.candidate_id: job for job in jobs}

@@ -2,10 +2,17 @@
 
 - ``candidates.jsonl``: one JSON object per candidate (every line has an ``"id"``).
 - ``hub.json`` (format :data:`HUB_FORMAT`): ``{"format", "search", "phase", "target", "preprocessing": {"mean",
-  "std"}, "tiers": [{"target_ms", "candidate_id", "vector", "top1" (fraction, the best epoch), "latency_ms_estimated",
-  "latency_ms_measured", "latency_measured_on", "latency_measurement_error", "params_m", "gflops", "architecture",
-  "weights", "weights_top1", "weights_ema", "onnx"}, ...]}``, one entry per latency tier in ``spec.latency.tiers``
-  order (``candidate_id`` null for a tier without a result). Paths are relative to the hub's folder.
+  "std"}, "tiers": [{"target_ms", "candidate_id", "vector", "top1", "top1_search", "top1_test", "final_candidate_id",
+  "final_epochs", "latency_ms_estimated", "latency_ms_measured", "latency_measured_on", "latency_measurement_error",
+  "params_m", "gflops", "architecture", "weights", "weights_top1", "weights_ema", "onnx", "vs_baselines"}, ...],
+  "baselines": [...]}``, one entry per latency tier in ``spec.latency.tiers`` order (``candidate_id`` null for a
+  tier without a result). Paths are relative to the hub's folder. Top-1 values are fractions at the best epoch.
+  ``top1`` is the validation top-1 the model was selected by: its stage-2 run's (:mod:`.stage2`,
+  ``final_candidate_id``, ``final_epochs`` epochs; the weights are that run's) or, without stage 2, the search's;
+  ``top1_search`` is the search's proxy top-1 of the same network; ``top1_test`` the stage-2 run's top-1 on the
+  test split (null without stage 2). ``baselines``: ``{"model", "candidate_id", "top1", "top1_test",
+  "latency_ms_measured", "latency_measured_on", "params_m", "gflops", ...}`` per ``spec.baselines`` entry
+  (:func:`baseline_entry`); ``vs_baselines`` compares the tier's model with them (:mod:`.comparison`).
   Where each latency was measured: ``latency_ms_estimated`` is the sum of the latency table's layer latencies,
   measured by profilers on ``target`` (``{"backend", "device", "precision", "batch_size"}``);
   ``latency_ms_measured`` is the whole network's median latency measured by a profiler in phase Finalizing
@@ -19,8 +26,10 @@
 - ``weights/<candidate>.safetensors``: the state dict of each tier winner's network as trained (the last epoch's
   checkpoint; its EMA weights when they scored the higher top-1), with the architecture in the file's metadata.
   ``weights_top1`` is that checkpoint's top-1. :func:`gpunet.hub.load` turns it back into a module.
-- ``hub.md``: the same as a Markdown table.
-- ``pareto.png``: top-1 against estimated latency for every candidate with a result, tiers shaded.
+- ``hub.md``: the same as Markdown tables, the baselines in the GPUNet paper's Table 3 layout with the speedup at
+  equal accuracy and the accuracy gain at equal latency (:func:`.comparison.table3_markdown`).
+- ``pareto.png``: every candidate with a result, the Pareto front, the hub models and the baselines
+  (:func:`pareto_figure`).
 - ``onnx/tier-<t>-<candidate>.onnx``: the best network of each tier with its trained weights
   (``onnx/family-<j>-<candidate>.onnx`` for the family members).
 
@@ -43,9 +52,10 @@ from typing import Any
 from ..errors import GpunetError
 from ..fileio import write_atomic, write_json_atomic
 from ..spec import SearchSpec
-from .measurements import FINALIZING_FILE, NetworkJob, read_network_measurements
 from ..objectives import pareto_front
-from .state import FINISHED, Candidate, ControllerState, architecture_of, score_of, target_ms_of
+from .comparison import compare_to_baselines, table3_markdown
+from .measurements import FINALIZING_FILE, NetworkJob, read_network_measurements
+from .state import FINISHED, Candidate, ControllerState, architecture_of, is_baseline, score_of, target_ms_of
 
 log = logging.getLogger(__name__)
 HUB_FILE = "hub.json"
@@ -66,10 +76,15 @@ def _num(x: float | None, digits: int = 6) -> float | None:
 
 
 def candidate_record(c: Candidate, spec: SearchSpec) -> dict[str, Any]:
-    """One line of ``candidates.jsonl`` (a scaled network of phase Scaling adds ``architecture`` and ``scaling``)."""
-    extra = {"architecture": c.architecture, "scaling": c.scaling} if c.scaling else {}
+    """One line of ``candidates.jsonl`` (a scaled network of phase Scaling adds ``architecture`` and ``scaling``; a
+    stage-2 run adds ``final``, ``epochs_budget`` and ``top1_test``, a baseline its ``architecture``)."""
+    extra: dict[str, Any] = {"architecture": c.architecture, "scaling": c.scaling} if c.scaling else {}
+    if c.final:
+        extra.update(final=c.final, epochs_budget=(c.training or {}).get("epochs"), top1_test=_num(c.top1_test))
+        if c.architecture:
+            extra["architecture"] = c.architecture
     return {
-        "id": c.id, "tier": c.tier, "target_ms": target_ms_of(spec, c), "state": c.state, "vector": c.vector, **extra,
+        "id": c.id, "tier": c.tier, "target_ms": _num(target_ms_of(spec, c)), "state": c.state, "vector": c.vector, **extra,
         "top1": _num(c.top1), "history": [round(h, 6) for h in c.history], "epochs": c.epoch,
         "latency_ms_estimated": _num(c.latency_ms), "attempts": c.attempts, "preemptions": c.preemptions,
         "lease_expiries": c.lease_expiries, "failures": c.failures, "restarts_from_scratch": c.restarts_from_scratch,
@@ -79,7 +94,8 @@ def candidate_record(c: Candidate, spec: SearchSpec) -> dict[str, Any]:
 
 def best_per_tier(candidates: list[Candidate], num_tiers: int, spec: SearchSpec | None = None,
                   first: int = 0) -> list[Candidate | None]:
-    """The best candidate of each tier ``first .. first + num_tiers - 1`` (ties: the lower id), or None: the
+    """The best searched candidate (stage 2's are left out) of each tier ``first .. first + num_tiers - 1`` (ties:
+    the lower id), or None: the
     highest :func:`~.state.score_of` under ``spec`` (top-1 of a tiered search, the MnasNet reward with objective
     ``mnas`` and for a Scaling family), or the highest top-1 without ``spec``."""
     def score(c: Candidate) -> float:
@@ -87,7 +103,7 @@ def best_per_tier(candidates: list[Candidate], num_tiers: int, spec: SearchSpec 
 
     out: list[Candidate | None] = []
     for t in range(first, first + num_tiers):
-        done = [c for c in candidates if c.tier == t and c.state in FINISHED and c.top1 is not None]
+        done = [c for c in candidates if c.tier == t and c.state in FINISHED and c.top1 is not None and not c.final]
         out.append(min(done, key=lambda c: (-score(c), c.id)) if done else None)
     return out
 
@@ -106,11 +122,11 @@ def _load_trained(c: Candidate) -> tuple[Any, Any, dict[str, Any]]:
     """
     import torch
 
-    from ..arch import Architecture
+    from ..baselines import network_from_dict
     from ..model import build_model
 
     state = torch.load(c.checkpoint, map_location="cpu", weights_only=True)
-    arch = Architecture.from_dict(state["arch"])
+    arch = network_from_dict(state["arch"])
     model = build_model(arch)
     use_ema = state.get("ema") is not None and bool(state.get("ema_better", False))
     model.load_state_dict(state["ema"] if use_ema else state["model"])
@@ -164,32 +180,42 @@ def write_outputs(spec: SearchSpec, state_dir: str | Path, out_dir: str | Path |
     space = spec.space()
     measured = read_network_measurements(state_dir) if measure else {}
 
-    def entry_of(best: Candidate | None, index: int, target_ms: float, name: str) -> dict[str, Any]:
+    def entry_of(best: Candidate | None, index: int, target_ms: float, name: str,
+                 trained: Candidate | None = None) -> dict[str, Any]:
+        """A tier's entry: ``best`` the searched network, ``trained`` its stage-2 run (default: ``best`` itself,
+        whose weights the entry then has)."""
         entry: dict[str, Any] = {"target_ms": target_ms, "candidate_id": None, "vector": None, "top1": None,
-                                 "latency_ms_estimated": None, "latency_ms_measured": None,
+                                 "top1_search": None, "top1_test": None, "final_candidate_id": None,
+                                 "final_epochs": None, "latency_ms_estimated": None, "latency_ms_measured": None,
                                  "latency_measured_on": None, "latency_measurement_error": None, "params_m": None,
                                  "gflops": None, "architecture": None, "weights": None, "weights_top1": None,
                                  "weights_ema": None, "onnx": None}
         if best is None:
             return entry
-        entry.update(candidate_id=best.id, vector=best.vector, top1=_num(best.top1), latency_ms_estimated=_num(best.latency_ms))
-        arch = architecture_of(space, best)
-        try:
-            from ..model import model_stats
-
-            stats = model_stats(arch)
-            entry.update(params_m=round(stats.params_m, 4), gflops=round(stats.gflops, 6))
-        except Exception as exc:  # noqa: BLE001
-            log.warning("model stats of %s failed: %s", best.id, exc)
-        entry.update(_measured_latency(measured.get(index), best.id, measure))
-        if best.checkpoint and Path(best.checkpoint).exists():
-            _write_winner(best, name, out, entry, export)
+        trained = trained or best
+        entry.update(candidate_id=best.id, vector=best.vector, top1=_num(trained.top1), top1_search=_num(best.top1),
+                     latency_ms_estimated=_num(best.latency_ms))
+        if trained.final:
+            entry.update(final_candidate_id=trained.id, final_epochs=trained.epoch, top1_test=_num(trained.top1_test))
+        entry.update(_stats(architecture_of(space, best), best.id))  # a stage-2 run has its source's network
+        entry.update(_measured_latency(measured.get(best.id), best.id, measure))
+        if trained.checkpoint and Path(trained.checkpoint).exists():
+            _write_winner(trained, name, out, entry, export)
         return entry
 
-    tiers = [entry_of(best, t, spec.tier_targets[t], f"tier-{t}")
-             for t, best in enumerate(best_per_tier(candidates, len(spec.tier_targets), spec))]
+    # With stage 2 a tier reports its best stage-2 run (by its validation top-1) and that run's searched network.
+    winners = best_per_tier(candidates, len(spec.tier_targets), spec)
+    runs = stage2_winners(candidates, len(spec.tier_targets))
+    by_id = {c.id: c for c in candidates}
+    tiers = [entry_of(by_id.get(runs[t].final["source_id"], best) if runs[t] else best, t, spec.tier_targets[t],
+                      f"tier-{t}", runs[t]) for t, best in enumerate(winners)]
+    baselines = [baseline_entry(c, measured.get(c.id), measure) for c in candidates if is_baseline(c)]
+    baselines.sort(key=lambda b: b["index"])
+    for entry in tiers:
+        entry["vs_baselines"] = compare_to_baselines(entry, baselines)
     hub = {"format": HUB_FORMAT, "search": spec.name, "phase": phase or state.phase, "target": state.target,
-           "preprocessing": _preprocessing(spec), "objective": _objective(spec), "tiers": tiers}
+           "preprocessing": _preprocessing(spec), "objective": _objective(spec), "tiers": tiers,
+           "baselines": baselines}
     if spec.algorithm.objective == "mnas":
         hub["pareto"] = pareto_entries(candidates, spec)
     if spec.scaling.enabled:
@@ -210,10 +236,50 @@ def write_outputs(spec: SearchSpec, state_dir: str | Path, out_dir: str | Path |
     write_atomic(out / "hub.md", lambda f: f.write(markdown))
     files["hub_md"] = str(out / "hub.md")
     try:
-        files["pareto"] = str(pareto_plot(candidates, spec, out / "pareto.png"))
+        files["pareto"] = str(pareto_plot(candidates, spec, out / "pareto.png", hub))
     except Exception as exc:  # noqa: BLE001
         log.warning("pareto plot failed: %s", exc)
     return {**hub, "files": files}
+
+
+def _stats(net: Any, name: str) -> dict[str, Any]:
+    """``params_m`` and ``gflops`` of a network (our architecture or a baseline), or nothing when that fails."""
+    try:
+        from ..model import model_stats
+
+        stats = model_stats(net)
+        return {"params_m": round(stats.params_m, 4), "gflops": round(stats.gflops, 6)}
+    except Exception as exc:  # noqa: BLE001
+        log.warning("model stats of %s failed: %s", name, exc)
+        return {}
+
+
+def stage2_winners(candidates: list[Candidate], num_tiers: int) -> list[Candidate | None]:
+    """Per tier, the stage-2 run (:mod:`.stage2`) that ``hub.json`` reports: of the tier's trained ``final.topK``
+    runs, the highest validation top-1 (ties: the better search rank), or None (no stage 2, or every run failed)."""
+    out: list[Candidate | None] = []
+    for t in range(num_tiers):
+        done = [c for c in candidates if c.final and c.final.get("kind") == "winner" and c.tier == t
+                and c.state in FINISHED and c.top1 is not None]
+        out.append(min(done, key=lambda c: (-(c.top1 or 0.0), c.final.get("rank", 0), c.id)) if done else None)
+    return out
+
+
+def baseline_entry(c: Candidate, job: NetworkJob | None, measure: bool) -> dict[str, Any]:
+    """``hub.json``'s entry of a baseline: ``{"model", "index", "candidate_id", "state", "resolution", "in_chans",
+    "top1" (validation), "top1_test", "epochs", "latency_ms_measured", "latency_measured_on",
+    "latency_measurement_error", "params_m", "gflops", "error"}``."""
+    from ..baselines import network_from_dict
+
+    net = network_from_dict(c.architecture)
+    entry: dict[str, Any] = {
+        "model": c.final["model"], "index": c.final.get("index", 0), "candidate_id": c.id, "state": c.state,
+        "resolution": net.resolution, "in_chans": net.in_chans, "top1": _num(c.top1) if c.state in FINISHED else None,
+        "top1_test": _num(c.top1_test), "epochs": c.epoch, "latency_ms_measured": None, "latency_measured_on": None,
+        "latency_measurement_error": None, "params_m": None, "gflops": None, "error": c.error or None}
+    entry.update(_stats(net, c.id))
+    entry.update(_measured_latency(job, c.id, measure))
+    return entry
 
 
 def _objective(spec: SearchSpec) -> dict[str, Any]:
@@ -351,19 +417,23 @@ def hub_markdown(hub: dict[str, Any], spec: SearchSpec) -> str:
         f"batch {target.get('batch_size', spec.latency.batch_size)}, on {target.get('device', spec.latency.device)}; "
         + (f"objective mnas: the reward top1 x (latency / {spec.algorithm.target_ms:g} ms)^{spec.algorithm.w:g}. "
            if spec.algorithm.objective == "mnas" else f"tiers are target ± {spec.latency.tolerance:.0%}. ")
-        + f"Top-1 on the validation split "
-        f"({spec.training.dataset.kind}).",
+        + f"Top-1 on the validation split (selection; the search's proxy training in \"search\", stage 2 in "
+        f"\"top-1\") and on the test split ({spec.training.dataset.kind}).",
         "",
-        "| tier (ms) | candidate | top-1 | latency est. (ms) | latency meas. (ms) | params (M) | GFLOPs | weights | ONNX | vector |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| tier (ms) | candidate | top-1 | top-1 search | top-1 test | stage-2 epochs | latency est. (ms) "
+        "| latency meas. (ms) | params (M) | GFLOPs | weights | ONNX | vector |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
 
     def fmt(x: Any, spec_: str) -> str:
         return "–" if x is None else format(x, spec_)
 
     for e in hub["tiers"]:
+        run = f" → {e['final_candidate_id']}" if e.get("final_candidate_id") else ""
         lines.append(
-            f"| {e['target_ms']:g} | {e['candidate_id'] or '–'} | {fmt(e['top1'] and 100 * e['top1'], '.2f')}% "
+            f"| {e['target_ms']:g} | {e['candidate_id'] or '–'}{run} | {fmt(e['top1'] and 100 * e['top1'], '.2f')}% "
+            f"| {fmt(e.get('top1_search') and 100 * e['top1_search'], '.2f')}% "
+            f"| {fmt(e.get('top1_test') and 100 * e['top1_test'], '.2f')}% | {fmt(e.get('final_epochs'), 'd')} "
             f"| {fmt(e['latency_ms_estimated'], '.4f')} | {fmt(e['latency_ms_measured'], '.4f')} | {fmt(e['params_m'], '.3f')} "
             f"| {fmt(e['gflops'], '.4f')} | {e['weights'] or '–'} | {e['onnx'] or '–'} | `{e['vector'] if e['vector'] else '–'}` |"
         )
@@ -381,8 +451,9 @@ def hub_markdown(hub: dict[str, Any], spec: SearchSpec) -> str:
                          f"| {fmt(e['width_mult'], 'g')} | {fmt(e['resolution'], 'd')} | {fmt(e['top1'] and 100 * e['top1'], '.2f')}% "
                          f"| {fmt(e['reward'], '.4f')} | {fmt(e['latency_ms_estimated'], '.4f')} "
                          f"| {fmt(e['latency_ms_measured'], '.4f')} | {fmt(e['params_m'], '.3f')} |")
+    lines += table3_markdown(hub)
     lines.append("")
-    for e in [*hub["tiers"], *(hub.get("family") or [])]:
+    for e in [*hub["tiers"], *(hub.get("family") or []), *(hub.get("baselines") or [])]:
         if not e.get("candidate_id"):
             continue
         on = e.get("latency_measured_on")
@@ -393,43 +464,64 @@ def hub_markdown(hub: dict[str, Any], spec: SearchSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def pareto_plot(candidates: list[Candidate], spec: SearchSpec, path: str | Path) -> Path:
-    """Scatter of top-1 (%) against estimated latency (ms) of every candidate with a result; tiers shaded (with
-    objective ``mnas``: the Pareto front drawn); the Scaling phase's scaled networks and its family as a line."""
-    import matplotlib
+def pareto_figure(candidates: list[Candidate], spec: SearchSpec, hub: dict[str, Any] | None = None) -> Any:
+    """The figure of ``pareto.png`` (matplotlib's object-oriented API, Agg canvas; no pyplot state).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Top-1 (%, validation) against latency (ms): every searched candidate with a result at its latency-table
+    estimate (tiers shaded; ○ ringed: early-stopped); the Pareto front of all of them (:func:`gpunet.objectives.
+    pareto_front`, a step line labelled ``"Pareto front"``); with ``hub``, the hub models (★, label ``"hub
+    models"``, at their end-to-end measured latency when there is one, with a dotted line from their estimate) and
+    the baselines (■, label ``"baselines"``, at their measured latency); the Scaling phase's scaled networks and its
+    family as a line. Artists carry these labels, so a test can read the plotted data back."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    path = Path(path)
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = Figure(figsize=(7.5, 4.8), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    colors = [f"C{i}" for i in range(10)]
     tol = spec.latency.tolerance
     mnas = spec.algorithm.objective == "mnas"
+    searched = [c for c in candidates if not c.final and c.tier < len(spec.tier_targets) and c.state in FINISHED
+                and c.top1 is not None and math.isfinite(c.latency_ms)]
     for t, target in enumerate(spec.tier_targets):
         color = colors[t % len(colors)]
         if not mnas:  # an mnas search has no tiers, only the reward's target
             ax.axvspan(target * (1 - tol), target * (1 + tol), color=color, alpha=0.12, lw=0)
         ax.axvline(target, color=color, ls="--", lw=0.8)
-        done = [c for c in candidates if c.tier == t and c.state in FINISHED and c.top1 is not None and math.isfinite(c.latency_ms)]
+        done = [c for c in searched if c.tier == t]
         if done:
             ax.scatter([c.latency_ms for c in done], [100 * (c.top1 or 0) for c in done], color=color, s=22,
-                       label=f"tier {target:g} ms ({len(done)})", edgecolors="none",
-                       marker="o")
+                       label=f"tier {target:g} ms ({len(done)})", edgecolors="none", marker="o")
             stopped = [c for c in done if c.state == "stopped"]
             if stopped:
                 ax.scatter([c.latency_ms for c in stopped], [100 * (c.top1 or 0) for c in stopped], facecolors="none",
                            edgecolors="k", s=40, lw=0.6)
-            best = max(done, key=lambda c: score_of(spec, c))
-            ax.scatter([best.latency_ms], [100 * (best.top1 or 0)], marker="*", s=160, color=color, edgecolors="k", lw=0.6)
-            if mnas:
-                front = [done[i] for i in pareto_front([(c.latency_ms, c.top1 or 0.0) for c in done])]
-                ax.plot([c.latency_ms for c in front], [100 * (c.top1 or 0) for c in front], color=color, lw=1,
-                        label="Pareto front")
+    if searched:
+        front = [searched[i] for i in pareto_front([(c.latency_ms, c.top1 or 0.0) for c in searched])]
+        ax.plot([c.latency_ms for c in front], [100 * (c.top1 or 0) for c in front], color="k", lw=1.2,
+                drawstyle="steps-post", label="Pareto front", zorder=3)
+    if hub is not None:
+        models = [e for e in [*hub.get("tiers", []), *(hub.get("family") or [])] if e.get("candidate_id")
+                  and e.get("top1") is not None and e.get("latency_ms_estimated") is not None]
+        xs = [e["latency_ms_measured"] or e["latency_ms_estimated"] for e in models]
+        if models:
+            for e, x in zip(models, xs):
+                if e["latency_ms_measured"]:
+                    ax.plot([e["latency_ms_estimated"], x], [100 * e["top1"]] * 2, color="0.3", ls=":", lw=0.8)
+            ax.scatter(xs, [100 * e["top1"] for e in models], marker="*", s=180, color="gold", edgecolors="k",
+                       lw=0.7, zorder=4, label="hub models")
+        bases = [b for b in hub.get("baselines") or [] if b.get("top1") is not None and b.get("latency_ms_measured")]
+        if bases:
+            ax.scatter([b["latency_ms_measured"] for b in bases], [100 * b["top1"] for b in bases], marker="s", s=42,
+                       color="crimson", edgecolors="k", lw=0.6, zorder=4, label="baselines")
+            for b in bases:
+                ax.annotate(b["model"], (b["latency_ms_measured"], 100 * b["top1"]), fontsize=7,
+                            xytext=(4, -9), textcoords="offset points")
     if spec.scaling.enabled:
         first = len(spec.tier_targets)
-        scaled = [c for c in candidates if c.tier >= first and c.state in FINISHED and c.top1 is not None
-                  and math.isfinite(c.latency_ms)]
+        scaled = [c for c in candidates if c.tier >= first and not c.final and c.state in FINISHED
+                  and c.top1 is not None and math.isfinite(c.latency_ms)]
         if scaled:
             ax.scatter([c.latency_ms for c in scaled], [100 * (c.top1 or 0) for c in scaled], marker="D", s=18,
                        color="0.5", edgecolors="none", label=f"scaled (LACS, {len(scaled)})")
@@ -440,15 +532,21 @@ def pareto_plot(candidates: list[Candidate], spec: SearchSpec, path: str | Path)
                     label="LACS family")
         for target in spec.scaling.targets_ms:
             ax.axvline(target, color="0.4", ls=":", lw=0.8)
-    ax.set_xlabel("estimated latency (ms, latency table)")
-    ax.set_ylabel("top-1 (%)")
+    ax.set_xlabel("latency (ms): candidates at the table estimate; hub models, baselines measured end to end")
+    ax.set_ylabel("top-1 (%, validation)")
     what = f"mnas reward, target {spec.algorithm.target_ms:g} ms" if mnas else "candidates per latency tier"
-    ax.set_title(f"{spec.name}: {what} (★ best, ○ early-stopped)", fontsize=10)
+    ax.set_title(f"{spec.name}: {what} (○ early-stopped)", fontsize=10)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def pareto_plot(candidates: list[Candidate], spec: SearchSpec, path: str | Path,
+                hub: dict[str, Any] | None = None) -> Path:
+    """Write :func:`pareto_figure` as a PNG at ``path`` (atomically)."""
+    fig = pareto_figure(candidates, spec, hub)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return write_atomic(path, lambda f: f.write(buffer.getvalue()))
+    return write_atomic(Path(path), lambda f: f.write(buffer.getvalue()))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import sqlite3
 import threading
 from dataclasses import dataclass, field
@@ -95,6 +96,14 @@ class Candidate:
     architecture: dict[str, Any] | None = None
     #: Phase Scaling only: ``{"target_ms", "depth_mult", "width_mult", "resolution_mult"}`` of the family member.
     scaling: dict[str, Any] | None = None
+    #: Stage 2 only (phase Finalizing, :mod:`.stage2`): ``{"kind": "winner", "source_id", "rank", "init"}`` for a
+    #: tier winner trained again (``tier`` is its tier), ``{"kind": "baseline", "model", "index"}`` for a baseline
+    #: (``tier`` -1, ``architecture`` a :class:`gpunet.baselines.TimmNetwork`).
+    final: dict[str, Any] | None = None
+    #: The training of this candidate (``TrainingSpec.to_dict()``) when it is not the search's (stage 2).
+    training: dict[str, Any] | None = None
+    #: Stage 2 only: top-1 (a fraction) of the trained network on the test split, as its trainer reported it.
+    top1_test: float | None = None
 
     def note(self, event: str) -> None:
         self.events = (self.events + [event])[-MAX_EVENTS:]
@@ -114,16 +123,25 @@ class Candidate:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def is_baseline(cand: Candidate) -> bool:
+    """A baseline of stage 2 (a timm model, outside every tier)."""
+    return bool(cand.final) and cand.final.get("kind") == "baseline"
+
+
 def target_ms_of(spec: Any, cand: Candidate) -> float:
-    """The latency target in ms of a candidate: its tier's (``spec.tier_targets``) or its family target's."""
+    """The latency target in ms of a candidate: its tier's (``spec.tier_targets``) or its family target's; NaN
+    for a baseline (it has none)."""
+    if is_baseline(cand):
+        return math.nan
     return float(cand.scaling["target_ms"]) if cand.scaling else float(spec.tier_targets[cand.tier])
 
 
 def architecture_of(space: Any, cand: Candidate) -> Any:
-    """The :class:`~gpunet.arch.Architecture` of a candidate: its vector decoded in ``space``, or its scaled network."""
-    from ..arch import Architecture
+    """The network of a candidate: its vector decoded in ``space`` (an :class:`~gpunet.arch.Architecture`), its
+    scaled network, or a baseline's :class:`~gpunet.baselines.TimmNetwork`."""
+    from ..baselines import network_from_dict
 
-    return Architecture.from_dict(cand.architecture) if cand.architecture else space.decode(cand.vector)
+    return network_from_dict(cand.architecture) if cand.architecture else space.decode(cand.vector)
 
 
 def score_of(spec: Any, cand: Candidate, top1: float | None = None) -> float:

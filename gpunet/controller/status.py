@@ -27,18 +27,21 @@ def search_status(state: ControllerState, profiling: ProfilingStage, searching: 
     being retried (:mod:`.faults`)."""
     cands = list(state.candidates.values())
     counts = Tally(c.state for c in cands)
+    final = Tally(c.state for c in cands if c.final)
     status = pb.SearchStatus(
         phase=phase_value(state.phase), message=state.message, search_name=state.name,
         latency_table=profiling.progress(),
         candidates=pb.CandidateCounts(queued=counts[QUEUED], running=counts[RUNNING], completed=counts[COMPLETED],
                                       stopped=counts[STOPPED], failed=counts[FAILED], total=len(cands),
                                       budget=searching.budget()),
+        final_training=pb.CandidateCounts(queued=final[QUEUED], running=final[RUNNING], completed=final[COMPLETED],
+                                          stopped=final[STOPPED], failed=final[FAILED], total=sum(final.values())),
         preemptions=state.preemptions, lease_expiries=state.lease_expiries, active_workers=roster.active(now),
         started_unix_s=state.started, updated_unix_s=state.updated,
     )
     for t, target_ms in enumerate(searching.spec.tier_targets):
         tier = pb.TierStatus(index=t, target_ms=target_ms, pool_size=len(searching.pools[t]["pool"]) if searching.pools else 0)
-        done = [c for c in cands if c.tier == t and c.state in FINISHED]
+        done = [c for c in cands if c.tier == t and c.state in FINISHED and not c.final]
         tier.evaluated = len(done)
         if done:
             best = max(done, key=lambda c: (score_of(searching.spec, c), c.id))
@@ -70,7 +73,7 @@ def refresh_metrics(metrics: ControllerMetrics, state: ControllerState, profilin
     for s in CANDIDATE_STATES:
         metrics.candidates.labels(s).set(counts[s])
     for t in range(tiers):
-        done = [c.top1 or 0.0 for c in state.candidates.values() if c.tier == t and c.state in FINISHED]
+        done = [c.top1 or 0.0 for c in state.candidates.values() if c.tier == t and c.state in FINISHED and not c.final]
         metrics.best_top1.labels(str(t)).set(max(done, default=0.0))
     metrics.layers_needed.set(profiling.layers_needed)
     metrics.layers_measured.set(max(0, profiling.layers_measured))

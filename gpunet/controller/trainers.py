@@ -6,6 +6,10 @@ A candidate is ``queued`` (proposed, waiting), ``running`` (leased: exactly the 
 ``failed`` (more than ``spec.training.maxRetries`` failed attempts: a release with reason ``failed``, or a lease
 that expired because its trainer died or hung; preemptions do not count). Re-queued work resumes from the candidate's
 last epoch checkpoint. Every method expects the controller's lock held and returns the candidate to save, if any.
+
+The same desk serves stage 2 in phase Finalizing (:mod:`.stage2`): the tier winners trained again and the baselines
+are candidates with their own training (``Candidate.training``) and ``evaluate_test`` set, leased, renewed, expired
+and resumed from their checkpoints like any other.
 """
 
 from __future__ import annotations
@@ -98,11 +102,15 @@ class TrainerDesk:
     def work(self, req: pb.WorkRequest, now: float) -> tuple[pb.WorkResponse, Candidate | None]:
         """A free trainer's request: the next queued candidate under a new lease, Wait or Done."""
         phase = self.state.phase
-        if phase in TERMINAL_PHASES or phase == PHASE_FINALIZING:
+        stage2_left = phase == PHASE_FINALIZING and any(
+            c.final and c.state in (QUEUED, RUNNING) for c in self.state.candidates.values())
+        if phase in TERMINAL_PHASES or (phase == PHASE_FINALIZING and not stage2_left):
             return pb.WorkResponse(done=pb.Done(reason=f"search {phase.lower()}: no candidate left to train")), None
-        if phase not in (PHASE_SEARCHING, PHASE_SCALING):
+        if phase not in (PHASE_SEARCHING, PHASE_SCALING, PHASE_FINALIZING):
             return pb.WorkResponse(wait=pb.Wait(retry_after_s=2.0, reason=f"latency table being prepared ({phase})")), None
         queued = list(self._queued.values())
+        if not queued and stage2_left:
+            return pb.WorkResponse(wait=pb.Wait(retry_after_s=2.0, reason="stage 2: every network is being trained")), None
         if not queued:
             return pb.WorkResponse(wait=pb.Wait(retry_after_s=1.0, reason="no candidate queued; proposals being computed")), None
         load = self.tier_count - Tally(c.tier for c in queued)
@@ -119,14 +127,20 @@ class TrainerDesk:
         """The assignment of a candidate lease (also the answer to a repeated request)."""
         cand = self.state.candidates[lease.work_id]
         arch = architecture_of(self.space, cand)
+        target_ms = target_ms_of(self.spec, cand)
         return pb.TrainingAssignment(
             candidate_id=cand.id, lease_id=lease.id, tier_index=cand.tier,
-            target_ms=target_ms_of(self.spec, cand), vector=cand.vector,
-            architecture_json=json.dumps(arch.to_dict()), training_json=self.training_json,
+            target_ms=target_ms if math.isfinite(target_ms) else 0.0, vector=cand.vector,
+            architecture_json=json.dumps(arch.to_dict()),
+            training_json=json.dumps(cand.training) if cand.training else self.training_json,
             resume_checkpoint=cand.checkpoint, checkpoint_path=self.paths.assigned(cand.id, lease.id),
             lease_deadline_unix_s=lease.deadline, lease_duration_s=self.leases.duration_s, attempt=cand.attempts,
-            start_epoch=cand.epoch,
+            start_epoch=cand.epoch, evaluate_test=bool(cand.final),
         )
+
+    def epochs_of(self, cand: Candidate) -> int:
+        """Epochs of a candidate's training: its own (stage 2) or the search's ``spec.training.epochs``."""
+        return int(cand.training["epochs"]) if cand.training else self.spec.training.epochs
 
     # --- reports -------------------------------------------------------------------------------------------
     def progress(self, req: pb.ProgressReport, now: float) -> tuple[pb.ProgressResponse, Candidate | None]:
@@ -134,12 +148,12 @@ class TrainerDesk:
         check_id(req.worker_id, "worker_id")
         check_id(req.candidate_id, "candidate_id")
         check_id(req.lease_id, "lease_id")
-        epochs = self.spec.training.epochs
+        cand = self.lookup(req.candidate_id)
+        epochs = self.epochs_of(cand)
         if not req.heartbeat:
             require(1 <= req.epoch <= epochs, "epoch", req.epoch, f"1..{epochs} (completed epochs)")
             require(math.isfinite(req.top1) and 0.0 <= req.top1 <= 1.0, "top1", req.top1, "a fraction in [0, 1]")
             require(bool(req.checkpoint_path), "checkpoint_path", reason="required with an epoch report")
-        cand = self.lookup(req.candidate_id)
         checkpoint = self.paths.check("checkpoint_path", req.checkpoint_path, cand.id)
         lease = self.leases.of(CANDIDATE, cand.id)
         if lease is None or lease.id != req.lease_id or lease.worker_id != req.worker_id:
@@ -178,10 +192,13 @@ class TrainerDesk:
         check_id(req.worker_id, "worker_id")
         check_id(req.candidate_id, "candidate_id")
         check_id(req.lease_id, "lease_id")
-        epochs = self.spec.training.epochs
+        cand = self.lookup(req.candidate_id)
+        epochs = self.epochs_of(cand)
         require(math.isfinite(req.top1) and 0.0 <= req.top1 <= 1.0, "top1", req.top1, "a fraction in [0, 1]")
         require(0 <= req.epochs <= epochs, "epochs", req.epochs, f"0..{epochs}")
-        cand = self.lookup(req.candidate_id)
+        if req.HasField("top1_test"):
+            require(math.isfinite(req.top1_test) and 0.0 <= req.top1_test <= 1.0, "top1_test", req.top1_test,
+                    "a fraction in [0, 1]")
         checkpoint = self.paths.check("checkpoint_path", req.checkpoint_path, cand.id)
         lease = self.leases.of(CANDIDATE, cand.id)
         if cand.state in FINISHED or cand.state == FAILED or lease is None or lease.id != req.lease_id:
@@ -198,6 +215,8 @@ class TrainerDesk:
         if checkpoint:
             self._replace_checkpoint(cand, checkpoint)
         cand.finished = now
+        if cand.final and req.HasField("top1_test"):
+            cand.top1_test = float(req.top1_test)
         if req.restarted_from_scratch:
             cand.restarts_from_scratch += 1
             cand.note(f"{now:.0f}: restarted from scratch: {req.restart_reason or 'resume checkpoint unusable'}")

@@ -87,7 +87,7 @@ class WorkResponse(_message.Message):
     def __init__(self, candidate: _Optional[_Union[TrainingAssignment, _Mapping]] = ..., layers: _Optional[_Union[ProfilingAssignment, _Mapping]] = ..., wait: _Optional[_Union[Wait, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., network: _Optional[_Union[NetworkMeasurementAssignment, _Mapping]] = ...) -> None: ...
 
 class TrainingAssignment(_message.Message):
-    __slots__ = ("candidate_id", "lease_id", "tier_index", "target_ms", "vector", "architecture_json", "training_json", "resume_checkpoint", "checkpoint_path", "lease_deadline_unix_s", "lease_duration_s", "attempt", "start_epoch")
+    __slots__ = ("candidate_id", "lease_id", "tier_index", "target_ms", "vector", "architecture_json", "training_json", "resume_checkpoint", "checkpoint_path", "lease_deadline_unix_s", "lease_duration_s", "attempt", "start_epoch", "evaluate_test")
     CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     TIER_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +101,7 @@ class TrainingAssignment(_message.Message):
     LEASE_DURATION_S_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     START_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_TEST_FIELD_NUMBER: _ClassVar[int]
     candidate_id: str
     lease_id: str
     tier_index: int
@@ -114,7 +115,8 @@ class TrainingAssignment(_message.Message):
     lease_duration_s: float
     attempt: int
     start_epoch: int
-    def __init__(self, candidate_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., tier_index: _Optional[int] = ..., target_ms: _Optional[float] = ..., vector: _Optional[_Iterable[int]] = ..., architecture_json: _Optional[str] = ..., training_json: _Optional[str] = ..., resume_checkpoint: _Optional[str] = ..., checkpoint_path: _Optional[str] = ..., lease_deadline_unix_s: _Optional[float] = ..., lease_duration_s: _Optional[float] = ..., attempt: _Optional[int] = ..., start_epoch: _Optional[int] = ...) -> None: ...
+    evaluate_test: bool
+    def __init__(self, candidate_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., tier_index: _Optional[int] = ..., target_ms: _Optional[float] = ..., vector: _Optional[_Iterable[int]] = ..., architecture_json: _Optional[str] = ..., training_json: _Optional[str] = ..., resume_checkpoint: _Optional[str] = ..., checkpoint_path: _Optional[str] = ..., lease_deadline_unix_s: _Optional[float] = ..., lease_duration_s: _Optional[float] = ..., attempt: _Optional[int] = ..., start_epoch: _Optional[int] = ..., evaluate_test: _Optional[bool] = ...) -> None: ...
 
 class ProfilingAssignment(_message.Message):
     __slots__ = ("batch_id", "lease_id", "layer_keys_json", "backend", "device", "precision", "batch_size", "lease_deadline_unix_s", "lease_duration_s")
@@ -139,7 +141,7 @@ class ProfilingAssignment(_message.Message):
     def __init__(self, batch_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., layer_keys_json: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., precision: _Optional[str] = ..., batch_size: _Optional[int] = ..., lease_deadline_unix_s: _Optional[float] = ..., lease_duration_s: _Optional[float] = ...) -> None: ...
 
 class NetworkMeasurementAssignment(_message.Message):
-    __slots__ = ("measurement_id", "lease_id", "lease_deadline_unix_s", "lease_duration_s", "backend", "device", "precision", "batch_size", "architecture_json")
+    __slots__ = ("measurement_id", "lease_id", "lease_deadline_unix_s", "lease_duration_s", "backend", "device", "precision", "batch_size", "architecture_json", "timm_network_json")
     MEASUREMENT_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_DEADLINE_UNIX_S_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +151,7 @@ class NetworkMeasurementAssignment(_message.Message):
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_JSON_FIELD_NUMBER: _ClassVar[int]
+    TIMM_NETWORK_JSON_FIELD_NUMBER: _ClassVar[int]
     measurement_id: str
     lease_id: str
     lease_deadline_unix_s: float
@@ -158,7 +161,8 @@ class NetworkMeasurementAssignment(_message.Message):
     precision: str
     batch_size: int
     architecture_json: str
-    def __init__(self, measurement_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., lease_deadline_unix_s: _Optional[float] = ..., lease_duration_s: _Optional[float] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., precision: _Optional[str] = ..., batch_size: _Optional[int] = ..., architecture_json: _Optional[str] = ...) -> None: ...
+    timm_network_json: str
+    def __init__(self, measurement_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., lease_deadline_unix_s: _Optional[float] = ..., lease_duration_s: _Optional[float] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., precision: _Optional[str] = ..., batch_size: _Optional[int] = ..., architecture_json: _Optional[str] = ..., timm_network_json: _Optional[str] = ...) -> None: ...
 
 class Wait(_message.Message):
     __slots__ = ("retry_after_s", "reason")
@@ -209,7 +213,7 @@ class ProgressResponse(_message.Message):
     def __init__(self, action: _Optional[_Union[ProgressAction, str]] = ..., lease_deadline_unix_s: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ResultReport(_message.Message):
-    __slots__ = ("worker_id", "candidate_id", "lease_id", "top1", "epochs", "stopped_early", "checkpoint_path", "train_s", "restarted_from_scratch", "restart_reason")
+    __slots__ = ("worker_id", "candidate_id", "lease_id", "top1", "epochs", "stopped_early", "checkpoint_path", "train_s", "restarted_from_scratch", "restart_reason", "top1_test")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -220,6 +224,7 @@ class ResultReport(_message.Message):
     TRAIN_S_FIELD_NUMBER: _ClassVar[int]
     RESTARTED_FROM_SCRATCH_FIELD_NUMBER: _ClassVar[int]
     RESTART_REASON_FIELD_NUMBER: _ClassVar[int]
+    TOP1_TEST_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     candidate_id: str
     lease_id: str
@@ -230,7 +235,8 @@ class ResultReport(_message.Message):
     train_s: float
     restarted_from_scratch: bool
     restart_reason: str
-    def __init__(self, worker_id: _Optional[str] = ..., candidate_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., top1: _Optional[float] = ..., epochs: _Optional[int] = ..., stopped_early: _Optional[bool] = ..., checkpoint_path: _Optional[str] = ..., train_s: _Optional[float] = ..., restarted_from_scratch: _Optional[bool] = ..., restart_reason: _Optional[str] = ...) -> None: ...
+    top1_test: float
+    def __init__(self, worker_id: _Optional[str] = ..., candidate_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., top1: _Optional[float] = ..., epochs: _Optional[int] = ..., stopped_early: _Optional[bool] = ..., checkpoint_path: _Optional[str] = ..., train_s: _Optional[float] = ..., restarted_from_scratch: _Optional[bool] = ..., restart_reason: _Optional[str] = ..., top1_test: _Optional[float] = ...) -> None: ...
 
 class ResultResponse(_message.Message):
     __slots__ = ("accepted", "reason")
@@ -409,7 +415,7 @@ class CandidateRecord(_message.Message):
     def __init__(self, id: _Optional[str] = ..., tier_index: _Optional[int] = ..., state: _Optional[str] = ..., top1: _Optional[float] = ..., epochs: _Optional[int] = ..., latency_ms: _Optional[float] = ..., attempts: _Optional[int] = ..., preemptions: _Optional[int] = ..., worker_id: _Optional[str] = ..., lease_id: _Optional[str] = ...) -> None: ...
 
 class SearchStatus(_message.Message):
-    __slots__ = ("phase", "message", "search_name", "latency_table", "candidates", "preemptions", "lease_expiries", "tiers", "records", "records_truncated", "active_workers", "started_unix_s", "updated_unix_s", "degraded")
+    __slots__ = ("phase", "message", "search_name", "latency_table", "candidates", "preemptions", "lease_expiries", "tiers", "records", "records_truncated", "active_workers", "started_unix_s", "updated_unix_s", "degraded", "final_training")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     SEARCH_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -424,6 +430,7 @@ class SearchStatus(_message.Message):
     STARTED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     UPDATED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    FINAL_TRAINING_FIELD_NUMBER: _ClassVar[int]
     phase: SearchPhase
     message: str
     search_name: str
@@ -438,7 +445,8 @@ class SearchStatus(_message.Message):
     started_unix_s: float
     updated_unix_s: float
     degraded: Degraded
-    def __init__(self, phase: _Optional[_Union[SearchPhase, str]] = ..., message: _Optional[str] = ..., search_name: _Optional[str] = ..., latency_table: _Optional[_Union[LatencyTableProgress, _Mapping]] = ..., candidates: _Optional[_Union[CandidateCounts, _Mapping]] = ..., preemptions: _Optional[int] = ..., lease_expiries: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierStatus, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[CandidateRecord, _Mapping]]] = ..., records_truncated: _Optional[bool] = ..., active_workers: _Optional[int] = ..., started_unix_s: _Optional[float] = ..., updated_unix_s: _Optional[float] = ..., degraded: _Optional[_Union[Degraded, _Mapping]] = ...) -> None: ...
+    final_training: CandidateCounts
+    def __init__(self, phase: _Optional[_Union[SearchPhase, str]] = ..., message: _Optional[str] = ..., search_name: _Optional[str] = ..., latency_table: _Optional[_Union[LatencyTableProgress, _Mapping]] = ..., candidates: _Optional[_Union[CandidateCounts, _Mapping]] = ..., preemptions: _Optional[int] = ..., lease_expiries: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierStatus, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[CandidateRecord, _Mapping]]] = ..., records_truncated: _Optional[bool] = ..., active_workers: _Optional[int] = ..., started_unix_s: _Optional[float] = ..., updated_unix_s: _Optional[float] = ..., degraded: _Optional[_Union[Degraded, _Mapping]] = ..., final_training: _Optional[_Union[CandidateCounts, _Mapping]] = ...) -> None: ...
 
 class Degraded(_message.Message):
     __slots__ = ("reason", "message", "since_unix_s", "errors")

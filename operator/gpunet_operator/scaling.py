@@ -35,8 +35,9 @@ class Scale:
 
 def desired_scale(phase: str, spec: Mapping[str, Any], *, queued: int, running: int, table_complete: bool) -> Scale:
     """Profilers run while the latency table fills (also for the scaled networks of phase Scaling), then 0; trainers run at min(maxReplicas, queued + running);
-    in Finalizing, profilers measure the tier winners end to end on the target device (at least one) and no
-    trainer runs; everything is 0 once the search has ended, by then the result files are on the volume.
+    in Finalizing, profilers measure the tier winners end to end on the target device (at least one) and trainers
+    run at min(maxReplicas, queued + running) for stage 2 (the winners trained again, the baselines; none without
+    it); everything is 0 once the search has ended, by then the result files are on the volume.
 
     Args:
         phase: the search's phase name (``gpunet.rpc.phase_name``).
@@ -47,10 +48,10 @@ def desired_scale(phase: str, spec: Mapping[str, Any], *, queued: int, running: 
     if phase in TERMINAL_PHASES:
         return Scale(controller=0, profilers=0, trainers=0)
     profiler_replicas = int(spec.get("profilers", {}).get("replicas", 1))
-    if phase == FINALIZING:
-        return Scale(controller=1, profilers=max(1, profiler_replicas), trainers=0)
-    profilers = profiler_replicas if phase in PROFILING_PHASES and not table_complete else 0
     trainers = min(int(spec.get("trainers", {}).get("maxReplicas", 1)), max(0, queued) + max(0, running))
+    if phase == FINALIZING:
+        return Scale(controller=1, profilers=max(1, profiler_replicas), trainers=trainers)
+    profilers = profiler_replicas if phase in PROFILING_PHASES and not table_complete else 0
     return Scale(controller=1, profilers=profilers, trainers=trainers)
 
 

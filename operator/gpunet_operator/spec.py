@@ -22,7 +22,7 @@ from gpunet.errors import GpunetError
 from . import API_VERSION, KIND
 
 #: Sections that define the search; the CRD's transition rules make them immutable once the search exists.
-SEARCH_DEFINING: tuple[str, ...] = ("searchSpace", "latency", "algorithm", "training", "scaling", "storage")
+SEARCH_DEFINING: tuple[str, ...] = ("searchSpace", "latency", "algorithm", "training", "scaling", "baselines", "storage")
 #: Sections applied live: pool sizes, images, resources and scheduling of the pods.
 LIVE: tuple[str, ...] = ("trainers", "profilers", "controller")
 

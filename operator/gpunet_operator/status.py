@@ -172,6 +172,8 @@ def mirror(
             "budget": int(c.budget),
             "preempted": int(s.preemptions),
             "leaseExpiries": int(s.lease_expiries),
+            **({"finalQueued": int(f.queued), "finalRunning": int(f.running), "finalCompleted": int(f.completed),
+                "finalFailed": int(f.failed), "finalTotal": int(f.total)} if (f := s.final_training).total else {}),
         },
         "bestPerTier": best_per_tier,
         **({"best": best} if best else {}),

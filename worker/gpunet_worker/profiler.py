@@ -69,13 +69,18 @@ class ProfilerWorker:
         import json
 
         from gpunet.arch import Architecture
+        from gpunet.baselines import TimmNetwork
         from gpunet.errors import GpunetError
 
         log.info("measuring network %s end to end", task.measurement_id)
         try:
-            if task.WhichOneof("network") != "architecture_json":
-                raise ValueError(f"network kind {task.WhichOneof('network')!r} is not known to this worker")
-            arch = Architecture.from_dict(json.loads(task.architecture_json))
+            kind = task.WhichOneof("network")
+            if kind == "architecture_json":
+                arch = Architecture.from_dict(json.loads(task.architecture_json))
+            elif kind == "timm_network_json":
+                arch = TimmNetwork.from_dict(json.loads(task.timm_network_json))
+            else:
+                raise ValueError(f"network kind {kind!r} is not known to this worker")
             m = self._leased(task, lambda: self.backend.measure_network(arch))
             result = pb.NetworkMeasurement(latency_ms=m.median_ms, spread_ms=m.spread_ms, runs=m.runs,
                                            backend_version=m.backend_version, device_name=self.backend.device_name())

@@ -6,7 +6,8 @@ Protocol (see ``proto/gpunet/nas/v1/controller.proto``):
 2. Train from the given resume checkpoint; after every epoch the checkpoint is written atomically and then
    reported with ``ReportProgress``, whose answer says continue, stop (early stopping) or abandon.
    A heartbeat thread renews the lease every ``lease_duration_s / 3`` in between.
-3. ``ReportResult`` with the best top-1, then back to 1.
+3. ``ReportResult`` with the best top-1 (and, for stage 2 — ``evaluate_test`` — the trained network's top-1 on
+   the test split, :func:`gpunet.train.test_top1`), then back to 1.
 
 On SIGTERM (a spot node's notice) training stops at the next batch, the lease is released with reason
 ``preempted`` (pointing at the last complete epoch checkpoint, so at most one epoch is redone) and the process
@@ -89,10 +90,10 @@ class TrainerWorker:
 
     def train(self, task: pb.TrainingAssignment) -> str:
         """Train one candidate under its lease; returns how it ended (completed, stopped, interrupted, ...)."""
-        from gpunet.arch import Architecture
+        from gpunet.baselines import network_from_dict
         from gpunet.data import DatasetMissingError
         from gpunet.spec import parse_training
-        from gpunet.train import EpochReport, train_candidate
+        from gpunet.train import EpochReport, test_top1, train_candidate
 
         log.info("training %s (attempt %d, lease %s, from epoch %d)", task.candidate_id, task.attempt, task.lease_id, task.start_epoch)
         abandoned = threading.Event()
@@ -126,11 +127,14 @@ class TrainerWorker:
 
         try:
             training = parse_training(json.loads(task.training_json))
-            arch = Architecture.from_dict(json.loads(task.architecture_json))
+            arch = network_from_dict(json.loads(task.architecture_json))
             datasets = self._data(training, arch)
             outcome = train_candidate(arch, training, task.checkpoint_path, task.resume_checkpoint or None, device=self.device,
                                       on_epoch=on_epoch, should_stop=lambda: self.preempted.is_set() or not lease_held(),
                                       may_write=lease_held, seed=self.seed, datasets=datasets)
+            tested: dict[str, float] = {}
+            if task.evaluate_test and outcome.status == "completed" and outcome.checkpoint_path:
+                tested["top1_test"] = test_top1(outcome.checkpoint_path, training, device=self.device, seed=self.seed)
         except DatasetMissingError as exc:  # this machine's fault, not the candidate's: give it back and stop
             abandoned.set()
             self._release(task, pb.RELEASE_REASON_SHUTDOWN, last, f"dataset missing: {exc}")
@@ -152,7 +156,7 @@ class TrainerWorker:
                     worker_id=self.worker_id, candidate_id=task.candidate_id, lease_id=task.lease_id, top1=outcome.best_top1,
                     epochs=outcome.epochs, stopped_early=outcome.status == "stopped", checkpoint_path=outcome.checkpoint_path,
                     train_s=outcome.train_s, restarted_from_scratch=outcome.restarted_from_scratch,
-                    restart_reason=outcome.restart_reason))
+                    restart_reason=outcome.restart_reason, **tested))
                 log.info("%s %s: top-1 %.4f (accepted: %s %s)", task.candidate_id, outcome.status, outcome.best_top1,
                          answer.accepted, answer.reason)
                 self.trained += 1

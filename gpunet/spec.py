@@ -570,6 +570,7 @@ def baselines_schema() -> dict[str, Any]:
     """The CRD schema of ``spec.baselines``: a list of :class:`BaselineSpec`."""
     item = openapi_schema(BaselineSpec)
     item["required"] = ["model"]
+    del item["properties"]["model"]["default"]  # required, and "" would break its own minLength: the API server refuses the CRD
     return {"type": "array", "default": [], "maxItems": MAX_BASELINES, "items": item,
             "description": "timm models trained with stage 2's budget and measured like the hub's models (Table 3)."}
 

@@ -245,18 +245,12 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, precision: Pre
     return int(correct) / max(total, 1)
 
 
-def test_split(training: TrainingSpec, arch: Any, seed: int = 0) -> Any:
-    """The dataset that the hub's models and the baselines are tested on, once (issue 11: three splits): the test
-    split of ``training.dataset`` (:func:`gpunet.data.build_test_dataset`: Fashion-MNIST's test set, an
-    ImageFolder's ``val/``), apart from the validation split held out of the training data that the search selects
-    on. ``seed`` is unused: the split is seeded by ``training.dataset.seed``."""
-    return build_test_dataset(training.dataset, training.recipe, arch.resolution, arch.in_chans)[0]
-
-
 def test_top1(checkpoint_path: str | Path, training: TrainingSpec, device: str = "cpu", seed: int = 0,
               dataset: Any = None) -> float:
-    """Top-1 (a fraction) on :func:`test_split` of the network in a training checkpoint: its EMA weights when they
-    scored the higher validation top-1 in the last epoch, else its raw weights (as the hub's weights files).
+    """Top-1 (a fraction) on the test split (:func:`gpunet.data.build_test_dataset`, or ``dataset``) of the network
+    in a training checkpoint: its EMA weights when they scored the higher validation top-1 in the last epoch, else
+    its raw weights (as the hub's weights files); evaluated in FP32 by :func:`top1_on_test`. ``seed`` is unused:
+    the split is seeded by ``training.dataset.seed``.
 
     The checkpoint is read with ``weights_only=True``; its ``arch`` is our architecture JSON or a baseline's
     (:func:`gpunet.baselines.network_from_dict`). Raises :class:`CheckpointError` for an unreadable file.
@@ -273,11 +267,10 @@ def test_top1(checkpoint_path: str | Path, training: TrainingSpec, device: str =
         raise CheckpointError(str(checkpoint_path), reason="no such file") from exc
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(str(checkpoint_path), reason=f"unusable ({type(exc).__name__}: {exc})") from exc
-    dev = torch.device(device)
-    dataset = dataset if dataset is not None else test_split(training, arch, seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=max(256, training.batch_size), shuffle=False,
-                                         num_workers=training.recipe.workers)
-    return evaluate(model.to(dev), loader, dev)
+    if dataset is None:
+        dataset = build_test_dataset(training.dataset, training.recipe, arch.resolution, arch.in_chans)[0]
+    return top1_on_test(model, training, arch.resolution, arch.in_chans, device, Precision(torch.device(device).type),
+                        (dataset, 0))
 
 
 def train_candidate(

@@ -199,27 +199,36 @@ def test_interrupted_build_resumes_and_measures_only_missing_layers(tmp_path: Pa
 @pytest.mark.slow
 def test_killed_cli_build_continues_where_it_stopped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "t.sqlite"
-    args = ["latency", "build", "--preset", "gpunet-tiny", "--backend", "torch", "--table", str(path), "--samples", "2",
+    args = ["latency", "build", "--preset", "gpunet-tiny", "--backend", "torch", "--table", str(path), "--samples", "8",
             "--runs", "3", "--warmup", "1", "--rounds", "1", "--json"]
     proc = subprocess.Popen([sys.executable, "-m", "gpunet", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lock = None
     try:
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
             if path.exists():
                 try:
                     with LatencyTable(path, readonly=True) as table:
-                        if len(table) >= 2:
+                        if len(table) >= 1:
                             break
                 except TableError:
                     pass
-            time.sleep(0.05)
+            time.sleep(0.02)
+        # Take SQLite's write lock: the build's next put waits on it (busy timeout), so the kill lands at a known
+        # row count however fast the machine measures (a poll alone raced a fast machine to the last row).
+        lock = sqlite3.connect(path, timeout=30, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        done = lock.execute("SELECT COUNT(*) FROM layers").fetchone()[0]
         assert proc.poll() is None, "the build finished before it could be killed"
         proc.kill()  # SIGKILL: no chance to clean up
     finally:
         proc.wait(30)
+        if lock is not None:
+            lock.rollback()
+            lock.close()
+    assert done >= 1
     with LatencyTable(path, readonly=True) as table:
-        done = len(table)
-    assert done >= 2
+        assert len(table) == done  # every row committed before the kill is there, nothing half-written
     assert main(args) == 0  # the rerun, in this process
     report = json.loads(capsys.readouterr().out)
     assert report["already"] == done

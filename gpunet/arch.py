@@ -300,8 +300,10 @@ class Architecture:
     # --- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Our JSON format (``format: gpunet-arch/v1``)."""
-        data = dataclasses.asdict(self)
-        data["stages"] = [dataclasses.asdict(s) for s in self.stages]
+        # Field by field rather than dataclasses.asdict (a recursive deep copy): every training assignment
+        # carries this JSON.
+        data: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["stages"] = [{f.name: getattr(s, f.name) for f in dataclasses.fields(s)} for s in self.stages]
         for stage in data["stages"]:
             stage["se"] = int(stage["se"])
         if not data["name"]:

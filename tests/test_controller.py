@@ -401,3 +401,61 @@ def test_a_failed_release_keeps_its_message_as_the_candidates_error(tmp_path: Pa
     ctl.release_lease(pb.ReleaseRequest(worker_id="w1", reason=pb.RELEASE_REASON_FAILED, message="OutOfMemoryError: again"))
     cand = ctl.state.candidates[task.candidate_id]
     assert cand.state == "failed" and cand.error == "OutOfMemoryError: again"
+
+
+def test_the_pruners_tier_index_follows_every_change_to_the_candidates(tmp_path: Path, clock: Clock) -> None:
+    # The controller decides early stops on an index it keeps up to date as candidates are saved (not on a walk
+    # over every candidate): after progress, duplicates, stops, preemptions, lease expiries and results it must
+    # hold what an index built from scratch holds.
+    import random
+
+    from gpunet.controller.searching import curve_of
+    from gpunet.search.pruners import PeerIndex
+
+    ctl = searching(tmp_path, clock, epochs=3, min_epochs=1, budget=12)
+    rng = random.Random(3)
+    running: dict[str, tuple[pb.TrainingAssignment, int]] = {}
+
+    def check() -> None:
+        index = ctl.curves.index(0, False)
+        fresh = PeerIndex(curve_of(c) for c in ctl.state.candidates.values() if c.tier == 0)
+        for step in (1, 2, 3):
+            assert index.values_at(step) == fresh.values_at(step)
+            assert index.averages_at(step) == fresh.averages_at(step)
+
+    ctl.curves.index(0, False)  # built now, then kept up to date
+    for turn in range(80):
+        ctl.step()
+        worker = f"w{rng.randrange(4)}"
+        if worker not in running:
+            reply = ctl.request_work(trainer_request(worker))
+            if reply.WhichOneof("work") == "candidate":
+                running[worker] = (reply.candidate, reply.candidate.start_epoch)
+            continue
+        task, epoch = running[worker]
+        move = rng.random()
+        if move < 0.1:
+            ctl.release_lease(pb.ReleaseRequest(worker_id=worker, lease_id=task.lease_id,
+                                                reason=pb.RELEASE_REASON_PREEMPTED, epoch=epoch))
+            del running[worker]
+        elif move < 0.15:
+            clock.now += 30  # every lease expires
+            ctl.expire_leases()
+            running.clear()
+        elif epoch < 3 and move < 0.9:
+            answer = ctl.report_progress(progress(task, worker, epoch + 1, round(rng.random(), 2),
+                                                  ckpt=f"{task.checkpoint_path}.{epoch + 1}"))
+            if answer.action == pb.PROGRESS_ACTION_ABANDON:
+                del running[worker]
+            elif answer.action == pb.PROGRESS_ACTION_STOP or rng.random() < 0.1:
+                ctl.report_result(result(task, worker, 0.5, epochs=epoch + 1, stopped_early=True))
+                del running[worker]
+            else:
+                running[worker] = (task, epoch + 1)
+        else:
+            ctl.report_result(result(task, worker, 0.5, epochs=epoch))
+            del running[worker]
+        clock.now += 1
+        check()
+    states = {c.state for c in ctl.state.candidates.values()}
+    assert {"completed", "stopped"} <= states, states

@@ -212,3 +212,33 @@ def test_the_load_benchmark_loses_no_result(tmp_path: Path) -> None:
     assert {r["rpc"] for r in summary["rpcs"]} >= {"RequestWork", "ReportResult"}
     assert all(k in summary["rpcs"][0] for k in ("p50_ms", "p99_ms", "max_ms"))
     assert summary["cpu_s"]["controller"] > 0 and summary["cpu_s"]["clients"] > 0
+
+
+def test_the_roster_counts_active_workers_by_kind_as_they_come_and_go() -> None:
+    from gpunet.controller.leases import Roster
+
+    roster = Roster(window_s=10)
+    roster.saw("a", pb.WORKER_KIND_TRAINER, 0)
+    roster.saw("b", pb.WORKER_KIND_PROFILER, 5)
+    roster.saw("a", pb.WORKER_KIND_TRAINER, 8)  # heard from again: counted once, from its latest sighting
+    assert (roster.active(9), roster.active(9, pb.WORKER_KIND_TRAINER), roster.active(9, pb.WORKER_KIND_PROFILER)) == (2, 1, 1)
+    assert (roster.active(15), roster.active(15, pb.WORKER_KIND_PROFILER)) == (1, 0)  # b out of the window
+    roster.saw("b", pb.WORKER_KIND_TRAINER, 16)  # back, now training
+    assert (roster.active(17.9, pb.WORKER_KIND_TRAINER), roster.active(18, pb.WORKER_KIND_TRAINER)) == (2, 1)
+    assert roster.active(26) == 0
+
+
+def test_a_candidate_row_is_what_asdict_gives_and_shares_nothing_with_the_candidate() -> None:
+    import dataclasses
+
+    from gpunet.controller.state import Candidate
+
+    cand = Candidate(id="t0-c0001", tier=0, trial_id=3, vector=[1, 2], latency_ms=0.5, history=[0.1, 0.2],
+                     events=["granted"], architecture={"stages": [{"filters": 8}]}, scaling={"target_ms": 1.0},
+                     final={"kind": "winner"}, training={"epochs": 2}, top1_test=0.4)
+    row = cand.to_dict()
+    assert row == dataclasses.asdict(cand)
+    row["history"].append(0.9)
+    row["architecture"]["stages"][0]["filters"] = 16
+    assert cand.history == [0.1, 0.2] and cand.architecture == {"stages": [{"filters": 8}]}
+    assert Candidate.from_dict(json.loads(json.dumps(cand.to_dict()))) == cand

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import random
+import statistics
+
 import pytest
 
-from gpunet.search.pruners import PRUNERS, ASHAPruner, Curve, MedianPruner, NopPruner, PrunerError, create_pruner
+from gpunet.search.pruners import (PRUNERS, ASHAPruner, Curve, MedianPruner, NopPruner, PeerIndex, PrunerError,
+                                   create_pruner)
 from gpunet.spec import STOPPING_RULES, EarlyStoppingSpec, parse_training
 
 
@@ -121,3 +125,54 @@ def test_the_spec_lists_the_pruners_and_builds_each() -> None:
     off = parse_training({"earlyStopping": {"enabled": False, "rule": "asha"}})
     assert type(pruner_of(off)) is NopPruner
     assert EarlyStoppingSpec().rule == "median"
+
+
+def _median_by_definition(trial: Curve, step: int, others: list[Curve], min_peers: int) -> bool:
+    averages = [statistics.fmean(c.values[:step]) for c in others if c.completed and len(c.values) >= step]
+    return len(averages) >= min_peers and max(trial.values[:step]) < statistics.median(averages)
+
+
+def _asha_by_definition(trial: Curve, step: int, others: list[Curve], eta: int, min_peers: int) -> bool:
+    if step not in [eta**k for k in range(4)]:  # rungs of min_resource 1
+        return False
+    recorded = [c.values[step - 1] for c in others if len(c.values) >= step]
+    if len(recorded) < min_peers:
+        return False
+    ranked = sorted([*recorded, trial.values[step - 1]], reverse=True)
+    return trial.values[step - 1] < ranked[max(1, len(ranked) // eta) - 1]
+
+
+def test_an_index_kept_through_updates_decides_as_the_definitions_on_the_current_curves() -> None:
+    # The controller keeps one PeerIndex per tier and updates it as curves grow, complete or are cut back (a
+    # resumed trial); every decision must equal the rule applied to the current curves from scratch.
+    rng = random.Random(7)
+    curves: dict[str, Curve] = {}
+    index = PeerIndex()
+    median, asha = MedianPruner(min_peers=2), ASHAPruner(min_resource=1, reduction_factor=3, min_peers=2)
+    stops = 0
+    for _ in range(600):
+        name = f"t{rng.randrange(40)}"
+        values = list(curves.get(name, Curve(name, ())).values)
+        if values and rng.random() < 0.1:
+            values = values[: rng.randrange(len(values))]  # cut back: an epoch reported again
+        values.append(round(rng.random(), 2))  # ties on purpose
+        curve = Curve(name, tuple(values[:6]), completed=len(values) >= 6 or rng.random() < 0.05)
+        others = [c for c in curves.values() if c.trial_id != name]
+        step = len(curve.values)
+        expected = (_median_by_definition(curve, step, others, 2), _asha_by_definition(curve, step, others, 3, 2))
+        assert (median.prune(curve, step, index).prune, asha.prune(curve, step, index).prune) == expected
+        stops += sum(expected)
+        curves[name] = curve
+        index.update(curve)
+        assert index.values_at(step) == sorted(c.values[step - 1] for c in curves.values() if len(c.values) >= step)
+    assert stops > 100 and len(index) == len(curves)  # both answers occur
+    for name in list(curves):
+        index.discard(name)
+    assert len(index) == 0 and index.values_at(1) == [] and index.averages_at(1) == []
+
+
+def test_an_index_that_lost_track_of_a_value_says_so() -> None:
+    from gpunet.search.pruners import bisect_remove
+
+    with pytest.raises(PrunerError, match="out of step"):
+        bisect_remove([0.1, 0.3], 0.2)

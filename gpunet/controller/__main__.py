@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..spec import load_spec
     from .core import SearchController
     from .lock import StateDirLock, StateDirLockedError
-    from .service import SWITCH_INTERVAL_S, ControllerServer
+    from .service import ControllerServer, tune_for_serving
 
     spec = load_spec(args.spec)
     try:  # one owner per state directory: a second controller on it exits before it writes anything
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
     controller = SearchController(spec, args.state_dir, lease_s=args.lease_seconds, searcher_processes=True,
                                   results=not args.no_outputs, finalize_timeout_s=args.finalize_timeout_seconds)
-    sys.setswitchinterval(SWITCH_INTERVAL_S)  # this process is the server: hand the GIL over quickly
+    tune_for_serving()  # this process is the server: hand the GIL over quickly, keep GC pauses short
     server = ControllerServer(controller, token, f"{args.host}:{args.port}", metrics_port=args.metrics_port,
                               credentials=credentials, health_port=args.health_port).start()
     transport = ("TLS with client certificates (mutual TLS)" if args.tls_client_ca or os.environ.get(tls.TLS_CLIENT_CA_ENV)

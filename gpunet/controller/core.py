@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -59,7 +60,7 @@ from .leases import BATCH, CANDIDATE, LeaseBook, Roster
 from .metrics import ControllerMetrics
 from .profiling import ProfilingStage
 from .scaling import ScalingStage
-from .searching import MAX_POOL, MIN_ROUND_INTERVAL_S, SearchStage, pruner_of, stopping_decision
+from .searching import MAX_POOL, MIN_ROUND_INTERVAL_S, SearchStage, TierCurves, pruner_of, stopping_decision
 from .state import (PHASE_FAILED, PHASE_PROFILING, PHASE_SCALING, PHASE_SEARCHING, PHASE_STRATIFYING, PHASE_SUCCEEDED,
                     STATE_FILE, Candidate, ControllerState, StateStore, score_of)
 from .status import DEFAULT_MAX_CANDIDATES, refresh_metrics, search_status
@@ -69,6 +70,9 @@ log = logging.getLogger(__name__)
 
 #: How often the driver thread wakes up, in seconds.
 DRIVER_PERIOD_S = 0.1
+#: Least time between two refreshes of the Prometheus gauges from the state (``clock`` seconds; a scrape is
+#: every 15 s or more, and a refresh walks every candidate).
+METRICS_PERIOD_S = 1.0
 #: What a permanently failed search's message advises: for an error of the environment or the code, a resume.
 RESUME_ADVICE = ("fix the cause, then resume the search: `gpunet run --resume-failed` with the same --out, or on "
                  "Kubernetes set a new value of the annotation nas.gpunet.dev/resume on the NASSearch")
@@ -138,6 +142,7 @@ class SearchController:
         self.leases = LeaseBook(self.lease_s, self._next_lease_number)
         self.roster = Roster(2 * self.lease_s)
         self._stop = threading.Event()
+        self._metrics_due = -math.inf  # next refresh of the gauges (step)
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -145,6 +150,7 @@ class SearchController:
         self._driver_listeners: list[Callable[[], None]] = []
         now = self.clock()
         self.state = self._load(now)
+        self.curves = TierCurves(self.state.candidates, self._score)  # the pruner's view of each tier
         self.profiling = ProfilingStage(spec, self.state, self.table, self.leases, self.lock, profile_batch_size)
         self.trainers = TrainerDesk(spec, self.state, self.dir, self.leases, self.roster, self.metrics, self._should_stop, now)
         self.searching = SearchStage(spec, self.state, self.dir, self.trainers, self.roster, self.lock, self._save,
@@ -186,6 +192,7 @@ class SearchController:
             return
         self.state.updated = self.clock()
         rows = {**self._unsaved, **{c.id: c for c in changed}}
+        self.curves.changed(changed)  # every change to a candidate passes here
         try:
             self.store.save(self.state, rows.values(), wait=not getattr(self._deferred, "on", False))
         except Exception as exc:
@@ -220,9 +227,12 @@ class SearchController:
         on mnas rewards with objective mnas and in the Scaling phase."""
         if cand.final:  # stage 2 trains for its whole budget
             return pb.PROGRESS_ACTION_CONTINUE, ""
-        rewarded = self.spec.algorithm.objective == "mnas" or cand.scaling
-        score = (lambda c, top1: score_of(self.spec, c, top1)) if rewarded else None
-        return stopping_decision(self.pruner, self.state.candidates.values(), cand, epoch, score)
+        rewarded = bool(self.spec.algorithm.objective == "mnas" or cand.scaling)
+        score = self._score if rewarded else None
+        return stopping_decision(self.pruner, self.curves.index(cand.tier, rewarded), cand, epoch, score)
+
+    def _score(self, cand: Candidate, top1: float) -> float:
+        return score_of(self.spec, cand, top1)
 
     def _next_lease_number(self) -> int:
         self.state.next_lease += 1
@@ -381,8 +391,11 @@ class SearchController:
                 elif self.finalizing.message() != self.state.message:
                     self.state.message = self.finalizing.message()
                     self._save()
-        with self.lock:
-            refresh_metrics(self.metrics, self.state, self.profiling, len(self.spec.tier_targets))
+        now = self.clock()
+        if now >= self._metrics_due or self.state.phase in TERMINAL_PHASES:  # O(candidates): not every round
+            self._metrics_due = now + METRICS_PERIOD_S
+            with self.lock:
+                refresh_metrics(self.metrics, self.state, self.profiling, len(self.spec.tier_targets))
 
     def expire_leases(self) -> int:
         """Put work whose lease has expired back in the queue; returns the number of leases expired."""

@@ -15,6 +15,7 @@ candidates ahead of the trainers (GPUNet paper 3.2-3.3), and the early-stopping 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import threading
@@ -25,7 +26,7 @@ import numpy as np
 
 from ..fileio import write_json_atomic
 from ..rpc import pb
-from ..search.pruners import Curve
+from ..search.pruners import Curve, PeerIndex
 from ..spec import SearchSpec, TrainingSpec
 from .leases import Roster
 from .state import COMPLETED, FAILED, FINISHED, QUEUED, Candidate, ControllerState, score_of
@@ -58,27 +59,62 @@ def pruner_of(training: TrainingSpec) -> "Pruner":
                          reduction_factor=rule.reduction_factor)
 
 
-def stopping_decision(pruner: "Pruner", candidates: Iterable[Candidate], cand: Candidate, epoch: int,
+def curve_of(cand: Candidate, score: Callable[[Candidate, float], float] | None = None) -> "Curve":
+    """A candidate's learning curve for the pruner: its top-1 per epoch, or with ``score`` (a candidate and a top-1
+    -> what the search maximises, e.g. the MnasNet reward of :func:`~.state.score_of`) their scores; ``completed``
+    for state ``completed``."""
+    values = tuple(cand.history) if score is None else tuple(score(cand, t) for t in cand.history)
+    return Curve(cand.id, values, cand.state == COMPLETED)
+
+
+def stopping_decision(pruner: "Pruner", candidates: "Iterable[Candidate] | PeerIndex", cand: Candidate, epoch: int,
                       score: Callable[[Candidate, float], float] | None = None) -> tuple[int, str]:
     """Whether ``cand`` goes on after ``epoch``: ``(pb.ProgressAction, reason)``, as ``pruner`` decides.
 
-    The pruner sees the learning curves of ``cand`` and of the other candidates of its tier (``completed`` for state
-    ``completed``). A curve's values are the top-1 of each epoch, or with ``score`` (a candidate and a top-1 -> what
-    the search maximises, e.g. the MnasNet reward of :func:`~.state.score_of`) their scores, so an mnas search
-    compares rewards.
+    The pruner sees the learning curve of ``cand`` (:func:`curve_of`, with ``score``) and those of the other
+    candidates of its tier: ``candidates`` (all of them; the tier's are picked), or a :class:`PeerIndex` of the
+    tier's curves made with the same ``score`` (what the controller keeps; ``cand``'s own curve in it is skipped).
     """
     if not 1 <= epoch <= len(cand.history):  # a report the history does not hold: nothing to judge
         return pb.PROGRESS_ACTION_CONTINUE, ""
-    value = score or (lambda c, top1: top1)
-
-    def curve(c: Candidate) -> "Curve":
-        return Curve(c.id, tuple(value(c, t) for t in c.history), c.state == COMPLETED)
-
-    peers = [curve(c) for c in candidates if c.tier == cand.tier and c.id != cand.id and c.history]
-    decision = pruner.prune(curve(cand), epoch, peers)
+    if not isinstance(candidates, PeerIndex):
+        candidates = PeerIndex(curve_of(c, score) for c in candidates if c.tier == cand.tier and c.id != cand.id)
+    decision = pruner.prune(curve_of(cand, score), epoch, candidates)
     if decision.prune:
         return pb.PROGRESS_ACTION_STOP, decision.reason + ("" if score is None else " (mnas reward)")
     return pb.PROGRESS_ACTION_CONTINUE, ""
+
+
+class TierCurves:
+    """Per tier, a :class:`PeerIndex` of its candidates' curves, kept as candidates change (the controller calls
+    :meth:`changed` for every candidate it saves), so that an epoch report's decision does not walk every
+    candidate. One index per tier and kind of curve (top-1, or the search's score), built on first use.
+
+    Args:
+        candidates: the state's candidates by id (read when an index is first built).
+        score: the score of a candidate and a top-1 (:func:`~.state.score_of` of the spec).
+    """
+
+    def __init__(self, candidates: dict[str, Candidate], score: Callable[[Candidate, float], float]) -> None:
+        self._candidates, self._score = candidates, score
+        self._indexes: dict[tuple[int, bool], PeerIndex] = {}
+
+    def index(self, tier: int, scored: bool) -> PeerIndex:
+        """The tier's index of top-1 curves, or of score curves with ``scored``."""
+        key = (tier, scored)
+        if key not in self._indexes:
+            score = self._score if scored else None
+            self._indexes[key] = PeerIndex(curve_of(c, score) for c in self._candidates.values() if c.tier == tier)
+        return self._indexes[key]
+
+    def changed(self, cands: Iterable[Candidate]) -> None:
+        """Bring the indexes built so far up to date with ``cands`` (changed or new)."""
+        if not self._indexes:
+            return
+        for cand in cands:
+            for (tier, scored), index in self._indexes.items():
+                if tier == cand.tier:
+                    index.update(curve_of(cand, self._score if scored else None))
 
 
 class SearchStage:
@@ -108,6 +144,10 @@ class SearchStage:
         self.searchers: list[Any] = []
         self._pool_latency: list[dict[tuple[int, ...], float]] = []
         self._last_round: dict[int, float] = {}
+        # _tier_view's running counts: candidates seen so far, members per tier, not yet told per tier.
+        self._viewed = 0
+        self._members: dict[int, int] = {}
+        self._untold: dict[int, list[Candidate]] = {}
 
     @property
     def path(self) -> Path:
@@ -193,12 +233,12 @@ class SearchStage:
             if searcher is None:
                 continue
             with self.lock:
-                members = [c for c in self.state.candidates.values() if c.tier == tier]
-                to_tell = [c for c in members if not c.told and c.state in (*FINISHED, FAILED)]
-                queued = sum(c.state == QUEUED for c in members)
-                want = min(self.lookahead(now) - queued, self.tier_budget(tier) - len(members))
+                members, untold = self._tier_view(tier)
+                to_tell = [c for c in untold if c.state in (*FINISHED, FAILED)]
+                queued = sum(c.state == QUEUED for c in untold)  # a queued candidate is never told
+                want = min(self.lookahead(now) - queued, self.tier_budget(tier) - members)
                 tells = [(c.trial_id, c.state == FAILED, score_of(self.spec, c)) for c in to_tell]
-            endgame = len(members) >= self.tier_budget(tier)
+            endgame = members >= self.tier_budget(tier)
             if not to_tell and want <= 0:
                 continue
             since = now - self._last_round.get(tier, 0.0)
@@ -230,7 +270,21 @@ class SearchStage:
         for tier, searcher in enumerate(self.searchers):
             if searcher is None:
                 continue
-            members = [c for c in self.state.candidates.values() if c.tier == tier]
-            if len(members) < self.tier_budget(tier) or not all(c.told for c in members):
+            members, untold = self._tier_view(tier)
+            if members < self.tier_budget(tier) or untold:
                 return False
         return True
+
+    def _tier_view(self, tier: int) -> tuple[int, list[Candidate]]:
+        """``(members, untold)`` of a tier: its number of candidates and those whose result its searcher has not
+        been told yet, caught up with the candidates added since the last call (candidates are only ever added,
+        and ``told`` only ever set), so a driver round costs O(untold), not O(candidates)."""
+        cands = self.state.candidates
+        if len(cands) != self._viewed:
+            for cand in itertools.islice(cands.values(), self._viewed, None):
+                self._members[cand.tier] = self._members.get(cand.tier, 0) + 1
+                if not cand.told:
+                    self._untold.setdefault(cand.tier, []).append(cand)
+            self._viewed = len(cands)
+        untold = self._untold[tier] = [c for c in self._untold.get(tier, []) if not c.told]
+        return self._members.get(tier, 0), untold

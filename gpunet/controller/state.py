@@ -22,6 +22,7 @@ JSON files are written atomically (:mod:`gpunet.fileio`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -115,12 +116,24 @@ class Candidate:
         return max(self.history, default=0.0)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """A JSON-ready copy (what ``dataclasses.asdict`` gives, at a fraction of its cost: every changed candidate
+        is serialised on each save, and ``asdict``'s recursive deep copy was the controller's largest cost under
+        load)."""
+        data = {name: getattr(self, name) for name in _CANDIDATE_FIELDS}
+        for name in ("vector", "history", "events"):
+            data[name] = list(data[name])
+        for name in ("architecture", "scaling", "final", "training"):
+            if data[name] is not None:
+                data[name] = copy.deepcopy(data[name])
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Candidate":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+_CANDIDATE_FIELDS = tuple(f.name for f in dataclasses.fields(Candidate))
 
 
 def is_baseline(cand: Candidate) -> bool:

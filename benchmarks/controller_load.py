@@ -6,8 +6,12 @@ The controller runs in this process (real gRPC server, token auth, state saved t
 the LA-MCTS-BO searcher proposing in its own processes) over the `gpunet-tiny` space with a latency table filled
 by a fake profiler. ``--procs`` client processes each run ``workers / procs`` simulated trainers with grpc.aio.
 A simulated trainer asks for work as a long poll (``WorkRequest.max_wait_s = --max-wait``; 0 polls as old
-clients do: a Wait, then a sleep of its ``retry_after_s``); with a candidate it sends one heartbeat per second, an
-epoch report every ``--epoch-seconds`` and a result after ``--epochs`` epochs (or when told to stop).
+clients do: a Wait, then a sleep of its ``retry_after_s``); with a candidate it sends a heartbeat every
+``--heartbeat-seconds`` (default: a third of ``--lease-seconds``, as ``gpunet_worker.trainer`` does), an epoch report
+every ``--epoch-seconds`` (times a factor of its own in ``1 +- --epoch-jitter``: candidates are different networks,
+and with equal epochs the workers that got work in one driver round report in one burst) and a result after ``--epochs`` epochs (or when told to stop). Each simulated worker has
+a channel (a TCP connection) of its own, as a worker pod has (``--workers-per-channel`` shares them: with 50 per
+channel, the p50 of 1 Hz heartbeats at 1,000 workers went from 25 ms to about 500 ms on the shared HTTP/2 connections).
 
 Prints p50 / p99 / max latency (ms, client side: call start to answer) per RPC, the call rate, the errors, and:
 
@@ -21,6 +25,8 @@ Prints p50 / p99 / max latency (ms, client side: call start to answer) per RPC, 
 - ``server_side``: per RPC, the controller's own handler time (its Prometheus histogram, so to a bucket bound):
   the share of calls answered within 25 and 100 ms and the bound under which the p99 lies. The difference to the
   client-side figures is the transport and the clients' own scheduling on the shared cores.
+- ``loop_lag``: how late a 10 ms sleep wakes on the controller's event loop and on the clients' (p50/p99/max ms):
+  the wait of a ready callback for its loop.
 - ``cpu_s``: CPU seconds of the controller process (gRPC server, driver, state writer), of its searcher processes
   and of the client processes, and ``load_avg``: the machine's 1-minute load average before and after.
 
@@ -48,7 +54,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 
 def client_process(address: str, token: str, first: int, count: int, seconds: float, epochs: int, epoch_s: float,
-                   max_wait_s: float, warmup_s: float, per_channel: int, out: str) -> None:
+                   epoch_jitter: float, heartbeat_s: float, max_wait_s: float, warmup_s: float, per_channel: int, out: str) -> None:
     import resource
 
     import grpc
@@ -60,6 +66,7 @@ def client_process(address: str, token: str, first: int, count: int, seconds: fl
     accepted: list[str] = []
     held: list[float] = []
     details: dict[str, str] = {}
+    lags: list[float] = []
 
     async def main() -> None:
         # A channel (a TCP connection of its own) per `per_channel` workers: on a cluster every worker pod has its own.
@@ -110,14 +117,19 @@ def client_process(address: str, token: str, first: int, count: int, seconds: fl
                 if reply.WhichOneof("work") == "done":
                     return
                 task = reply.candidate
-                beats_per_epoch = max(1, round(epoch_s))
                 best, stop = 0.0, False
+                last_beat = time.monotonic()
+                own_epoch_s = epoch_s * random.uniform(1 - epoch_jitter, 1 + epoch_jitter)  # networks differ
                 for epoch in range(task.start_epoch + 1, epochs + 1):
-                    for _ in range(beats_per_epoch - 1):
-                        await asyncio.sleep(1.0)
+                    # As a trainer does: a heartbeat every heartbeat_s from the lease's start, an epoch report
+                    # every epoch_s.
+                    epoch_end = time.monotonic() + own_epoch_s
+                    while last_beat + heartbeat_s < epoch_end:
+                        await asyncio.sleep(max(0.0, last_beat + heartbeat_s - time.monotonic()))
+                        last_beat = time.monotonic()
                         await timed("Heartbeat", stub.ReportProgress, pb.ProgressReport(
                             worker_id=wid, candidate_id=task.candidate_id, lease_id=task.lease_id, heartbeat=True))
-                    await asyncio.sleep(1.0)
+                    await asyncio.sleep(max(0.0, epoch_end - time.monotonic()))
                     top1 = min(1.0, random.random() * 0.5 + 0.1 * epoch)
                     best = max(best, top1)
                     answer = await timed("ReportProgress", stub.ReportProgress, pb.ProgressReport(
@@ -137,14 +149,48 @@ def client_process(address: str, token: str, first: int, count: int, seconds: fl
                     if result is not None and result.accepted:
                         accepted.append(task.candidate_id)
 
+        probe = asyncio.ensure_future(loop_lag(lags, record_from, end))
         await asyncio.gather(*(trainer(i) for i in range(count)))
+        probe.cancel()
         for channel in channels:
             await channel.close()
 
     asyncio.run(main())
     usage = resource.getrusage(resource.RUSAGE_SELF)
     Path(out).write_text(json.dumps({"latencies": latencies, "errors": errors, "accepted": accepted, "held": len(held),
-                                     "error_details": details, "cpu_s": usage.ru_utime + usage.ru_stime}))
+                                     "error_details": details, "cpu_s": usage.ru_utime + usage.ru_stime,
+                                     "loop_lag_s": lags}))
+
+
+async def loop_lag(out: list[float], start: float, end: float, period_s: float = 0.01) -> None:
+    """Append how late each ``period_s`` sleep of this event loop wakes (s), between monotonic ``start`` and ``end``:
+    the time a ready callback (an arriving answer, a call) waits for the loop."""
+    while time.monotonic() < end:
+        t0 = time.perf_counter()
+        await asyncio.sleep(period_s)
+        if time.monotonic() >= start:
+            out.append(time.perf_counter() - t0 - period_s)
+
+
+def lag_summary(lags: list[float]) -> dict[str, float]:
+    lat = np.asarray(lags or [0.0]) * 1000
+    return {"p50_ms": round(float(np.percentile(lat, 50)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2),
+            "max_ms": round(float(lat.max()), 1)}
+
+
+def pin_processes(client_pids: list[int]) -> None:
+    """``--pin``: this process (the controller: its gRPC, event loop and driver threads) on CPU 0, the clients and
+    the searcher processes (its children) on the others, so that neither side's CPU time queues behind the other's."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs at least 2 CPUs")
+    others = set(cpus[1:])
+    for child in mp.active_children():
+        os.sched_setaffinity(child.pid, others)
+    for pid in client_pids:
+        os.sched_setaffinity(pid, others)
+    for tid in os.listdir("/proc/self/task"):  # every thread of this process, gRPC core's included
+        os.sched_setaffinity(int(tid), {cpus[0]})
 
 
 def server_side(ctl) -> dict[str, dict[str, float]]:
@@ -179,17 +225,24 @@ def main() -> int:
     parser.add_argument("--max-wait", type=float, default=20.0,
                         help="seconds an idle worker's RequestWork may be held (long poll); 0: poll as old clients do")
     parser.add_argument("--lease-seconds", type=float, default=30.0)
-    parser.add_argument("--workers-per-channel", type=int, default=50,
-                        help="simulated workers sharing one gRPC channel (one TCP connection)")
+    parser.add_argument("--epoch-jitter", type=float, default=0.5,
+                        help="each candidate's epoch lasts --epoch-seconds times a uniform factor in 1 +- this "
+                             "(candidates are different networks; 0: every epoch equal, so reports come in bursts)")
+    parser.add_argument("--heartbeat-seconds", type=float, default=None,
+                        help="seconds between a trainer's heartbeats (default: a third of the lease, as the trainer)")
+    parser.add_argument("--workers-per-channel", type=int, default=1,
+                        help="simulated workers sharing one gRPC channel (one TCP connection); a worker pod has its own")
     parser.add_argument("--warmup", type=float, default=5.0,
                         help="seconds before --seconds of measurement (calls then are run, not measured; errors count)")
+    parser.add_argument("--pin", action="store_true",
+                        help="the controller process on CPU 0; the clients and the searcher processes on the other CPUs")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     from controller_helpers import fake_profile
 
     from gpunet.controller import ControllerServer, SearchController
-    from gpunet.controller.service import SWITCH_INTERVAL_S
+    from gpunet.controller.service import tune_for_serving
     from gpunet.controller.state import FINISHED, ControllerState
     from gpunet.spec import API_VERSION, KIND, load_spec
 
@@ -203,22 +256,28 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="gpunet-load-")
     ctl = SearchController(spec, tmp, lease_s=args.lease_seconds, searcher_processes=True)
     fake_profile(ctl)
-    sys.setswitchinterval(SWITCH_INTERVAL_S)  # as python -m gpunet.controller does
+    tune_for_serving()  # as python -m gpunet.controller does
     server = ControllerServer(ctl, "load-token", "127.0.0.1:0").start()
     print(f"controller on {server.address}; pools {[p['pool_size'] for p in ctl.pools]}; {args.workers} simulated workers "
           f"in {args.procs} processes for {args.seconds:.0f} s", file=sys.stderr)
     per = args.workers // args.procs
+    heartbeat_s = args.heartbeat_seconds if args.heartbeat_seconds is not None else args.lease_seconds / 3.0
     outs = [os.path.join(tmp, f"client-{i}.json") for i in range(args.procs)]
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=client_process, args=(server.address, "load-token", i * per, per, args.seconds, args.epochs,
-                                                      args.epoch_seconds, args.max_wait, args.warmup,
+                                                      args.epoch_seconds, args.epoch_jitter, heartbeat_s, args.max_wait, args.warmup,
                                                       args.workers_per_channel, outs[i]))
              for i in range(args.procs)]
     load_before = os.getloadavg()[0]
+    server_lags: list[float] = []
+    probe_from = time.monotonic() + args.warmup
+    asyncio.run_coroutine_threadsafe(loop_lag(server_lags, probe_from, probe_from + args.seconds), server.loop)
     start = time.time()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     for p in procs:
         p.start()
+    if args.pin:
+        pin_processes([p.pid for p in procs])
     for p in procs:
         p.join()
     wall = time.time() - start
@@ -235,6 +294,7 @@ def main() -> int:
     errors: dict[str, int] = {}
     accepted: list[str] = []
     held, client_cpu = 0, 0.0
+    client_lags: list[float] = []
     error_details: dict[str, str] = {}
     for out in outs:
         data = json.loads(Path(out).read_text())
@@ -246,6 +306,7 @@ def main() -> int:
         held += data["held"]
         error_details.update(data["error_details"])
         client_cpu += data["cpu_s"]
+        client_lags += data["loop_lag_s"]
     lost = [c for c in accepted if c not in saved.candidates or saved.candidates[c].state not in FINISHED]
     server_cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
     searcher_cpu = max(0.0, children.ru_utime + children.ru_stime - client_cpu)
@@ -259,11 +320,13 @@ def main() -> int:
     rpcs = [v for k, v in merged.items() if k != "RequestWork(held)"]  # a hold is a wait for work, not a latency
     everything = np.concatenate([np.asarray(v) for v in rpcs]) * 1000 if rpcs else np.zeros(1)
     summary = {"workers": args.workers, "procs": args.procs, "seconds": round(wall, 1), "measured_s": args.seconds,
+               "heartbeat_s": heartbeat_s, "epoch_s": args.epoch_seconds, "epoch_jitter": args.epoch_jitter, "workers_per_channel": args.workers_per_channel,
                "rpcs": rows,
                "all_p50_ms": round(float(np.percentile(everything, 50)), 2),
                "all_p99_ms": round(float(np.percentile(everything, 99)), 2), "errors": errors,
                "error_details": error_details, "results_accepted": len(accepted), "lost_results": len(lost), "held_polls_timed_out": held,
                "commit_batches": commit_batches, "server_side": served,
+               "loop_lag": {"controller": lag_summary(server_lags), "clients": lag_summary(client_lags)},
                "cpu_s": {"controller": round(server_cpu, 1), "searchers": round(searcher_cpu, 1),
                          "clients": round(client_cpu, 1), "wall_x_cpus": round(wall * (os.cpu_count() or 1), 1),
                          "cpus": os.cpu_count()},

@@ -7,7 +7,8 @@ the LA-MCTS-BO searcher proposing in its own processes) over the `gpunet-tiny` s
 by a fake profiler. ``--procs`` client processes each run ``workers / procs`` simulated trainers with grpc.aio.
 A simulated trainer asks for work as a long poll (``WorkRequest.max_wait_s = --max-wait``; 0 polls as old
 clients do: a Wait, then a sleep of its ``retry_after_s``); with a candidate it sends a heartbeat every
-``--heartbeat-seconds`` (default: a third of ``--lease-seconds``, as ``gpunet_worker.trainer`` does), an epoch report
+``--heartbeat-seconds`` (default: a third of ``--lease-seconds``), jittered as ``gpunet_worker.trainer`` jitters them
+(``HEARTBEAT_JITTER``), an epoch report
 every ``--epoch-seconds`` (times a factor of its own in ``1 +- --epoch-jitter``: candidates are different networks,
 and with equal epochs the workers that got work in one driver round report in one burst) and a result after ``--epochs`` epochs (or when told to stop). Each simulated worker has
 a channel (a TCP connection) of its own, as a worker pod has (``--workers-per-channel`` shares them: with 50 per
@@ -60,6 +61,7 @@ def client_process(address: str, token: str, first: int, count: int, seconds: fl
     import grpc
 
     from gpunet.rpc import AUTH_METADATA_KEY, pb, pb_grpc
+    from gpunet_worker.trainer import HEARTBEAT_JITTER
 
     latencies: dict[str, list[float]] = {}
     errors: dict[str, int] = {}
@@ -124,9 +126,11 @@ def client_process(address: str, token: str, first: int, count: int, seconds: fl
                     # As a trainer does: a heartbeat every heartbeat_s from the lease's start, an epoch report
                     # every epoch_s.
                     epoch_end = time.monotonic() + own_epoch_s
-                    while last_beat + heartbeat_s < epoch_end:
-                        await asyncio.sleep(max(0.0, last_beat + heartbeat_s - time.monotonic()))
+                    beat_s = heartbeat_s * random.uniform(1 - HEARTBEAT_JITTER, 1 + HEARTBEAT_JITTER)
+                    while last_beat + beat_s < epoch_end:
+                        await asyncio.sleep(max(0.0, last_beat + beat_s - time.monotonic()))
                         last_beat = time.monotonic()
+                        beat_s = heartbeat_s * random.uniform(1 - HEARTBEAT_JITTER, 1 + HEARTBEAT_JITTER)
                         await timed("Heartbeat", stub.ReportProgress, pb.ProgressReport(
                             worker_id=wid, candidate_id=task.candidate_id, lease_id=task.lease_id, heartbeat=True))
                     await asyncio.sleep(max(0.0, epoch_end - time.monotonic()))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 from typing import Any
@@ -37,6 +38,11 @@ from .client import WorkerCannotStart, work_loop
 
 log = logging.getLogger("gpunet_worker")
 #: The log line of a finished epoch (benchmarks/gpu_suite.py reads the epoch and checkpoint seconds from it).
+#: Each wait between heartbeats is ``lease / 3`` times a random factor in ``1 +- HEARTBEAT_JITTER``. The trainers
+#: granted work in one driver round would otherwise beat in step for as long as they train, and every beat would
+#: reach the controller as one burst (client-go jitters its periodic calls, ``wait.Jitter``, for the same reason).
+#: The longest wait, ``0.37 * lease``, still renews the lease twice before it runs out.
+HEARTBEAT_JITTER = 0.1
 EPOCH_LOG = "%s epoch %d: top-1 %.4f, %.0f images/s, epoch %.3f s, checkpoint %.3f s -> %s"
 
 
@@ -166,7 +172,7 @@ class TrainerWorker:
 
     def _heartbeat(self, task: pb.TrainingAssignment, stop: threading.Event, lease: LeaseClock) -> None:
         period = max(0.2, task.lease_duration_s / 3.0)
-        while not stop.wait(period):
+        while not stop.wait(period * random.uniform(1 - HEARTBEAT_JITTER, 1 + HEARTBEAT_JITTER)):
             sent_at = time.monotonic()
             try:
                 answer = self.client.stub.ReportProgress(pb.ProgressReport(

@@ -62,21 +62,27 @@ def candidates(
     region: Region | None = None,
     local_sigma: float | tuple[float, ...] | None = None,
 ) -> tuple[np.ndarray, list[list[Any]]]:
-    """Unused candidate points in the box ``[lb, ub]`` of feature space, preferably inside ``region``.
+    """Unused candidate points in the box ``[lb, ub]`` of feature space, inside ``region`` when one is given.
 
     Half come from a scrambled Sobol sequence in the box; half are perturbations of ``centers``: TuRBO-style
     (each coordinate replaced by the Sobol value with probability ``min(1, PERTURB_DIMS / D)``, Eriksson et al.
     2019, sec. 4) or, with ``local_sigma``, Gaussian steps of that size. A pool-restricted space returns its unused
-    members in the box (the nearest to the centres where the box holds too few).
+    members in the box (the nearest to the centres where the box holds too few: the box is a preference).
+
+    The region is a hard constraint: every returned candidate lies in it, tested on the features of the point it
+    encodes (the one-hot or value features of a discrete point, not the continuous draw it was decoded from). When
+    the region holds no unused candidate the result is empty, and the caller decides how to fall back (LA-MCTS
+    widens the region to the parent node's, :meth:`gpunet.search.lamcts.LamctsSearcher._region_candidates`).
 
     Args:
         lb, ub: `D` arrays, the box in feature space.
         centers: A `c x D` array of good points (may be empty).
         n: The most candidates returned.
-        region: Keeps the candidates it accepts, unless it accepts none.
+        region: An `m x D` array -> boolean `m` array; only the candidates it accepts are returned.
 
     Returns:
-        ``Z``, an `m x D` float64 array of distinct candidate features, and the `m` points they encode.
+        ``Z``, an `m x D` float64 array of distinct candidate features, and the `m` points they encode (`m` may
+        be 0).
     """
     space = searcher.space
     D = space.num_features
@@ -84,14 +90,11 @@ def candidates(
         free = searcher.unused_pool_indices()
         Zp = space.pool_features()[free]
         inside = np.all((Zp >= lb - 1e-12) & (Zp <= ub + 1e-12), axis=1)
-        if region is not None and inside.any():
-            in_region = inside.copy()
-            in_region[inside] = region(Zp[inside])
-            if in_region.sum() >= 1:
-                inside = in_region
         if inside.sum() < min(32, len(free)):
             d = np.min(((Zp[:, None, :] - centers[None, :, :]) ** 2).sum(-1), axis=1) if len(centers) else rng.random(len(Zp))
             inside[np.argsort(d, kind="stable")[: min(256, len(free))]] = True
+        if region is not None and inside.any():
+            inside[inside] = region(Zp[inside])
         idx = np.flatnonzero(inside)
         if len(idx) > n:
             idx = np.sort(rng.choice(idx, size=n, replace=False))
@@ -114,10 +117,6 @@ def candidates(
     else:
         parts.append(sob[half:])
     Z = np.clip(np.concatenate(parts), 0.0, 1.0)
-    if region is not None:
-        ok = region(Z)
-        if ok.any():
-            Z = Z[ok]
     points = space.from_features(Z)
     keep, seen = [], set()
     for i, p in enumerate(points):
@@ -128,6 +127,9 @@ def candidates(
         keep.append(i)
     points = [points[i] for i in keep]
     Z = space.to_features(points) if space.discrete else Z[keep]
+    if region is not None and len(Z):
+        ok = region(Z)
+        Z, points = Z[ok], [p for p, good in zip(points, ok) if good]
     return Z, points
 
 

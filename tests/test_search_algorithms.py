@@ -164,10 +164,11 @@ def test_lamcts_falls_back_to_the_parent_region_only_when_the_leaf_has_no_candid
 def test_lamcts_leaf_size_follows_the_budget():
     from gpunet.search.lamcts import LEAF_SIZE, default_leaf_size
 
-    assert [default_leaf_size(b) for b in (None, 6, 20, 100, 200, 1000)] == [LEAF_SIZE, 2, 2, 10, 20, 20]
+    assert [default_leaf_size(b) for b in (None, 6, 20, 50, 100, 1000)] == [LEAF_SIZE, 2, 4, 10, 20, 20]
     space = easy_quadratic(4).space
-    assert search.create("lamcts-bo", space, budget=100).leaf_size == 10
-    assert search.create("lamcts-bo", space, budget=100, leaf_size=7).leaf_size == 7
+    assert search.create("lamcts-bo", space, budget=50).leaf_size == 10
+    assert search.create("lamcts-bo", space, budget=50, leaf_size=7).leaf_size == 7
+    assert search.create("lamcts-bo", space, budget=6).n_init == 2  # a fourth of a small budget: model asks remain
     with pytest.raises(search.SearchError, match="budget"):
         search.create("lamcts-bo", space, budget=0)
 

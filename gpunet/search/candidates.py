@@ -66,7 +66,9 @@ def candidates(
 
     Half come from a scrambled Sobol sequence in the box; half are perturbations of ``centers``: TuRBO-style
     (each coordinate replaced by the Sobol value with probability ``min(1, PERTURB_DIMS / D)``, Eriksson et al.
-    2019, sec. 4) or, with ``local_sigma``, Gaussian steps of that size. A pool-restricted space returns its unused
+    2019, sec. 4) or, with ``local_sigma``, Gaussian steps of that size; on a categorical space without a pool,
+    Hamming neighbours (:func:`categorical_neighbours`), because a small step in one-hot features rarely
+    changes a choice. A pool-restricted space returns its unused
     members in the box (the nearest to the centres where the box holds too few: the box is a preference).
 
     The region is a hard constraint: every returned candidate lies in it, tested on the features of the point it
@@ -105,7 +107,9 @@ def candidates(
     parts = [sob[:half]]
     if len(centers):
         c = centers[rng.integers(len(centers), size=n - half)]
-        if local_sigma is not None:
+        if space.kind == "categorical":
+            pert = categorical_neighbours(space, c, rng)
+        elif local_sigma is not None:
             sig = np.asarray(local_sigma, dtype=float).reshape(-1)
             sig = sig[rng.integers(len(sig), size=(len(c), 1))]
             pert = np.clip(c + sig * rng.standard_normal(c.shape), lb, ub)
@@ -131,6 +135,27 @@ def candidates(
         ok = region(Z)
         Z, points = Z[ok], [p for p, good in zip(points, ok) if good]
     return Z, points
+
+
+#: Categorical neighbours change this many dimensions with these probabilities (mostly one: a local move).
+NEIGHBOUR_CHANGES = (1, 2, 3)
+NEIGHBOUR_PROBS = (0.6, 0.3, 0.1)
+
+
+def categorical_neighbours(space: Any, centers: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One Hamming neighbour of each row of ``centers`` (an `m x D` array of one-hot features of ``space``, a
+    :class:`~gpunet.search.spaces.CategoricalSpace`): 1, 2 or 3 dimensions (:data:`NEIGHBOUR_PROBS`, at most the
+    number of dimensions with a choice to make) take another choice, drawn uniformly. Returns an `m x D` array."""
+    idx = space.indices(space.from_features(centers))
+    cards = space.cards
+    free = np.flatnonzero(cards > 1)
+    if len(free) == 0:
+        return centers.copy()
+    ks = np.minimum(rng.choice(NEIGHBOUR_CHANGES, size=len(idx), p=NEIGHBOUR_PROBS), len(free))
+    for row, k in zip(idx, ks):
+        for j in rng.choice(free, size=k, replace=False):
+            row[j] = (row[j] + 1 + rng.integers(cards[j] - 1)) % cards[j]  # any other choice, uniformly
+    return space.to_features([[space.choices[j][v] for j, v in enumerate(row)] for row in idx])
 
 
 def log_ei(model: Any, best_f: float, X_pending: Any, seed: int) -> Any:

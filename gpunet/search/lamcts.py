@@ -63,9 +63,10 @@ def default_leaf_size(budget: int | None) -> int:
     budget of 6 evaluations per tier it never splits, and LA-MCTS is plain BO under another name. A fifth of the
     budget lets the tree split after a fifth of the evaluations and grow to a depth of about ``log2(5)``, 2 to 3,
     by the end; from a budget of 100 on it is the reference's 20 (budget 6: 2, splitting from the third sample
-    on; budget 50: 10). On the pool-free NAS-Bench-201 problem it was chosen on (``nb201-mnas:cifar100:
-    pixel_litert:0.3``, 5 seeds, 100 evaluations) a tenth of the budget (leaf size 10) ended at a median regret
-    of 1.31 against 1.0 with the reference's 20 (benchmarks/README.md).
+    on; budget 50: 10). A tenth of the budget was tried first: on the pool-free NAS-Bench-201 problem
+    ``nb201-mnas:cifar100:pixel_litert:0.3`` (5 seeds, 100 evaluations) leaf size 10 ended at a median regret of
+    1.31 where the reference's 20 had ended at 1.0 (that run before the categorical neighbours of
+    :mod:`.candidates`, so the two differ in more than the leaf size; benchmarks/README.md).
     """
     if budget is None:
         return LEAF_SIZE

@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpunet.search.bench import ALL_ALGORITHMS, evals_to_reach, regret_at, run  # noqa: E402
-from gpunet.search.problems import DEFAULT_BUDGETS, PROBLEMS, make_problem  # noqa: E402
+from gpunet.search.problems import DEFAULT_BUDGETS, NB201_KINDS, PROBLEMS, make_problem, parse_problem_name  # noqa: E402
 
 DEFAULT_ALGOS = ["lamcts-bo", "lamcts-turbo", "turbo", "bo", "evolution", "random",
                  "optuna-tpe", "optuna-gp", "optuna-cmaes", "optuna-random"]
@@ -63,12 +63,11 @@ def _one(job: tuple[str, str, int, int, str | None, str]) -> str:
 def cmd_run(args: argparse.Namespace) -> None:
     jobs = []
     for problem in args.problems:
-        budget = args.budget or DEFAULT_BUDGETS[problem]
-        if problem == "nb201" and budget > 100 and not args.budget:
-            budget = 100
+        nb201 = problem == "nb201" or parse_problem_name(problem)[0] in NB201_KINDS
+        budget = args.budget or (100 if nb201 else DEFAULT_BUDGETS[problem])
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             for algo in args.algos:
-                if problem == "nb201" and algo == "optuna-cmaes":
+                if nb201 and algo == "optuna-cmaes":
                     continue  # CMA-ES has no categorical parameters (Optuna falls back to random sampling)
                 jobs.append((problem, algo, seed, budget, args.data, str(args.out)))
     t0 = time.time()
@@ -88,10 +87,8 @@ def _fmt(x: float) -> str:
 
 def cmd_report(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    for problem in PROBLEMS:
-        pdir = out / problem
-        if not pdir.is_dir():
-            continue
+    for pdir in sorted(p for p in out.iterdir() if p.is_dir()) if out.is_dir() else []:
+        problem = pdir.name
         longest: dict[tuple[str, int], dict] = {}  # one run per (algorithm, seed): the longest
         for f in sorted(pdir.glob("*/seed*_budget*.json")):
             r = json.loads(f.read_text())
@@ -103,7 +100,7 @@ def cmd_report(args: argparse.Namespace) -> None:
             runs.setdefault(algo, []).append(r)
         if not runs:
             continue
-        marks = [25, 50, 100] if problem == "nb201" else [50, 100, 200, 500]
+        marks = [25, 50, 100] if problem.startswith("nb201") else [50, 100, 200, 500]
         optimum = next(iter(runs.values()))[0]["optimum"]
         tpe = runs.get("optuna-tpe", [])
 
@@ -150,11 +147,22 @@ def cmd_report(args: argparse.Namespace) -> None:
             print("| " + " | ".join(cells) + " |")
 
 
+def _problem(name: str) -> str:
+    """An argparse type: a name of PROBLEMS or a parametrised NAS-Bench-201 problem (checked, not loaded)."""
+    kind, kwargs = parse_problem_name(name)
+    if kind not in PROBLEMS and kind not in NB201_KINDS:
+        raise argparse.ArgumentTypeError(f"{name!r}: expected one of {', '.join(PROBLEMS)} or "
+                                         f"{' / '.join(NB201_KINDS)}:DATASET:DEVICE:Q")
+    return name
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("run")
-    p.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=PROBLEMS)
+    p.add_argument("--problems", nargs="+", default=list(PROBLEMS), type=_problem,
+                   help="ackley20, levy20, nb201, or nb201-tier:DATASET:DEVICE:Q / nb201-mnas:DATASET:DEVICE:Q "
+                        "(gpunet/search/problems.py)")
     p.add_argument("--algos", nargs="+", default=DEFAULT_ALGOS, choices=ALL_ALGORITHMS)
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--first-seed", type=int, default=0)

@@ -81,3 +81,126 @@ def test_lamcts_tree_splits_good_from_bad_and_ucb_prefers_the_good_side():
     assert all(choice == 0 for _, choice in path)
     inside = in_region(path, X)
     assert y[inside].mean() > y[~inside].mean()
+
+
+def _pool_searcher(pool_size: int, observed: int, **options):
+    """lamcts-bo on a 6 x 5 categorical space restricted to a random pool, with ``observed`` points told."""
+    rng = np.random.default_rng(3)
+    full = search.CategoricalSpace([list(range(5))] * 6)
+    members = {tuple(int(v) for v in row) for row in rng.integers(5, size=(pool_size, 6))}
+    space = full.restrict([list(m) for m in sorted(members)])
+    target = np.array([1, 3, 0, 2, 4, 1])
+
+    def f(p):
+        return -float(np.sum(np.asarray(p) != target)) + 0.1 * float(np.sum(p))
+
+    s = search.create("lamcts-bo", space, seed=0, max_candidates=512, **options)
+    for i in rng.permutation(len(space.pool))[:observed]:
+        s.observe(space.pool[i], f(space.pool[i]))
+    return s, f
+
+
+def test_lamcts_proposals_respect_the_region():
+    from gpunet.search import lamcts
+
+    s, f = _pool_searcher(pool_size=300, observed=60, leaf_size=6)
+    seen = []
+    real_tree, real_choose = s._tree, s._choose
+
+    def tree(X, y, rng):
+        root, path = real_tree(X, y, rng)
+        seen.append({"path": path})
+        return root, path
+
+    def choose(X, y, Xpend, Z, pts, n, seed, model, lb, ub, region=None):
+        seen[-1]["Z"] = Z
+        out = real_choose(X, y, Xpend, Z, pts, n, seed, model, lb, ub, region)
+        seen[-1]["chosen"] = s.space.to_features(out)
+        return out
+
+    s._tree, s._choose = tree, choose
+    for k in range(8):
+        (t,) = s.ask()
+        s.tell(t.id, f(t.params))
+        fb = s.last_region_fallback
+        # the region searched: the selected leaf's, or an ancestor's after a recorded fallback
+        seen[-1]["depth"] = fb["used_depth"] if fb and fb["ask"] == k else len(seen[-1]["path"])
+    assert len(seen) == 8
+    small = 0
+    for ask in seen:
+        assert ask["path"], "the tree must split for this test to mean anything"
+        region = ask["path"][: ask["depth"]]
+        assert region, "a fallback to the whole space: the test's setup should give regions with members"
+        inside = lamcts.in_region(region, s.space.pool_features())
+        small += int(inside.sum()) < 32
+        assert lamcts.in_region(region, ask["Z"]).all()  # every candidate lies in the region
+        assert lamcts.in_region(region, ask["chosen"]).all()
+    assert small > 0  # the case that once padded the candidates with the nearest pool members, in the region or not
+    assert sum(a["depth"] == len(a["path"]) for a in seen) > len(seen) // 2  # mostly the selected leaf itself
+
+
+def test_lamcts_falls_back_to_the_parent_region_only_when_the_leaf_has_no_candidate_and_records_it(monkeypatch):
+    from gpunet.search import lamcts
+
+    s, f = _pool_searcher(pool_size=300, observed=40, leaf_size=6)
+    real = lamcts.candidates
+    used = []
+
+    def leaf_region_is_used_up(searcher, rng, lb, ub, centers, n, region=None, local_sigma=None):
+        Z, pts = real(searcher, rng, lb, ub, centers, n, region=region, local_sigma=local_sigma)
+        used.append(region)
+        return (Z[:0], []) if len(used) == 1 else (Z, pts)  # the selected leaf's region holds nothing unused
+
+    monkeypatch.setattr(lamcts, "candidates", leaf_region_is_used_up)
+    (t,) = s.ask()
+    assert len(used) == 2 and used[0] is not None
+    assert s.region_fallbacks == 1
+    fb = s.last_region_fallback
+    assert fb["ask"] == 0 and fb["used_depth"] == fb["selected_depth"] - 1 >= 0
+    restored = search.from_state_dict(s.state_dict())
+    assert restored.region_fallbacks == 1 and restored.last_region_fallback == fb
+
+
+def test_lamcts_leaf_size_follows_the_budget():
+    from gpunet.search.lamcts import LEAF_SIZE, default_leaf_size
+
+    assert [default_leaf_size(b) for b in (None, 6, 20, 50, 100, 1000)] == [LEAF_SIZE, 2, 4, 10, 20, 20]
+    space = easy_quadratic(4).space
+    assert search.create("lamcts-bo", space, budget=50).leaf_size == 10
+    assert search.create("lamcts-bo", space, budget=50, leaf_size=7).leaf_size == 7
+    assert search.create("lamcts-bo", space, budget=6).n_init == 2  # a fourth of a small budget: model asks remain
+    with pytest.raises(search.SearchError, match="budget"):
+        search.create("lamcts-bo", space, budget=0)
+
+
+def test_lamcts_tree_splits_at_the_demo_budget():
+    from pathlib import Path
+
+    from gpunet.controller.proposer import _create
+    from gpunet.space import load_space
+    from gpunet.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "examples" / "fashion-mnist.yaml")
+    algo = spec.algorithm
+    assert (algo.name, algo.budget) == ("lamcts-bo", 6)
+    full = search.IntegerSpace.from_search_space(load_space(spec.search_space))
+    rng = np.random.default_rng(0)
+    pool = [list(map(int, p)) for p in {tuple(p) for p in map(tuple, full.from_features(rng.random((400, full.num_features))))}]
+    algorithm = {"name": algo.name, "seed": algo.seed, "initial_samples": algo.initial_samples, "budget": algo.budget,
+                 "options": dict(algo.options)}
+    s = _create(algorithm, spec.search_space, pool, 0, None)  # as the controller builds a tier's searcher
+    depths = []
+    real_tree = s._tree
+
+    def tree(X, y, rng):
+        root, path = real_tree(X, y, rng)
+        depths.append(len(path))
+        return root, path
+
+    s._tree = tree
+    for _ in range(algo.budget):
+        (t,) = s.ask()
+        z = s.space.to_features([t.params])[0]
+        s.tell(t.id, -float(np.sum((z - 0.3) ** 2)))
+    assert len(depths) == algo.budget - s.n_init > 0  # every proposal after the initial design is a tree's
+    assert max(depths) >= 1  # the tree split: LA-MCTS, not plain BO

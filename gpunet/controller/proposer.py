@@ -36,6 +36,8 @@ def _create(algorithm: dict[str, Any], space: Any, pool: list[list[int]], tier: 
     options = dict(algorithm.get("options") or {})
     if "n_init" in search.searcher_class(algorithm["name"]).OPTIONS and "n_init" not in options:
         options["n_init"] = algorithm["initial_samples"]
+    if "budget" in search.searcher_class(algorithm["name"]).OPTIONS and "budget" not in options and algorithm.get("budget"):
+        options["budget"] = algorithm["budget"]  # sizes LA-MCTS's default leaf size (gpunet.search.lamcts)
     return search.create(algorithm["name"], sp, seed=algorithm["seed"] + tier, **options)
 
 

@@ -192,7 +192,8 @@ class SearchStage:
             self.state.searcher_versions = [0] * len(self.pools)
             self.state.next_number = [0] * len(self.pools)
         algo = self.spec.algorithm
-        algorithm = {"name": algo.name, "seed": algo.seed, "initial_samples": algo.initial_samples, "options": dict(algo.options)}
+        algorithm = {"name": algo.name, "seed": algo.seed, "initial_samples": algo.initial_samples, "budget": algo.budget,
+                     "options": dict(algo.options)}
         kind = ProcessSearcher if self.searcher_processes else LocalSearcher
         self.searchers = []
         for t, pool in enumerate(self.pools):

@@ -7,8 +7,8 @@ Used by ``gpunet search bench`` and ``benchmarks/search_*.py``. Besides this pac
 Pool-restricted problems (``nb201``): Optuna knows only the 6 x 5 categorical space, not the latency tier. A
 suggestion outside the tier is told the tier's worst accuracy (a death penalty, so the sampler learns where the
 tier is) and does not count toward the budget (in the real system a latency lookup rejects it before any
-training); a repeated architecture is answered from a cache and does not count either. Our searchers ask only
-from the pool.
+training). On every discrete space (pool or not) a repeated point is answered from a cache and does not count
+either, as our searchers never ask a point twice. Our searchers ask only from the pool.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import ALGORITHMS, create
+from . import ALGORITHMS, create, searcher_class
 from .problems import Problem
 from .spaces import SearchError
 
@@ -49,7 +49,9 @@ def run(problem: Problem, algo: str, budget: int, seed: int, batch: int = 1) -> 
 
 
 def _run_ours(problem: Problem, algo: str, budget: int, seed: int, batch: int) -> tuple[list[float], dict]:
-    searcher = create(algo, problem.space, seed=seed)
+    # the budget sizes defaults (the initial design, LA-MCTS's leaf size) as the controller's spec.algorithm.budget does
+    options = {"budget": budget} if "budget" in searcher_class(algo).OPTIONS else {}
+    searcher = create(algo, problem.space, seed=seed, **options)
     values: list[float] = []
     ask_s: list[float] = []
     while len(values) < budget:
@@ -92,7 +94,7 @@ def _run_optuna(problem: Problem, algo: str, budget: int, seed: int) -> tuple[li
         if problem.feasible is not None and not problem.feasible(params):
             study.tell(trial, float((problem.info or {}).get("worst", 0.0)))
             continue
-        if key in cache and problem.feasible is not None:
+        if key in cache and space.discrete:
             study.tell(trial, cache[key])
             continue
         v = problem.evaluate(params)

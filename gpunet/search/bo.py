@@ -23,15 +23,29 @@ from .gp import MAX_GP_POINTS, fit_gp, gp_hypers, select_training
 from .simple import sobol_points
 
 
-def default_n_init(space: Any) -> int:
-    """Size of the initial Sobol design: ``2 * dim``, clipped to ``[5, 40]`` (LA-MCTS used 40 on Ackley-20)."""
-    return int(min(40, max(5, 2 * space.dim)))
+#: With a known budget the initial design takes at most this fraction of it (at least ``MIN_N_INIT`` points).
+N_INIT_FRACTION = 0.25
+#: The fewest observations a model-based ask starts from (two: a GP needs a spread of values).
+MIN_N_INIT = 2
+
+
+def default_n_init(space: Any, budget: int | None = None) -> int:
+    """Size of the initial Sobol design: ``2 * dim``, clipped to ``[5, 40]`` (LA-MCTS used 40 on Ackley-20), and
+    with a known ``budget`` (evaluations) at most ``max(MIN_N_INIT, int(N_INIT_FRACTION * budget))``, so that a
+    small search still has model-based asks (budget 6: 2 initial points, then 4 proposals; budget 100 on the
+    6-dimensional NAS-Bench-201 space: 12, unchanged)."""
+    n = int(min(40, max(5, 2 * space.dim)))
+    if budget is not None:
+        n = min(n, max(MIN_N_INIT, int(N_INIT_FRACTION * budget)))
+    return n
 
 
 class ModelSearcher(Searcher):
     """Shared parts of the GP-based searchers: a Sobol initial design of ``n_init`` points, then model-based asks.
 
-    Subclasses implement :meth:`_model_propose`. Attributes besides :class:`Searcher`'s:
+    Subclasses implement :meth:`_model_propose`. The ``budget`` option (the evaluations planned, when the caller
+    knows them: the controller passes ``spec.algorithm.budget``, the benchmarks their budget) only sizes defaults;
+    the searcher never stops by itself. Attributes besides :class:`Searcher`'s:
         fit_failures: how many GP fits of this searcher failed (each one logged as a warning and answered with
             the fit's starting hyperparameters, see :func:`~gpunet.search.gp.fit_gp`); kept in the state dict.
         last_fit_error: ``"<ExceptionType>: <message>"`` of the latest failed fit, or None.
@@ -39,6 +53,8 @@ class ModelSearcher(Searcher):
 
     OPTIONS = {
         "n_init": Option(None, lambda v: None if v is None else nonneg_int(v), "size of the initial Sobol design"),
+        "budget": Option(None, lambda v: None if v is None else positive_int(v), "evaluations the search will make, "
+                         "if known: bounds the default initial design (and sets LA-MCTS's default leaf size)"),
         "max_gp_points": Option(MAX_GP_POINTS, positive_int, "observations a GP is fitted on at most"),
         "max_candidates": Option(MAX_CANDIDATES, positive_int, "candidates scored per ask"),
         "strict_fit": Option(False, boolean, "raise GPFitError when a GP fit fails, instead of falling back to the "
@@ -46,7 +62,8 @@ class ModelSearcher(Searcher):
     }
 
     def _post_init(self) -> None:
-        self.n_init = self.options["n_init"] if self.options["n_init"] is not None else default_n_init(self.space)
+        n_init = self.options["n_init"]
+        self.n_init = n_init if n_init is not None else default_n_init(self.space, self.options["budget"])
         self._hypers: dict[str, list] = {}
         self.fit_failures = 0
         self.last_fit_error: str | None = None

@@ -62,21 +62,29 @@ def candidates(
     region: Region | None = None,
     local_sigma: float | tuple[float, ...] | None = None,
 ) -> tuple[np.ndarray, list[list[Any]]]:
-    """Unused candidate points in the box ``[lb, ub]`` of feature space, preferably inside ``region``.
+    """Unused candidate points in the box ``[lb, ub]`` of feature space, inside ``region`` when one is given.
 
     Half come from a scrambled Sobol sequence in the box; half are perturbations of ``centers``: TuRBO-style
     (each coordinate replaced by the Sobol value with probability ``min(1, PERTURB_DIMS / D)``, Eriksson et al.
-    2019, sec. 4) or, with ``local_sigma``, Gaussian steps of that size. A pool-restricted space returns its unused
-    members in the box (the nearest to the centres where the box holds too few).
+    2019, sec. 4) or, with ``local_sigma``, Gaussian steps of that size; on a categorical space without a pool,
+    Hamming neighbours (:func:`categorical_neighbours`), because a small step in one-hot features rarely
+    changes a choice. A pool-restricted space returns its unused
+    members in the box (the nearest to the centres where the box holds too few: the box is a preference).
+
+    The region is a hard constraint: every returned candidate lies in it, tested on the features of the point it
+    encodes (the one-hot or value features of a discrete point, not the continuous draw it was decoded from). When
+    the region holds no unused candidate the result is empty, and the caller decides how to fall back (LA-MCTS
+    widens the region to the parent node's, :meth:`gpunet.search.lamcts.LamctsSearcher._region_candidates`).
 
     Args:
         lb, ub: `D` arrays, the box in feature space.
         centers: A `c x D` array of good points (may be empty).
         n: The most candidates returned.
-        region: Keeps the candidates it accepts, unless it accepts none.
+        region: An `m x D` array -> boolean `m` array; only the candidates it accepts are returned.
 
     Returns:
-        ``Z``, an `m x D` float64 array of distinct candidate features, and the `m` points they encode.
+        ``Z``, an `m x D` float64 array of distinct candidate features, and the `m` points they encode (`m` may
+        be 0).
     """
     space = searcher.space
     D = space.num_features
@@ -84,14 +92,11 @@ def candidates(
         free = searcher.unused_pool_indices()
         Zp = space.pool_features()[free]
         inside = np.all((Zp >= lb - 1e-12) & (Zp <= ub + 1e-12), axis=1)
-        if region is not None and inside.any():
-            in_region = inside.copy()
-            in_region[inside] = region(Zp[inside])
-            if in_region.sum() >= 1:
-                inside = in_region
         if inside.sum() < min(32, len(free)):
             d = np.min(((Zp[:, None, :] - centers[None, :, :]) ** 2).sum(-1), axis=1) if len(centers) else rng.random(len(Zp))
             inside[np.argsort(d, kind="stable")[: min(256, len(free))]] = True
+        if region is not None and inside.any():
+            inside[inside] = region(Zp[inside])
         idx = np.flatnonzero(inside)
         if len(idx) > n:
             idx = np.sort(rng.choice(idx, size=n, replace=False))
@@ -102,7 +107,9 @@ def candidates(
     parts = [sob[:half]]
     if len(centers):
         c = centers[rng.integers(len(centers), size=n - half)]
-        if local_sigma is not None:
+        if space.kind == "categorical":
+            pert = categorical_neighbours(space, c, rng)
+        elif local_sigma is not None:
             sig = np.asarray(local_sigma, dtype=float).reshape(-1)
             sig = sig[rng.integers(len(sig), size=(len(c), 1))]
             pert = np.clip(c + sig * rng.standard_normal(c.shape), lb, ub)
@@ -114,10 +121,6 @@ def candidates(
     else:
         parts.append(sob[half:])
     Z = np.clip(np.concatenate(parts), 0.0, 1.0)
-    if region is not None:
-        ok = region(Z)
-        if ok.any():
-            Z = Z[ok]
     points = space.from_features(Z)
     keep, seen = [], set()
     for i, p in enumerate(points):
@@ -128,7 +131,31 @@ def candidates(
         keep.append(i)
     points = [points[i] for i in keep]
     Z = space.to_features(points) if space.discrete else Z[keep]
+    if region is not None and len(Z):
+        ok = region(Z)
+        Z, points = Z[ok], [p for p, good in zip(points, ok) if good]
     return Z, points
+
+
+#: Categorical neighbours change this many dimensions with these probabilities (mostly one: a local move).
+NEIGHBOUR_CHANGES = (1, 2, 3)
+NEIGHBOUR_PROBS = (0.6, 0.3, 0.1)
+
+
+def categorical_neighbours(space: Any, centers: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One Hamming neighbour of each row of ``centers`` (an `m x D` array of one-hot features of ``space``, a
+    :class:`~gpunet.search.spaces.CategoricalSpace`): 1, 2 or 3 dimensions (:data:`NEIGHBOUR_PROBS`, at most the
+    number of dimensions with a choice to make) take another choice, drawn uniformly. Returns an `m x D` array."""
+    idx = space.indices(space.from_features(centers))
+    cards = space.cards
+    free = np.flatnonzero(cards > 1)
+    if len(free) == 0:
+        return centers.copy()
+    ks = np.minimum(rng.choice(NEIGHBOUR_CHANGES, size=len(idx), p=NEIGHBOUR_PROBS), len(free))
+    for row, k in zip(idx, ks):
+        for j in rng.choice(free, size=k, replace=False):
+            row[j] = (row[j] + 1 + rng.integers(cards[j] - 1)) % cards[j]  # any other choice, uniformly
+    return space.to_features([[space.choices[j][v] for j, v in enumerate(row)] for row in idx])
 
 
 def log_ei(model: Any, best_f: float, X_pending: Any, seed: int) -> Any:

@@ -4,7 +4,7 @@ Wang, Fonseca & Tian, "Learning Search Space Partition for Black-box Optimizatio
 Search", NeurIPS 2020; the searcher the GPUNet paper chose (its section 3.3.1). Every ask:
 
 1. **Rebuild the tree** from all completed observations (:func:`build_tree`): a node holding more than
-   ``leaf_size`` samples is split by k-means (k = 2) on ``(x, f(x))``; an SVM (RBF kernel, ``gamma="auto"``,
+   ``leaf_size`` samples (:func:`default_leaf_size`: 20 as in the reference, fewer for small budgets) is split by k-means (k = 2) on ``(x, f(x))``; an SVM (RBF kernel, ``gamma="auto"``,
    as in the reference code) learns the boundary on ``x``, and the node's samples go to the "good" child (the
    cluster with the higher mean f) or the "bad" one by the SVM's prediction, so that a node's samples are exactly
    the ones inside its region. A node the SVM cannot split stays a leaf.
@@ -14,7 +14,11 @@ Search", NeurIPS 2020; the searcher the GPUNet paper chose (its section 3.3.1). 
 3. **Sample in the region** of the leaf (the intersection of the SVM decisions along the path): BO (a GP and
    qLogEI over candidates restricted to the region, refined by gradient ascent on continuous spaces when the
    result stays in the region) for ``lamcts-bo``, or a TuRBO trust region around the
-   leaf's best point, intersected with the region, for ``lamcts-turbo``.
+   leaf's best point, intersected with the region, for ``lamcts-turbo``. Every candidate lies in the region
+   (on pools too). Only when the region holds no unused candidate does the ask widen it to the parent node's
+   region, and so on up to the root (the whole space); each such fallback is counted in
+   :attr:`LamctsSearcher.region_fallbacks` and described in :attr:`LamctsSearcher.last_region_fallback`, both
+   kept in the searcher state. (The reference code falls back to uniform random samples instead.)
 4. The initial design is a scrambled Sobol sequence (the reference used a Latin hypercube).
 
 scikit-learn provides k-means and the SVM; the GP, the candidate sets and the trust region come from
@@ -24,6 +28,7 @@ scikit-learn provides k-means and the SVM; the GP, the candidate sets and the tr
 from __future__ import annotations
 
 import dataclasses
+import logging
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,12 +41,36 @@ from .candidates import LOCAL_SIGMAS, candidates
 from .gp import select_training
 from .turbo import TrustRegionMixin, trust_region, update_turbo_state
 
+logger = logging.getLogger(__name__)
+
 #: Samples a leaf may hold before it is split (LA-MCTS reference default: 20).
 LEAF_SIZE = 20
+#: With a known budget the default leaf size is this fraction of it, within ``[MIN_LEAF_SIZE, LEAF_SIZE]``.
+LEAF_FRACTION = 0.2
+#: The smallest default leaf size: a node of three samples can then be split.
+MIN_LEAF_SIZE = 2
 #: Exploration constant as a fraction of the observed range of f (paper: 1-10 % of f).
 CP = 0.1
 #: Depth limit of the tree (a guard; with leaf_size 20 it is reached only past ~20 million samples).
 MAX_DEPTH = 20
+
+
+def default_leaf_size(budget: int | None) -> int:
+    """The leaf size used when the ``leaf_size`` option is not set: ``LEAF_SIZE`` (20) without a budget, else
+    ``int(LEAF_FRACTION * budget)`` clipped to ``[MIN_LEAF_SIZE, LEAF_SIZE]``.
+
+    Why: a tree built from ``n`` samples splits only when ``n > leaf_size``. With the reference's 20 and the demo's
+    budget of 6 evaluations per tier it never splits, and LA-MCTS is plain BO under another name. A fifth of the
+    budget lets the tree split after a fifth of the evaluations and grow to a depth of about ``log2(5)``, 2 to 3,
+    by the end; from a budget of 100 on it is the reference's 20 (budget 6: 2, splitting from the third sample
+    on; budget 50: 10). A tenth of the budget was tried first: on the pool-free NAS-Bench-201 problem
+    ``nb201-mnas:cifar100:pixel_litert:0.3`` (5 seeds, 100 evaluations) leaf size 10 ended at a median regret of
+    1.31 where the reference's 20 had ended at 1.0 (that run before the categorical neighbours of
+    :mod:`.candidates`, so the two differ in more than the leaf size; benchmarks/README.md).
+    """
+    if budget is None:
+        return LEAF_SIZE
+    return int(min(LEAF_SIZE, max(MIN_LEAF_SIZE, int(LEAF_FRACTION * budget))))
 
 
 @dataclass
@@ -140,35 +169,88 @@ def leaf_of(root: Node, path: list[tuple[Node, int]]) -> Node:
 
 
 class LamctsSearcher(ModelSearcher):
-    """LA-MCTS with BO in the selected region (``lamcts-bo``, the default searcher of the system)."""
+    """LA-MCTS with BO in the selected region (``lamcts-bo``, the default searcher of the system).
+
+    Attributes besides :class:`~gpunet.search.bo.ModelSearcher`'s (both kept in the state dict):
+        region_fallbacks: how many asks found no unused candidate in the selected leaf's region and searched an
+            ancestor's region instead (module docstring, step 3).
+        last_region_fallback: ``{"ask", "selected_depth", "used_depth"}`` of the latest fallback (depths count
+            SVM decisions from the root; ``used_depth`` 0 is the whole space), or None.
+    """
 
     name = "lamcts-bo"
     OPTIONS = {
         **ModelSearcher.OPTIONS,
-        "leaf_size": Option(LEAF_SIZE, positive_int, "samples a leaf may hold before it is split"),
+        "leaf_size": Option(None, lambda v: None if v is None else positive_int(v),
+                            "samples a leaf may hold before it is split (default: from the budget, see default_leaf_size)"),
         "cp": Option(CP, positive_float, "exploration constant as a fraction of the observed range of f"),
     }
+
+    def _post_init(self) -> None:
+        super()._post_init()
+        leaf = self.options["leaf_size"]
+        self.leaf_size = leaf if leaf is not None else default_leaf_size(self.options["budget"])
+        self.region_fallbacks = 0
+        self.last_region_fallback: dict[str, int] | None = None
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {**super()._extra_state(), "region_fallbacks": self.region_fallbacks,
+                "last_region_fallback": self.last_region_fallback}
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        super()._load_extra_state(extra)
+        self.region_fallbacks = int(extra.get("region_fallbacks", 0))
+        self.last_region_fallback = extra.get("last_region_fallback")
 
     def _tree(self, X, y, rng):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            root = build_tree(X, y, self.options["leaf_size"], int(rng.integers(2**31)))
+            root = build_tree(X, y, self.leaf_size, int(rng.integers(2**31)))
         span = float(np.ptp(y)) or 1.0
         path = select_path(root, self.options["cp"] * span, rng)
         return root, path
 
+    def _region_candidates(self, rng, root, path, lb, ub, centers_of, local_sigma=None):
+        """Candidates in the box ``[lb, ub]`` and the region of ``path``; if that region holds none, in the region
+        of the longest prefix of the path that holds some (the empty prefix is the whole space), recording the
+        fallback.
+
+        Args:
+            centers_of: Node -> a `c x D` array of the points to perturb around (see :func:`.candidates`).
+
+        Returns:
+            ``(Z, pts, node, region)``: the candidates, the node whose region they lie in, and that region (a
+            function of an `m x D` array, or None for the whole space).
+        """
+        for depth in range(len(path), -1, -1):
+            sub = path[:depth]
+            node = leaf_of(root, sub)
+            region = (lambda Z, sub=sub: in_region(sub, Z)) if sub else None
+            Z, pts = candidates(self, rng, lb, ub, centers_of(node), self.options["max_candidates"],
+                                region=region, local_sigma=local_sigma)
+            if len(Z):
+                break
+        if depth < len(path):
+            self.region_fallbacks += 1
+            self.last_region_fallback = {"ask": self._asks - 1, "selected_depth": len(path), "used_depth": depth}
+            logger.info("%s ask %d: no unused candidate in the selected leaf's region (depth %d); searching the region "
+                        "at depth %d instead", self.name, self._asks - 1, len(path), depth)
+        return Z, pts, node, region
+
     def _model_propose(self, n, rng, X, y, Xpend):
         root, path = self._tree(X, y, rng)
-        leaf = leaf_of(root, path)
         seed = int(rng.integers(2**31))
-        region = (lambda Z: in_region(path, Z)) if path else None
-        leaf_X, leaf_y = X[leaf.idx], y[leaf.idx]
-        centers = leaf_X[np.argsort(-leaf_y, kind="stable")[: max(5, len(leaf_y) // 2)]]
         D = self.space.num_features
-        Z, pts = candidates(self, rng, np.zeros(D), np.ones(D), centers, self.options["max_candidates"], region=region, local_sigma=LOCAL_SIGMAS)
+
+        def centers_of(node):
+            order = np.argsort(-y[node.idx], kind="stable")
+            return X[node.idx[order[: max(5, node.n // 2)]]]
+
+        Z, pts, node, region = self._region_candidates(rng, root, path, np.zeros(D), np.ones(D), centers_of, LOCAL_SIGMAS)
         if len(Z) == 0:
             return []
-        idx = select_training(X, y, self.options["max_gp_points"], center=X[leaf.idx[np.argmax(leaf_y)]] if len(y) > self.options["max_gp_points"] else None)
+        best_in_node = X[node.idx[np.argmax(y[node.idx])]]
+        idx = select_training(X, y, self.options["max_gp_points"], center=best_in_node if len(y) > self.options["max_gp_points"] else None)
         model = self._fit(X[idx], y[idx], seed)
         return self._choose(X[idx], y[idx], Xpend, Z, pts, n, seed, model, np.zeros(D), np.ones(D), region)
 
@@ -177,7 +259,8 @@ class LamctsTurboSearcher(TrustRegionMixin, LamctsSearcher):
     """LA-MCTS with a TuRBO-1 trust region in the selected region (``lamcts-turbo``).
 
     One trust-region state (length, counters; :class:`~gpunet.search.turbo.TurboState`) is kept across asks; the
-    region is centred on the best sample of the selected leaf and intersected with the leaf's region.
+    region is centred on the best sample of the selected leaf and intersected with the leaf's region (or an
+    ancestor's, when the leaf's holds no candidate; see :class:`LamctsSearcher`).
     """
 
     name = "lamcts-turbo"
@@ -195,8 +278,7 @@ class LamctsTurboSearcher(TrustRegionMixin, LamctsSearcher):
         idx = select_training(X, y, self.options["max_gp_points"], center=center)
         model = self._fit(X[idx], y[idx], seed)
         lb, ub = trust_region(center, model, self.turbo.length)
-        region = (lambda Z: in_region(path, Z)) if path else None
-        Z, pts = candidates(self, rng, lb, ub, center[None, :], self.options["max_candidates"], region=region)
+        Z, pts, _, region = self._region_candidates(rng, root, path, lb, ub, lambda node: center[None, :])
         if len(Z) == 0:
             return []
         return self._choose(X[idx], y[idx], Xpend, Z, pts, n, seed, model, lb, ub, region)

@@ -16,7 +16,7 @@ rerun, so the script resumes after an interruption.
 
     python benchmarks/nas_vs_random.py --out runs/nas-vs-random --seeds 0 1 2 --budget 6 --json
 
-``--train-subset`` / ``--epochs`` shrink the recipe's training; the JSON's ``settings`` names every departure
+``--train-subset`` / ``--val-subset`` / ``--epochs`` shrink the recipe's training; the JSON's ``settings`` names every departure
 from the base spec.
 """
 
@@ -43,10 +43,10 @@ DEFAULT_ALGOS = ("lamcts-bo", "random")
 
 def derive_spec(base: dict[str, Any], *, algorithm: str, seed: int, budget: int, tier_ms: float,
                 name: str, epochs: int | None = None, train_subset: int | None = None,
-                keep_baselines: bool = False) -> dict[str, Any]:
+                val_subset: int | None = None, keep_baselines: bool = False) -> dict[str, Any]:
     """The NASSearch document of one run: ``base`` (a parsed search YAML) with one latency tier ``tier_ms``,
     ``algorithm``/``seed``/``budget``, ``metadata.name`` ``name``, no baselines unless ``keep_baselines`` (they
-    do not depend on the algorithm), and optionally fewer ``epochs`` or a smaller ``train_subset``.
+    do not depend on the algorithm), and optionally fewer ``epochs`` or a smaller ``train_subset``/``val_subset``.
 
     Raises:
         ValueError: ``base`` is not a NASSearch document (no ``spec`` mapping), or ``budget`` < 1.
@@ -65,6 +65,8 @@ def derive_spec(base: dict[str, Any], *, algorithm: str, seed: int, budget: int,
         training["epochs"] = epochs
     if train_subset is not None:
         training.setdefault("dataset", {})["trainSubset"] = train_subset
+    if val_subset is not None:
+        training.setdefault("dataset", {})["valSubset"] = val_subset
     if not keep_baselines:
         spec["baselines"] = []
     return doc
@@ -153,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tier", type=float, help="the one latency tier in ms (default: the base spec's first)")
     p.add_argument("--epochs", type=int, help="override training.epochs (default: the base spec's)")
     p.add_argument("--train-subset", type=int, help="override training.dataset.trainSubset (default: the base spec's)")
+    p.add_argument("--val-subset", type=int, help="override training.dataset.valSubset (default: the base spec's)")
     p.add_argument("--workers", type=int, default=2, help="trainer processes per run (default 2, as the demo)")
     p.add_argument("--latency-table", type=Path, help="latency.sqlite to seed every run with (default: the first "
                    "run measures its own, and the later runs copy it)")
@@ -172,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             name = f"{base['metadata']['name']}-{algo}-s{seed}"
             out = args.out / f"{algo}-s{seed}"
             doc = derive_spec(base, algorithm=algo, seed=seed, budget=budget, tier_ms=tier_ms, name=name,
-                              epochs=args.epochs, train_subset=args.train_subset)
+                              epochs=args.epochs, train_subset=args.train_subset,
+                              val_subset=args.val_subset)
             wall = None
             try:
                 result = read_result(out)
@@ -191,11 +195,14 @@ def main(argv: list[str] | None = None) -> int:
                 "algorithms": args.algos, "epochs": args.epochs or training.get("epochs"),
                 "train_subset": args.train_subset if args.train_subset is not None
                 else training.get("dataset", {}).get("trainSubset"),
+                "val_subset": args.val_subset if args.val_subset is not None
+                else training.get("dataset", {}).get("valSubset"),
                 "final_epochs": training.get("final", {}).get("epochs"), "workers": args.workers,
                 "shared_latency_table": str(table) if table else None,
                 "departures_from_base": {k: v for k, v in {"latency.tiers": [tier_ms], "baselines": [],
                                                            "training.epochs": args.epochs,
-                                                           "training.dataset.trainSubset": args.train_subset}.items()
+                                                           "training.dataset.trainSubset": args.train_subset,
+                                                           "training.dataset.valSubset": args.val_subset}.items()
                                          if v is not None}}
     print(json.dumps({"runs": runs, "summary": summarize(runs), "settings": settings}, indent=None if args.json else 2))
     return 0

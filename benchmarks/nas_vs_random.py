@@ -117,7 +117,7 @@ def copy_table(source: Path, dest: Path) -> None:
 
 
 def run_one(doc: dict[str, Any], out: Path, *, workers: int, latency_table: Path | None, profiler_runs: int,
-            timeout_s: float | None) -> float:
+            timeout_s: float | None, lease_s: float = 30.0) -> float:
     """Write ``doc`` to ``out/search.yaml`` and run ``gpunet run`` on it (niced, one thread per trainer) until it
     ends; returns the wall time in seconds. A copy of ``latency_table`` seeds ``out/latency.sqlite`` on the first
     start, so the profiling phase measures nothing the table already has.
@@ -131,7 +131,7 @@ def run_one(doc: dict[str, Any], out: Path, *, workers: int, latency_table: Path
     if latency_table is not None and not (out / "latency.sqlite").exists():
         copy_table(latency_table, out / "latency.sqlite")
     cmd = [sys.executable, "-m", "gpunet", "run", str(spec_path), "--out", str(out), "--workers", str(workers),
-           "--threads", "1", "--profiler-runs", str(profiler_runs), "--no-display"]
+           "--threads", "1", "--profiler-runs", str(profiler_runs), "--lease-seconds", str(lease_s), "--no-display"]
     if timeout_s:
         cmd += ["--timeout", str(timeout_s)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-table", type=Path, help="latency.sqlite to seed every run with (default: the first "
                    "run measures its own, and the later runs copy it)")
     p.add_argument("--profiler-runs", type=int, default=20, help="timed runs per layer measurement (demo: 20)")
+    p.add_argument("--lease-seconds", type=float, default=30.0,
+                   help="the controller's lease duration (default 30, gpunet run's); raise it on a host where the "
+                        "trainers may be paused (SIGSTOP) for minutes, so that a pause does not cost an attempt")
     p.add_argument("--timeout", type=float, help="seconds per gpunet run before it stops (resumable)")
     p.add_argument("--json", action="store_true", help="print only the JSON object")
     args = p.parse_args(argv)
@@ -183,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"{out}: finished before, read")
             except (FileNotFoundError, ValueError):
                 wall = run_one(doc, out, workers=args.workers, latency_table=table,
-                               profiler_runs=args.profiler_runs, timeout_s=args.timeout)
+                               profiler_runs=args.profiler_runs, timeout_s=args.timeout,
+                               lease_s=args.lease_seconds)
                 result = read_result(out)
             if table is None and (out / "latency.sqlite").exists():
                 table = out / "latency.sqlite"
@@ -198,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 "val_subset": args.val_subset if args.val_subset is not None
                 else training.get("dataset", {}).get("valSubset"),
                 "final_epochs": training.get("final", {}).get("epochs"), "workers": args.workers,
+                "lease_seconds": args.lease_seconds,
                 "shared_latency_table": str(table) if table else None,
                 "departures_from_base": {k: v for k, v in {"latency.tiers": [tier_ms], "baselines": [],
                                                            "training.epochs": args.epochs,

@@ -91,9 +91,12 @@ def choose(pool_size: int, n: int, seed: int) -> np.ndarray:
 
 
 def measure(spec: Any, vectors: np.ndarray, latency_ms: np.ndarray, k: int, workdir: Path,
-            say: Any = lambda *a: None) -> list[dict[str, Any]]:
+            say: Any = lambda *a: None, results: Path | None = None) -> list[dict[str, Any]]:
     """Train each network of ``vectors`` (``n x 41``) for ``k x spec.training.epochs`` epochs with the spec's recipe
-    (early stopping off, seed 0 as the workers) and score both budgets. Returns one dict per network."""
+    (early stopping off, seed 0 as the workers) and score both budgets. Returns one dict per network.
+
+    ``results``: a JSON-lines file; each network's row is appended when it is done, and a network whose row (same
+    vector and long budget) is already there is read instead of trained, so an interrupted run resumes."""
     from gpunet.data import build_datasets
     from gpunet.train import train_candidate
 
@@ -101,8 +104,18 @@ def measure(spec: Any, vectors: np.ndarray, latency_ms: np.ndarray, k: int, work
     proxy_epochs = spec.training.epochs
     long_training = dataclasses.replace(spec.training, epochs=k * proxy_epochs)
     datasets: dict[tuple[int, int], Any] = {}
+    done: dict[tuple[int, ...], dict[str, Any]] = {}
+    if results is not None and results.exists():
+        for line in results.read_text().splitlines():
+            row = json.loads(line)
+            if len(row["history"]) == k * proxy_epochs:
+                done[tuple(row["vector"])] = row
     rows = []
     for i, (vector, lat) in enumerate(zip(vectors, latency_ms)):
+        if tuple(vector.tolist()) in done:
+            rows.append(done[tuple(vector.tolist())])
+            say(f"network {i + 1}/{len(vectors)}: read from {results}")
+            continue
         arch = space.decode(vector.tolist())
         key = (arch.resolution, arch.in_chans)
         if key not in datasets:
@@ -114,6 +127,9 @@ def measure(spec: Any, vectors: np.ndarray, latency_ms: np.ndarray, k: int, work
                "proxy_top1": max(outcome.history[:proxy_epochs]), "long_top1": outcome.best_top1,
                "history": [round(h, 6) for h in outcome.history], "train_s": round(outcome.train_s, 1)}
         rows.append(row)
+        if results is not None:
+            with results.open("a") as f:
+                f.write(json.dumps(row) + "\n")
         say(f"network {i + 1}/{len(vectors)}: proxy {row['proxy_top1']:.4f}, long {row['long_top1']:.4f} "
             f"({row['train_s']:.0f} s)")
     return rows
@@ -132,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-subset", type=int, help="override training.dataset.trainSubset (a smaller, honest run)")
     p.add_argument("--val-subset", type=int, help="override training.dataset.valSubset")
     p.add_argument("--workdir", type=Path, help="checkpoints go here (default: a temporary folder)")
+    p.add_argument("--results", type=Path, help="JSON-lines file of finished networks: appended to, and read on a rerun "
+                   "(resume)")
     p.add_argument("--json", action="store_true", help="print only the JSON object")
     args = p.parse_args(argv)
     if args.k < 2:
@@ -152,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = measure(spec, vectors[rows_chosen], latency[rows_chosen], args.k, args.workdir or Path(tmp), say)
+        rows = measure(spec, vectors[rows_chosen], latency[rows_chosen], args.k, args.workdir or Path(tmp), say,
+                       args.results)
     wall = time.perf_counter() - t0
     stats = rank_agreement([r["proxy_top1"] for r in rows], [r["long_top1"] for r in rows])
     tiers = json.loads(args.stratification.read_text())["tiers"]

@@ -93,12 +93,14 @@ def test_smoke_run_prints_the_statistics_of_its_own_networks(tmp_path: Path, cap
     spec_path = tmp_path / "search.yaml"
     spec_path.write_text(yaml.safe_dump(doc))
     strat = _stratification(tmp_path, load_spec(doc).space(), n=5)
-    assert pf.main(["--spec", str(spec_path), "--stratification", str(strat), "--n", "3", "--k", "2",
-                    "--train-subset", "100", "--json"]) == 0
+    argv = ["--spec", str(spec_path), "--stratification", str(strat), "--n", "3", "--k", "2", "--train-subset", "200",
+            "--results", str(tmp_path / "nets.jsonl"), "--json"]
+    assert pf.main(argv) == 0
     out = json.loads(capsys.readouterr().out)
+    assert len((tmp_path / "nets.jsonl").read_text().splitlines()) == 3
     assert (out["n"], out["k"], out["proxy_epochs"], out["long_epochs"]) == (3, 2, 1, 2)
-    assert out["settings"]["departures_from_spec"]["training.dataset.train_subset"] == 100
-    assert out["settings"]["train_subset"] == 100 and out["settings"]["pool_size"] == 5
+    assert out["settings"]["departures_from_spec"]["training.dataset.train_subset"] == 200
+    assert out["settings"]["train_subset"] == 200 and out["settings"]["pool_size"] == 5
     nets = out["networks"]
     assert len(nets) == 3 and len({n["pool_row"] for n in nets}) == 3
     for net in nets:
@@ -107,3 +109,9 @@ def test_smoke_run_prints_the_statistics_of_its_own_networks(tmp_path: Path, cap
     again = pf.rank_agreement([n["proxy_top1"] for n in nets], [n["long_top1"] for n in nets])
     for key in ("kendall_tau", "spearman_rho", "proxy_winner_long_rank"):
         assert out[key] == pytest.approx(again[key]) or (np.isnan(out[key]) and np.isnan(again[key]))
+    # A rerun with the same results file trains nothing and reports the same networks.
+    assert pf.main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("read from") == 3
+    rerun = json.loads(captured.out)
+    assert [n["long_top1"] for n in rerun["networks"]] == [n["long_top1"] for n in nets]

@@ -93,30 +93,42 @@ def choose(pool_size: int, n: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(pool_size, size=n, replace=False))
 
 
+def _finished(results: Path | None, epochs: int) -> dict[tuple[int, ...], dict[str, Any]]:
+    """The rows of ``results`` (JSON lines) trained for ``epochs`` epochs, by vector (a later row wins)."""
+    done: dict[tuple[int, ...], dict[str, Any]] = {}
+    if results is not None and results.exists():
+        for line in results.read_text().splitlines():
+            row = json.loads(line)
+            if len(row["history"]) == epochs:
+                done[tuple(row["vector"])] = row
+    return done
+
+
 def measure(spec: Any, vectors: np.ndarray, latency_ms: np.ndarray, k: int, workdir: Path,
-            say: Any = lambda *a: None, results: Path | None = None) -> list[dict[str, Any]]:
+            say: Any = lambda *a: None, results: Path | None = None, reverse: bool = False) -> list[dict[str, Any]]:
     """Train each network of ``vectors`` (``n x 41``) for ``k x spec.training.epochs`` epochs with the spec's recipe
-    (early stopping off, seed 0 as the workers) and score both budgets. Returns one dict per network.
+    (early stopping off, seed 0 as the workers) and score both budgets. Returns one dict per network, in the order
+    of ``vectors``.
 
     ``results``: a JSON-lines file; each network's row is appended when it is done, and a network whose row (same
-    vector and long budget) is already there is read instead of trained, so an interrupted run resumes."""
+    vector and long budget) is there before its turn is read instead of trained, so an interrupted run resumes and
+    two processes can share the work (one with ``reverse``: last network first; they overlap by at most the
+    network both are training when they meet)."""
     from gpunet.data import build_datasets
     from gpunet.train import train_candidate
 
     space = spec.space()
     proxy_epochs = spec.training.epochs
-    long_training = dataclasses.replace(spec.training, epochs=k * proxy_epochs)
+    long_epochs = k * proxy_epochs
+    long_training = dataclasses.replace(spec.training, epochs=long_epochs)
     datasets: dict[tuple[int, int], Any] = {}
-    done: dict[tuple[int, ...], dict[str, Any]] = {}
-    if results is not None and results.exists():
-        for line in results.read_text().splitlines():
-            row = json.loads(line)
-            if len(row["history"]) == k * proxy_epochs:
-                done[tuple(row["vector"])] = row
-    rows = []
-    for i, (vector, lat) in enumerate(zip(vectors, latency_ms)):
-        if tuple(vector.tolist()) in done:
-            rows.append(done[tuple(vector.tolist())])
+    rows: dict[int, dict[str, Any]] = {}
+    order = range(len(vectors) - 1, -1, -1) if reverse else range(len(vectors))
+    for i in order:
+        vector, lat = vectors[i], latency_ms[i]
+        done = _finished(results, long_epochs).get(tuple(vector.tolist()))
+        if done is not None:
+            rows[i] = done
             say(f"network {i + 1}/{len(vectors)}: read from {results}")
             continue
         arch = space.decode(vector.tolist())
@@ -124,18 +136,18 @@ def measure(spec: Any, vectors: np.ndarray, latency_ms: np.ndarray, k: int, work
         if key not in datasets:
             datasets[key] = build_datasets(long_training.dataset, long_training.recipe, *key)
         outcome = train_candidate(arch, long_training, workdir / f"net{i}.pt", datasets=datasets[key])
-        if outcome.status != "completed" or len(outcome.history) != k * proxy_epochs:
+        if outcome.status != "completed" or len(outcome.history) != long_epochs:
             raise RuntimeError(f"network {i}: training ended {outcome.status} after {outcome.epochs} epochs")
         row = {"vector": vector.tolist(), "latency_ms_estimated": float(lat),
                "proxy_top1": max(outcome.history[:proxy_epochs]), "long_top1": outcome.best_top1,
                "history": [round(h, 6) for h in outcome.history], "train_s": round(outcome.train_s, 1)}
-        rows.append(row)
+        rows[i] = row
         if results is not None:
             with results.open("a") as f:
                 f.write(json.dumps(row) + "\n")
         say(f"network {i + 1}/{len(vectors)}: proxy {row['proxy_top1']:.4f}, long {row['long_top1']:.4f} "
             f"({row['train_s']:.0f} s)")
-    return rows
+    return [rows[i] for i in range(len(vectors))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, help="checkpoints go here (default: a temporary folder)")
     p.add_argument("--results", type=Path, help="JSON-lines file of finished networks: appended to, and read on a rerun "
                    "(resume)")
+    p.add_argument("--reverse", action="store_true", help="train the last network first (a second process sharing "
+                   "--results)")
     p.add_argument("--json", action="store_true", help="print only the JSON object")
     args = p.parse_args(argv)
     if args.k < 2:
@@ -174,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         rows = measure(spec, vectors[rows_chosen], latency[rows_chosen], args.k, args.workdir or Path(tmp), say,
-                       args.results)
+                       args.results, args.reverse)
     wall = time.perf_counter() - t0
     stats = rank_agreement([r["proxy_top1"] for r in rows], [r["long_top1"] for r in rows])
     tiers = json.loads(args.stratification.read_text())["tiers"]

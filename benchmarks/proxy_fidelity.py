@@ -105,7 +105,8 @@ def _finished(results: Path | None, epochs: int) -> dict[tuple[int, ...], dict[s
 
 
 def measure(spec: Any, vectors: np.ndarray, latency_ms: np.ndarray, k: int, workdir: Path,
-            say: Any = lambda *a: None, results: Path | None = None, reverse: bool = False) -> list[dict[str, Any]]:
+            say: Any = lambda *a: None, results: Path | None = None, reverse: bool = False,
+            start: int = 0) -> list[dict[str, Any]]:
     """Train each network of ``vectors`` (``n x 41``) for ``k x spec.training.epochs`` epochs with the spec's recipe
     (early stopping off, seed 0 as the workers) and score both budgets. Returns one dict per network, in the order
     of ``vectors``.
@@ -113,7 +114,7 @@ def measure(spec: Any, vectors: np.ndarray, latency_ms: np.ndarray, k: int, work
     ``results``: a JSON-lines file; each network's row is appended when it is done, and a network whose row (same
     vector and long budget) is there before its turn is read instead of trained, so an interrupted run resumes and
     two processes can share the work (one with ``reverse``: last network first; they overlap by at most the
-    network both are training when they meet)."""
+    network both are training when they meet; a third can begin at network ``start``, 0-based, and wrap around)."""
     from gpunet.data import build_datasets
     from gpunet.train import train_candidate
 
@@ -123,7 +124,9 @@ def measure(spec: Any, vectors: np.ndarray, latency_ms: np.ndarray, k: int, work
     long_training = dataclasses.replace(spec.training, epochs=long_epochs)
     datasets: dict[tuple[int, int], Any] = {}
     rows: dict[int, dict[str, Any]] = {}
-    order = range(len(vectors) - 1, -1, -1) if reverse else range(len(vectors))
+    order = [(start + j) % len(vectors) for j in range(len(vectors))]
+    if reverse:
+        order.reverse()
     for i in order:
         vector, lat = vectors[i], latency_ms[i]
         done = _finished(results, long_epochs).get(tuple(vector.tolist()))
@@ -167,10 +170,14 @@ def main(argv: list[str] | None = None) -> int:
                    "(resume)")
     p.add_argument("--reverse", action="store_true", help="train the last network first (a second process sharing "
                    "--results)")
+    p.add_argument("--start", type=int, default=0, help="begin with this network (0-based) and wrap around (a third "
+                   "process sharing --results)")
     p.add_argument("--json", action="store_true", help="print only the JSON object")
     args = p.parse_args(argv)
     if args.k < 2:
         p.error(f"--k: {args.k}; expected an integer >= 2")
+    if not 0 <= args.start < args.n:
+        p.error(f"--start: {args.start}; expected 0..{args.n - 1} (a network of --n)")
 
     import torch
 
@@ -188,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         rows = measure(spec, vectors[rows_chosen], latency[rows_chosen], args.k, args.workdir or Path(tmp), say,
-                       args.results, args.reverse)
+                       args.results, args.reverse, args.start)
     wall = time.perf_counter() - t0
     stats = rank_agreement([r["proxy_top1"] for r in rows], [r["long_top1"] for r in rows])
     tiers = json.loads(args.stratification.read_text())["tiers"]

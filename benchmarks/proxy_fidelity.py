@@ -15,9 +15,10 @@ as each candidate's is in the search.
 
 The two rankings are compared with Kendall's tau-b and Spearman's rho (``scipy.stats.kendalltau``,
 ``scipy.stats.spearmanr``, with their two-sided p-values). Printed JSON: ``{"kendall_tau", "kendall_p",
-"spearman_rho", "spearman_p", "n", "k", "proxy_epochs", "long_epochs", "proxy_winner_long_rank", "networks":
-[{"vector", "latency_ms_estimated", "proxy_top1", "long_top1", "history", "train_s"}, ...], "settings": {...}}``;
-top-1 values are fractions; ``settings`` names every departure from the spec's recipe (``--train-subset``,
+"spearman_rho", "spearman_p", "n", "n_requested", "k", "proxy_epochs", "long_epochs", "proxy_winner_long_rank",
+"networks": [{"vector", "latency_ms_estimated", "proxy_top1", "long_top1", "history", "train_s", "pool_row"}, ...],
+"settings": {...}}``; top-1 values are fractions; ``n`` is the networks measured (``--n``, fewer with
+``--finished-only``); ``settings`` names every departure from the spec's recipe (``--train-subset``,
 ``--val-subset``, ``--epochs``) so that a shrunk run says so.
 
     python benchmarks/proxy_fidelity.py --stratification runs/nas-vs-random/lamcts-bo-s0/stratification.json \\
@@ -172,8 +173,12 @@ def main(argv: list[str] | None = None) -> int:
                    "--results)")
     p.add_argument("--start", type=int, default=0, help="begin with this network (0-based) and wrap around (a third "
                    "process sharing --results)")
+    p.add_argument("--finished-only", action="store_true", help="train nothing: the statistics of the drawn networks "
+                   "already in --results (n says how many; n_requested is --n)")
     p.add_argument("--json", action="store_true", help="print only the JSON object")
     args = p.parse_args(argv)
+    if args.finished_only and args.results is None:
+        p.error("--finished-only: needs --results")
     if args.k < 2:
         p.error(f"--k: {args.k}; expected an integer >= 2")
     if not 0 <= args.start < args.n:
@@ -193,13 +198,20 @@ def main(argv: list[str] | None = None) -> int:
     rows_chosen = choose(len(vectors), args.n, args.seed)
     say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = measure(spec, vectors[rows_chosen], latency[rows_chosen], args.k, args.workdir or Path(tmp), say,
-                       args.results, args.reverse, args.start)
+    if args.finished_only:
+        done = _finished(args.results, args.k * training.epochs)
+        kept = [(i, done[tuple(vectors[i].tolist())]) for i in rows_chosen if tuple(vectors[i].tolist()) in done]
+        if len(kept) < 2:
+            p.error(f"--finished-only: {len(kept)} of the {args.n} drawn networks are in {args.results}; expected >= 2")
+        rows_chosen, rows = np.array([i for i, _ in kept]), [r for _, r in kept]
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = measure(spec, vectors[rows_chosen], latency[rows_chosen], args.k, args.workdir or Path(tmp), say,
+                           args.results, args.reverse, args.start)
     wall = time.perf_counter() - t0
     stats = rank_agreement([r["proxy_top1"] for r in rows], [r["long_top1"] for r in rows])
     tiers = json.loads(args.stratification.read_text())["tiers"]
-    result = {**stats, "n": args.n, "k": args.k, "proxy_epochs": training.epochs, "long_epochs": args.k * training.epochs,
+    result = {**stats, "n": len(rows), "n_requested": args.n, "k": args.k, "proxy_epochs": training.epochs, "long_epochs": args.k * training.epochs,
               "networks": [{**r, "pool_row": int(i)} for r, i in zip(rows, rows_chosen)], "wall_s": round(wall, 1),
               "settings": {"spec": str(args.spec), "stratification": str(args.stratification), "tier": args.tier,
                            "tier_target_ms": tiers[args.tier].get("target_ms"), "pool_size": len(vectors),

@@ -122,3 +122,10 @@ def test_smoke_run_prints_the_statistics_of_its_own_networks(tmp_path: Path, cap
     assert captured.err.count("read from") == 3
     rerun = json.loads(captured.out)
     assert [n["long_top1"] for n in rerun["networks"]] == [n["long_top1"] for n in nets]
+    # --finished-only trains nothing and gives the statistics of the networks there.
+    (tmp_path / "two.jsonl").write_text("\n".join(json.dumps(n) for n in nets[:2]) + "\n")
+    argv_two = [a if a != str(tmp_path / "nets.jsonl") else str(tmp_path / "two.jsonl") for a in argv]
+    assert pf.main([*argv_two, "--finished-only"]) == 0
+    partial = json.loads(capsys.readouterr().out)
+    assert (partial["n"], partial["n_requested"]) == (2, 3)
+    assert [n["pool_row"] for n in partial["networks"]] == [n["pool_row"] for n in nets[:2]]

@@ -9,9 +9,9 @@ top-1 over its epochs (:attr:`gpunet.train.TrainOutcome.best_top1`). The proxy s
 epoch, the batch order (seeded by epoch) and the EMA do not depend on the total number of epochs, so the first
 ``E`` epochs of the long run are the proxy run (``tests/test_proxy_fidelity.py`` checks it), and the benchmark
 costs ``k x E`` epochs per network instead of ``(k + 1) x E``. Early stopping is off: every network gets both budgets.
-Training is not bit-reproducible between processes: timm's RandomErasing draws from Python's ``random``, which
-``train_candidate`` (and so every search candidate) leaves unseeded; each score here is one draw of that noise,
-as each candidate's is in the search.
+The figures in benchmarks/README.md were measured before ``train_candidate`` seeded Python's ``random`` (which
+timm's RandomErasing draws from) per epoch: each of their scores is one draw of that augmentation noise (one network
+scored 69.7, 68.1 and 59.7 % at 3 epochs in three trainings).
 
 The two rankings are compared with Kendall's tau-b and Spearman's rho (``scipy.stats.kendalltau``,
 ``scipy.stats.spearmanr``, with their two-sided p-values). Printed JSON: ``{"kendall_tau", "kendall_p",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -351,6 +352,9 @@ def train_candidate(
     while epoch < training.epochs:
         t0 = time.perf_counter()
         generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+        # timm's RandomErasing draws from Python's random (in this process with recipe.workers 0; DataLoader
+        # workers seed their own from the generator): seeded per epoch, so that a run, and a resumed one, repeats.
+        random.seed(seed * 1000 + epoch)
         loader = torch.utils.data.DataLoader(train_ds, batch_size=training.batch_size, shuffle=True, drop_last=len(train_ds) > training.batch_size,
                                              num_workers=training.recipe.workers, generator=generator, pin_memory=pin)
         model.train()

@@ -85,7 +85,9 @@ def test_a_long_poll_returns_as_soon_as_work_appears(profiling_server: Controlle
 def test_a_long_poll_times_out_with_wait_and_an_old_client_gets_wait_at_once(profiling_server: ControllerServer) -> None:
     stub = rpc.pb_grpc.SearchControllerServiceStub(grpc.insecure_channel(profiling_server.address))
     reply, took = held_request(stub, "idle", 0.6)
-    assert reply.WhichOneof("work") == "wait" and 0.6 * 0.8 - 0.02 <= took < 3.0  # held, up to 20 % jitter
+    from gpunet.controller.service import HOLD_JITTER
+
+    assert reply.WhichOneof("work") == "wait" and 0.6 * HOLD_JITTER - 0.02 <= took < 3.0  # held, jittered
     assert reply.wait.retry_after_s == 0.0, "held for the whole wait: ask again at once"
     old, took = held_request(stub, "old", 0.0)  # a request without the field
     assert old.WhichOneof("work") == "wait" and took < 0.5 and old.wait.retry_after_s > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -459,3 +460,26 @@ def test_the_pruners_tier_index_follows_every_change_to_the_candidates(tmp_path:
         check()
     states = {c.state for c in ctl.state.candidates.values()}
     assert {"completed", "stopped"} <= states, states
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_searcher_processes_run_at_the_priority_asked(tmp_path: Path) -> None:
+    """The controller's own pod runs its searchers under SCHED_IDLE (woken RPC threads preempt them at once);
+    ``gpunet run`` nices them, so that they keep a share of CPUs its trainers use."""
+    from gpunet.controller.proposer import SEARCHER_NICE, ProcessSearcher
+
+    spec = micro_spec(budget=3)
+    algorithm = {"name": "random", "seed": 0, "initial_samples": 1, "budget": 3, "options": {}}
+    pool = [[int(x) for x in spec.space().sobol(1)[0]]]
+    own_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    for priority, policy, nice in (("idle", os.SCHED_IDLE, None), ("nice", os.SCHED_OTHER, own_nice + SEARCHER_NICE)):
+        searcher = ProcessSearcher(algorithm, spec.search_space, pool, 0, None, priority=priority)
+        try:
+            searcher.round([], 0, tmp_path / f"{priority}.json")  # the child has set its priority by now
+            assert os.sched_getscheduler(searcher.pid) == policy, priority
+            if nice is not None:
+                assert os.getpriority(os.PRIO_PROCESS, searcher.pid) == min(nice, 19)
+        finally:
+            searcher.close()
+    with pytest.raises(ValueError, match="searcher priority: got 'realtime'"):
+        ProcessSearcher(algorithm, spec.search_space, pool, 0, None, priority="realtime")

@@ -80,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gpunet.controller: error: {exc}", file=sys.stderr)
         return 3
     controller = SearchController(spec, args.state_dir, lease_s=args.lease_seconds, searcher_processes=True,
+                                  searcher_priority="idle",  # this pod serves RPCs; trainers run elsewhere
                                   results=not args.no_outputs, finalize_timeout_s=args.finalize_timeout_seconds)
     tune_for_serving()  # this process is the server: hand the GIL over quickly, keep GC pauses short
     server = ControllerServer(controller, token, f"{args.host}:{args.port}", metrics_port=args.metrics_port,

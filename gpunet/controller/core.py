@@ -103,6 +103,8 @@ class SearchController:
         round_interval_s: least time between two searcher rounds of a tier (``clock`` seconds).
         searcher_processes: run each tier's searcher in its own process (:class:`~.proposer.ProcessSearcher`) so
             that its model fits never hold this process's GIL; servers should, tests need not.
+        searcher_priority: those processes' CPU priority (:data:`~.proposer.SEARCHER_PRIORITIES`): ``"idle"`` for
+            the controller's own pod (RPCs first), ``"nice"`` where trainers share the machine (``gpunet run``).
         results: in phase Finalizing, have profilers measure each tier winner end to end and write the result
             files into ``state_dir`` (:mod:`.finalizing`); False passes through Finalizing at once (no files).
             The servers (``gpunet run``, ``python -m gpunet.controller``) do; unit tests of the core need not.
@@ -116,7 +118,7 @@ class SearchController:
                  clock: Callable[[], float] = time.time, max_pool: int = MAX_POOL,
                  profile_batch_size: int = DEFAULT_BATCH_SIZE, metrics: ControllerMetrics | None = None,
                  round_interval_s: float = MIN_ROUND_INTERVAL_S, searcher_processes: bool = False,
-                 results: bool = False, finalize_timeout_s: float = DEFAULT_MEASURE_TIMEOUT_S,
+                 searcher_priority: str = "nice", results: bool = False, finalize_timeout_s: float = DEFAULT_MEASURE_TIMEOUT_S,
                  retry_wait_s: tuple[float, float] = (RETRY_WAIT_MIN_S, RETRY_WAIT_MAX_S)) -> None:
         from ..latency import LatencyTable
 
@@ -154,7 +156,8 @@ class SearchController:
         self.profiling = ProfilingStage(spec, self.state, self.table, self.leases, self.lock, profile_batch_size)
         self.trainers = TrainerDesk(spec, self.state, self.dir, self.leases, self.roster, self.metrics, self._should_stop, now)
         self.searching = SearchStage(spec, self.state, self.dir, self.trainers, self.roster, self.lock, self._save,
-                                     max_pool=max_pool, round_interval_s=round_interval_s, searcher_processes=searcher_processes)
+                                     max_pool=max_pool, round_interval_s=round_interval_s, searcher_processes=searcher_processes,
+                                     searcher_priority=searcher_priority)
         self.scaling = ScalingStage(spec, self.state, self.table, self.profiling, self.trainers, self.lock, self._save,
                                     profile_batch_size)
         self.finalizing = FinalizingStage(spec, self.state, self.dir, self.leases, self.lock, results=results,

@@ -15,6 +15,7 @@ candidates ahead of the trainers (GPUNet paper 3.2-3.3), and the early-stopping 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -131,11 +132,14 @@ class SearchStage:
         max_pool: most networks per tier pool.
         round_interval_s: least time between two searcher rounds of a tier.
         searcher_processes: run each tier's searcher in its own process (:class:`~.proposer.ProcessSearcher`).
+        searcher_priority: that process's CPU priority (:data:`~.proposer.SEARCHER_PRIORITIES`).
     """
 
     def __init__(self, spec: SearchSpec, state: ControllerState, state_dir: Path, desk: "TrainerDesk", roster: Roster,
                  lock: threading.RLock, save: Callable[..., None], *, max_pool: int = MAX_POOL,
-                 round_interval_s: float = MIN_ROUND_INTERVAL_S, searcher_processes: bool = False) -> None:
+                 round_interval_s: float = MIN_ROUND_INTERVAL_S, searcher_processes: bool = False,
+                 searcher_priority: str = "nice") -> None:
+        self.searcher_priority = searcher_priority
         self.spec, self.space, self.state, self.dir = spec, spec.space(), state, state_dir
         self.desk, self.roster, self.lock, self.save = desk, roster, lock, save
         self.max_pool, self.round_interval_s, self.searcher_processes = max_pool, round_interval_s, searcher_processes
@@ -194,7 +198,7 @@ class SearchStage:
         algo = self.spec.algorithm
         algorithm = {"name": algo.name, "seed": algo.seed, "initial_samples": algo.initial_samples, "budget": algo.budget,
                      "options": dict(algo.options)}
-        kind = ProcessSearcher if self.searcher_processes else LocalSearcher
+        kind = functools.partial(ProcessSearcher, priority=self.searcher_priority) if self.searcher_processes else LocalSearcher
         self.searchers = []
         for t, pool in enumerate(self.pools):
             version = self.state.searcher_versions[t]

@@ -17,11 +17,17 @@ fsync; the WAL is synced at checkpoints. A commit is durable against a crash of 
 has the bytes) but the last commits before a power loss or kernel crash may be rolled back; the database is never
 corrupted. ``FULL`` would fsync every commit. :class:`GroupCommit` batches the writes of many callers into one
 transaction, so that each of them waits on a shared commit rather than one of its own.
+
+Checkpoints (copying the WAL back into the database file, with an fsync of each) run by default inside the commit
+that takes the WAL past 1,000 pages (SQLite's ``wal_autocheckpoint``). A busy writer can hand them to a
+:class:`Checkpointer`, a thread with a connection of its own, and keep only a far larger auto-checkpoint as a
+backstop: then no commit waits for a sync.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -33,6 +39,15 @@ from typing import Any, Callable, Iterator
 BUSY_TIMEOUT_S = 60.0
 #: The first 16 bytes of every SQLite 3 database file.
 SQLITE_MAGIC = b"SQLite format 3\x00"
+
+#: WAL pages at which a connection handed to a :class:`Checkpointer` still checkpoints inside a commit (SQLite's
+#: ``wal_autocheckpoint``; its default is 1,000): a backstop, about 80 MiB of WAL at 4 KiB pages, for a checkpointer
+#: that cannot keep up (a reader that holds the WAL, a failing disk).
+BACKSTOP_CHECKPOINT_PAGES = 20_000
+#: Seconds between two of a :class:`Checkpointer`'s checkpoints.
+CHECKPOINT_PERIOD_S = 1.0
+
+log = logging.getLogger(__name__)
 
 #: Makes the exception raised for an unusable file, from the file's path and the reason in words.
 ErrorFactory = Callable[[Path, str], Exception]
@@ -292,3 +307,69 @@ class GroupCommit:
         with self._staging:
             self._closed = True
         self.flush()
+
+
+class Checkpointer:
+    """WAL checkpoints of one database on a thread of their own, so that the writer's commits never run one.
+
+    SQLite's automatic checkpoint runs inside the commit that takes the WAL past ``wal_autocheckpoint`` pages, and a
+    checkpoint syncs the WAL and the database file. In the controller that commit runs on the event loop that
+    serves every RPC: at 1,000 simulated workers such commits took up to 28 ms (about one in 150), against at most
+    6 ms without them, and every call in flight waited (the epoch reports' p99 went from 19 to 38 ms).
+
+    The checkpointer lowers ``conn``'s automatic checkpoint to a backstop (:data:`BACKSTOP_CHECKPOINT_PAGES`) and
+    every ``period_s`` runs ``PRAGMA wal_checkpoint(PASSIVE)`` on a connection of its own, which waits for no writer
+    or reader (SQLite, "Write-Ahead Logging", 7; "PRAGMA wal_checkpoint"); Python's sqlite3 releases the GIL while
+    it runs. Durability is unchanged: a commit is what ``synchronous`` makes it, wherever the checkpoint runs. A
+    failing checkpoint (a full disk) is logged and tried again at the next period; the WAL keeps the data.
+
+    Args:
+        path: the database file (in WAL mode).
+        conn: the writer's connection, whose automatic checkpoint becomes the backstop.
+        lock: guards ``conn`` (:attr:`GroupCommit.lock`).
+        period_s: seconds between checkpoints; ``None``: no thread, only :meth:`run_once` (tests).
+    """
+
+    def __init__(self, path: str | Path, conn: sqlite3.Connection, lock: threading.Lock,
+                 period_s: float | None = CHECKPOINT_PERIOD_S) -> None:
+        self.path = Path(path)
+        with lock:
+            conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
+        self._conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # guards _conn
+        self.failures = 0
+        self._thread: threading.Thread | None = None
+        if period_s is not None:
+            self._thread = threading.Thread(target=self._run, args=(float(period_s),), daemon=True,
+                                            name=f"sqlite-checkpoint-{self.path.name}")
+            self._thread.start()
+
+    def run_once(self) -> tuple[int, int]:
+        """One passive checkpoint; returns ``(wal_frames, checkpointed_frames)`` (both -1 when the file is not in
+        WAL mode).
+
+        Raises:
+            sqlite3.Error: the checkpoint failed (I/O error, full disk).
+        """
+        with self._lock:
+            busy, frames, done = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return int(frames), int(done)
+
+    def _run(self, period_s: float) -> None:
+        while not self._stop.wait(period_s):
+            try:
+                self.run_once()
+            except sqlite3.Error as exc:
+                self.failures += 1
+                if self.failures == 1 or self.failures % 60 == 0:
+                    log.warning("%s: WAL checkpoint failed (%s; %d times); retrying every %.1f s", self.path,
+                                exc, self.failures, period_s)
+
+    def close(self) -> None:
+        """Stop the thread and close its connection (the writer's last checkpoint is SQLite's, on close)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            self._conn.close()

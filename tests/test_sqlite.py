@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,44 @@ def test_a_state_with_an_unknown_phase_is_refused_with_the_allowed_names(tmp_pat
     data = ControllerState(name="x").to_dict() | {"phase": "Finishing"}
     with pytest.raises(StateFileError, match=r"controller state phase: got 'Finishing'; expected one of \['Pending'"):
         ControllerState.from_dict(data)
+
+
+def test_commits_leave_wal_checkpoints_to_the_checkpointer(tmp_path: Path) -> None:
+    """A state store's commits never checkpoint the WAL (each checkpoint syncs, and the commits run on the RPC
+    loop): past SQLite's default of 1,000 WAL pages the database file stays as it was, until the checkpointer runs;
+    then it holds every committed row, and the WAL frames are all checkpointed."""
+    from gpunet.sqlite import BACKSTOP_CHECKPOINT_PAGES
+
+    path = tmp_path / "state.sqlite"
+    store = StateStore(path, checkpoint_period_s=None)  # no thread: checkpoints only when this test runs one
+    state = ControllerState(name="ckpt", phase="Searching")
+    page = store._conn.execute("PRAGMA page_size").fetchone()[0]
+    assert store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == BACKSTOP_CHECKPOINT_PAGES
+    size_before = path.stat().st_size
+    for batch in range(30):  # ~1,500 pages of WAL at 4 KiB: an auto-checkpoint at 1,000 would have copied them
+        cands = [Candidate(f"t0-c{batch:02d}{i:03d}", 0, batch * 100 + i, [i % 7] * 41, 0.2) for i in range(100)]
+        for cand in cands:
+            cand.error = "x" * 1500  # rows of about 2 KiB
+        store.save(state, cands)
+    wal = path.with_name(path.name + "-wal")
+    assert wal.stat().st_size > 1_000 * page
+    assert path.stat().st_size == size_before  # nothing checkpointed by a commit
+    frames, done = store.checkpointer.run_once()
+    assert frames > 1_000 and done == frames
+    assert path.stat().st_size > 1_000 * page  # the rows are in the database file now
+    store.close()
+    assert len(StateStore(path, readonly=True).load().candidates) == 3_000
+
+
+def test_the_checkpointer_thread_checkpoints_and_stops(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    store = StateStore(path, checkpoint_period_s=0.05)
+    store.save(ControllerState(name="ckpt"), [Candidate(f"t0-c{i:04d}", 0, i, [1] * 41, 0.2) for i in range(50)])
+    size_before = path.stat().st_size
+    deadline = time.monotonic() + 10
+    while path.stat().st_size == size_before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert path.stat().st_size > size_before  # the thread checkpointed the committed rows
+    thread = store.checkpointer._thread
+    store.close()
+    assert thread is not None and not thread.is_alive()

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..rpc import PHASES, pb, phase_name
-from ..sqlite import CommitFailed, FileFormat, GroupCommit, open_database
+from ..sqlite import CHECKPOINT_PERIOD_S, Checkpointer, CommitFailed, FileFormat, GroupCommit, open_database
 from .errors import StateFileError
 
 STATE_FORMAT = "gpunet-controller-state/v1"
@@ -254,7 +254,8 @@ class StateStore:
         FileNotFoundError: ``readonly`` and no state has been written yet.
     """
 
-    def __init__(self, path: str | Path, readonly: bool = False) -> None:
+    def __init__(self, path: str | Path, readonly: bool = False,
+                 checkpoint_period_s: float | None = CHECKPOINT_PERIOD_S) -> None:
         self.path = Path(path)
         conn = open_database(
             self.path, FILE_FORMAT, readonly=readonly,
@@ -263,6 +264,8 @@ class StateStore:
         self._conn = conn
         self.commits: GroupCommit | None = None if readonly else GroupCommit(conn)
         self._lock = self.commits.lock if self.commits is not None else threading.Lock()
+        #: Runs the WAL checkpoints off the committing thread (the controller's event loop); None when read-only.
+        self.checkpointer = None if readonly else Checkpointer(self.path, conn, self._lock, checkpoint_period_s)
 
     def exists(self) -> bool:
         with self._lock:
@@ -308,6 +311,8 @@ class StateStore:
         """Commit what is staged and close the file. A commit that fails here (a full disk) is logged: the file
         keeps its last commit, from which a restart resumes."""
         try:
+            if self.checkpointer is not None:
+                self.checkpointer.close()
             if self.commits is not None:
                 self.commits.close()
         except CommitFailed as exc:

@@ -96,6 +96,26 @@ def test_a_long_poll_times_out_with_wait_and_an_old_client_gets_wait_at_once(pro
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_wait_s" in err.value.details()
 
 
+def test_a_hold_is_capped_to_one_and_a_half_leases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker may ask for a long hold, but the controller must hear from an idle worker inside the roster's
+    window of two leases (1.6 s here): with a 0.8 s lease, a 30 s ask is held HOLD_LEASES x 0.8 = 1.2 s at the
+    most (the jitter's top, fixed here), and a 0.5 s ask 0.5 s."""
+    from gpunet.controller import service
+    from gpunet.controller.service import HOLD_LEASES
+
+    monkeypatch.setattr(service.random, "uniform", lambda low, high: high)  # the longest hold the jitter allows
+    ctl = SearchController(micro_spec(), tmp_path, lease_s=0.8)
+    srv = ControllerServer(ctl, TOKEN, "127.0.0.1:0").start()
+    try:
+        stub = rpc.pb_grpc.SearchControllerServiceStub(grpc.insecure_channel(srv.address))
+        for asked, held in ((30.0, HOLD_LEASES * 0.8), (0.5, 0.5)):
+            reply, took = held_request(stub, "idle", asked)
+            assert reply.WhichOneof("work") == "wait"
+            assert held - 0.02 <= took < held + 0.3, (asked, took)
+    finally:
+        srv.stop()
+
+
 def test_a_worker_loop_long_polls_and_its_stop_ends_the_wait(profiling_server: ControllerServer) -> None:
     stop = threading.Event()
     client = ControllerClient(profiling_server.address, TOKEN, timeout_s=5.0, stop=stop)
@@ -111,7 +131,9 @@ def test_a_worker_loop_long_polls_and_its_stop_ends_the_wait(profiling_server: C
     thread = threading.Thread(target=lambda: done.append(work_loop(client, trainer_request("w"), "candidate", print, stop)))
     thread.start()
     time.sleep(1.5)
-    assert calls == [20.0], "one held call, not a poll every second"
+    from gpunet.rpc.client import LONG_POLL_S
+
+    assert calls == [LONG_POLL_S], "one held call, not a poll every second"
     started = time.monotonic()
     stop.set()
     thread.join(5)

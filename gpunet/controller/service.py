@@ -46,8 +46,14 @@ log = logging.getLogger(__name__)
 
 #: Method prefix of the health service; its calls pass without a token.
 HEALTH_METHOD_PREFIX = f"/{health.SERVICE_NAME}/"
-#: Longest a RequestWork is held (``WorkRequest.max_wait_s`` is capped to it, and to the lease duration), in seconds.
-MAX_WAIT_S = 30.0
+#: Longest a RequestWork is held, in seconds: ``WorkRequest.max_wait_s`` is capped to it and to :data:`HOLD_LEASES`
+#: lease durations.
+MAX_WAIT_S = 60.0
+#: A hold lasts at most this many lease durations, so that an idle worker is heard from (its next ask) well inside
+#: the roster's window of two (:class:`~gpunet.controller.leases.Roster`: the active-worker count the scaling uses).
+#: Every hold that ends without work is a round trip: at 5,000 idle workers and 10-20 s holds (the clients' old
+#: 20 s long poll) they were 330 calls/s, most of the controller's CPU.
+HOLD_LEASES = 1.5
 #: A hold lasts between this fraction of the allowed wait and all of it, at random. Workers that start together
 #: (a scale-up) come back in waves; at 0.8, 5,000 of them came back within 4 s of each other and queued there.
 HOLD_JITTER = 0.5
@@ -215,8 +221,9 @@ class SearchControllerServicer(pb_grpc.SearchControllerServiceServicer):
     async def _request_work(self, request: pb.WorkRequest) -> pb.WorkResponse:
         require(math.isfinite(request.max_wait_s) and request.max_wait_s >= 0, "max_wait_s", request.max_wait_s,
                 "a number of seconds >= 0")
-        # Jittered (0.8-1x) so that workers that started waiting together do not all come back together.
-        hold_s = min(request.max_wait_s, MAX_WAIT_S, self.controller.lease_s) * random.uniform(HOLD_JITTER, 1.0)
+        # Jittered so that workers that started waiting together do not all come back together.
+        cap = min(request.max_wait_s, MAX_WAIT_S, HOLD_LEASES * self.controller.lease_s)
+        hold_s = cap * random.uniform(HOLD_JITTER, 1.0)
         deadline = time.monotonic() + hold_s
         response, ticket = self.controller.answer("request_work", request)
         woken = False
@@ -227,7 +234,9 @@ class SearchControllerServicer(pb_grpc.SearchControllerServiceServicer):
                 break
             woken = await self.waiters.wait(request.kind, remaining)
             response, ticket = self.controller.answer("request_work", request)
-        if woken and response.WhichOneof("work") != "wait":
+        if response.WhichOneof("work") == "wait":
+            return response  # it promises nothing, so it need not wait for a commit
+        if woken:
             self.waiters.wake_one(request.kind)  # there may be more: the next waiter tries
         await self.commits.wait(ticket)
         return response

@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
 #: How long a worker's ``RequestWork`` lets the controller hold it when there is no work (the long poll), seconds.
-LONG_POLL_S = 20.0
+#: The controller holds it for at most 1.5 lease durations (``service.HOLD_LEASES``: 45 s at the default 30 s
+#: lease), a random 0.5-1x of that; each hold that ends without work costs the controller a call.
+LONG_POLL_S = 45.0
 #: How often a long call checks the client's ``stop`` event, in seconds.
 STOP_POLL_S = 0.5
 

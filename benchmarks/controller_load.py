@@ -19,7 +19,7 @@ Prints p50 / p99 / max latency (ms, client side: call start to answer) per RPC, 
 - ``RequestWork`` is a free trainer's first ask, with no hold (work, or Wait at once); told to wait, it long-polls,
   and those held calls that got work are the row ``RequestWork(held)``: their duration is the wait for work (the
   searcher's proposal rate), not latency, so they are not in ``all_p99_ms``; holds that ended without work are
-  counted in ``held_polls_timed_out``.
+  counted in ``held_polls_timed_out`` (``held_poll_s``: their median and shortest duration).
 
 - ``lost_results``: results answered ``accepted`` that the state on disk does not hold after the controller stopped
   (its state reloaded from ``state.sqlite``; must be 0).
@@ -60,6 +60,7 @@ def client_process(address: str, token: str, first: int, count: int, seconds: fl
 
     import grpc
 
+    from gpunet.controller.service import tune_for_serving
     from gpunet.rpc import AUTH_METADATA_KEY, pb, pb_grpc
     from gpunet_worker.trainer import HEARTBEAT_JITTER
 
@@ -76,8 +77,14 @@ def client_process(address: str, token: str, first: int, count: int, seconds: fl
                     for _ in range(-(-count // per_channel))]
         stubs = [pb_grpc.SearchControllerServiceStub(channel) for channel in channels]
         metadata = ((AUTH_METADATA_KEY, f"Bearer {token}"),)
+        # This process multiplexes hundreds of workers on one event loop, as the controller does, so it gets the
+        # controller's tuning (GIL hand-off from gRPC's poller thread, GC pauses); a worker pod runs one call at a
+        # time. Untuned, the clients' own loop stalls (up to 760 ms at 5,000 workers) were in the figures.
+        tune_for_serving()
         record_from = time.monotonic() + warmup_s  # calls started before are not measured (connections, proposals ahead)
         end = record_from + seconds
+
+        holding: set[asyncio.Task] = set()  # trainers in a held RequestWork
 
         async def timed(name: str, fn, request, hold_s: float = 0.0):
             t0 = time.perf_counter()
@@ -105,9 +112,17 @@ def client_process(address: str, token: str, first: int, count: int, seconds: fl
             while time.monotonic() < end:
                 # A free trainer asks first without a hold (its latency is the RPC's), then, told to wait, long-polls
                 # (a held call's duration is the wait for work, reported apart as RequestWork(held)).
-                hold_s = 0.0 if immediate else max(0.0, min(max_wait_s, end - time.monotonic()))
-                reply = await timed("RequestWork" if immediate else "RequestWork(held)", stub.RequestWork, pb.WorkRequest(
-                    worker_id=wid, kind=pb.WORKER_KIND_TRAINER, max_wait_s=hold_s), hold_s)
+                # A hold is not cut short at the run's end: holds all timed to end there came back in a storm of
+                # ever shorter re-polls (most of the old 5,000-worker RequestWork tail). Holds still open at the
+                # end are cancelled instead.
+                hold_s = 0.0 if immediate else max_wait_s
+                if not immediate:
+                    holding.add(asyncio.current_task())
+                try:
+                    reply = await timed("RequestWork" if immediate else "RequestWork(held)", stub.RequestWork,
+                                        pb.WorkRequest(worker_id=wid, kind=pb.WORKER_KIND_TRAINER, max_wait_s=hold_s), hold_s)
+                finally:
+                    holding.discard(asyncio.current_task())
                 if reply is None:
                     await asyncio.sleep(1.0)
                     continue
@@ -154,14 +169,18 @@ def client_process(address: str, token: str, first: int, count: int, seconds: fl
                         accepted.append(task.candidate_id)
 
         probe = asyncio.ensure_future(loop_lag(lags, record_from, end))
-        await asyncio.gather(*(trainer(i) for i in range(count)))
+        tasks = [asyncio.ensure_future(trainer(i)) for i in range(count)]
+        await asyncio.sleep(max(0.0, end - time.monotonic()))
+        for task in list(holding):  # idle at the end: nothing to finish (busy trainers finish their candidate)
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         probe.cancel()
         for channel in channels:
             await channel.close()
 
     asyncio.run(main())
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    Path(out).write_text(json.dumps({"latencies": latencies, "errors": errors, "accepted": accepted, "held": len(held),
+    Path(out).write_text(json.dumps({"latencies": latencies, "errors": errors, "accepted": accepted, "held": held,
                                      "error_details": details, "cpu_s": usage.ru_utime + usage.ru_stime,
                                      "loop_lag_s": lags}))
 
@@ -219,6 +238,8 @@ def server_side(ctl) -> dict[str, dict[str, float]]:
 
 
 def main() -> int:
+    from gpunet.rpc.client import LONG_POLL_S
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=1000)
     parser.add_argument("--procs", type=int, default=4)
@@ -226,8 +247,9 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--epoch-seconds", type=float, default=5.0)
     parser.add_argument("--algorithm", default="lamcts-bo")
-    parser.add_argument("--max-wait", type=float, default=20.0,
-                        help="seconds an idle worker's RequestWork may be held (long poll); 0: poll as old clients do")
+    parser.add_argument("--max-wait", type=float, default=LONG_POLL_S,
+                        help=f"seconds an idle worker's RequestWork may be held (long poll; default {LONG_POLL_S:g}, the "
+                             "worker's); 0: poll as old clients do")
     parser.add_argument("--lease-seconds", type=float, default=30.0)
     parser.add_argument("--epoch-jitter", type=float, default=0.5,
                         help="each candidate's epoch lasts --epoch-seconds times a uniform factor in 1 +- this "
@@ -240,6 +262,8 @@ def main() -> int:
                         help="seconds before --seconds of measurement (calls then are run, not measured; errors count)")
     parser.add_argument("--pin", action="store_true",
                         help="the controller process on CPU 0; the clients and the searcher processes on the other CPUs")
+    parser.add_argument("--searcher-priority", default="idle", choices=("idle", "nice"),
+                        help="CPU priority of the searcher processes (default idle, as the controller's pod runs them)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -258,7 +282,8 @@ def main() -> int:
                  "training": {"epochs": args.epochs, "earlyStopping": {"minEpochs": 2}}},
     })
     tmp = tempfile.mkdtemp(prefix="gpunet-load-")
-    ctl = SearchController(spec, tmp, lease_s=args.lease_seconds, searcher_processes=True)
+    ctl = SearchController(spec, tmp, lease_s=args.lease_seconds, searcher_processes=True,
+                           searcher_priority=args.searcher_priority)
     fake_profile(ctl)
     tune_for_serving()  # as python -m gpunet.controller does
     server = ControllerServer(ctl, "load-token", "127.0.0.1:0").start()
@@ -297,7 +322,8 @@ def main() -> int:
     merged: dict[str, list[float]] = {}
     errors: dict[str, int] = {}
     accepted: list[str] = []
-    held, client_cpu = 0, 0.0
+    held: list[float] = []
+    client_cpu = 0.0
     client_lags: list[float] = []
     error_details: dict[str, str] = {}
     for out in outs:
@@ -324,11 +350,13 @@ def main() -> int:
     rpcs = [v for k, v in merged.items() if k != "RequestWork(held)"]  # a hold is a wait for work, not a latency
     everything = np.concatenate([np.asarray(v) for v in rpcs]) * 1000 if rpcs else np.zeros(1)
     summary = {"workers": args.workers, "procs": args.procs, "seconds": round(wall, 1), "measured_s": args.seconds,
-               "heartbeat_s": heartbeat_s, "epoch_s": args.epoch_seconds, "epoch_jitter": args.epoch_jitter, "workers_per_channel": args.workers_per_channel,
+               "heartbeat_s": heartbeat_s, "searcher_priority": args.searcher_priority, "epoch_s": args.epoch_seconds, "epoch_jitter": args.epoch_jitter, "workers_per_channel": args.workers_per_channel,
                "rpcs": rows,
                "all_p50_ms": round(float(np.percentile(everything, 50)), 2),
                "all_p99_ms": round(float(np.percentile(everything, 99)), 2), "errors": errors,
-               "error_details": error_details, "results_accepted": len(accepted), "lost_results": len(lost), "held_polls_timed_out": held,
+               "error_details": error_details, "results_accepted": len(accepted), "lost_results": len(lost), "held_polls_timed_out": len(held),
+               "held_poll_s": {"p50": round(float(np.percentile(held, 50)), 1) if held else None,
+                               "min": round(min(held), 1) if held else None},
                "commit_batches": commit_batches, "server_side": served,
                "loop_lag": {"controller": lag_summary(server_lags), "clients": lag_summary(client_lags)},
                "cpu_s": {"controller": round(server_cpu, 1), "searchers": round(searcher_cpu, 1),

@@ -4,8 +4,7 @@ Wang, Fonseca & Tian, "Learning Search Space Partition for Black-box Optimizatio
 Search", NeurIPS 2020; the searcher the GPUNet paper chose (its section 3.3.1). Every ask:
 
 1. **Rebuild the tree** from all completed observations (:func:`build_tree`): a node holding more than
-   ``leaf_size`` samples (:func:`default_leaf_size`: 20 as in the reference, fewer for small budgets) is split by k-means (k = 2) on ``(x, w f(x))``, with ``f`` weighted to carry as much variance as all of ``x``
-   (:func:`cluster_labels`; the reference uses ``w = 1``); an SVM (RBF kernel, ``gamma="auto"``,
+   ``leaf_size`` samples (:func:`default_leaf_size`: 20 as in the reference, fewer for small budgets) is split by k-means (k = 2) on ``(x, f(x))``; an SVM (RBF kernel, ``gamma="auto"``,
    as in the reference code) learns the boundary on ``x``, and the node's samples go to the "good" child (the
    cluster with the higher mean f) or the "bad" one by the SVM's prediction, so that a node's samples are exactly
    the ones inside its region. A node the SVM cannot split stays a leaf.
@@ -99,27 +98,8 @@ class Node:
         return len(self.idx)
 
 
-def cluster_labels(Xn: np.ndarray, yn: np.ndarray, seed: int) -> np.ndarray:
-    """k-means (k = 2) labels (an `n` int array of 0/1) of samples ``Xn`` (`n x D`) with values ``yn`` (`n`,
-    scaled to ``[0, 1]``), clustered on ``(x, w f)``.
-
-    The weight ``w = sqrt(sum_j var(x_j) / var(f))`` (over these samples; 1 when f is constant) gives the
-    objective as much of the k-means distance as all features together. The reference code clusters ``(x, f)``
-    unweighted; with ``D`` features of unit-cube scale f then carries about ``1 / D`` of it, and on the one-hot
-    NAS-Bench-201 space (30 features) the clusters followed the architectures, not their values: on the tuning
-    problem ``nb201-mnas:cifar100:pixel_litert:0.3`` (50 evaluations, seeds 0-3) the selected leaf held the best
-    sample in 39-87 % of the asks and the runs ended at regrets 0.75, 3.01, 3.16, 3.09; with the weight, in
-    97-100 % and at 0.75, 1.07, 1.61, 2.38 (benchmarks/README.md).
-    """
-    from sklearn.cluster import KMeans
-
-    f_var = float(np.var(yn))
-    w = float(np.sqrt(np.var(Xn, axis=0).sum() / f_var)) if f_var > 0 else 1.0
-    return KMeans(n_clusters=2, n_init=3, random_state=seed).fit_predict(np.concatenate([Xn, w * yn[:, None]], axis=1))
-
-
 def split_node(X: np.ndarray, y_scaled: np.ndarray, y: np.ndarray, node: Node, seed: int) -> tuple[Any, np.ndarray] | None:
-    """Learn the split of one node: k-means (k = 2) on ``(x, w f)`` (:func:`cluster_labels`), an SVM on ``x``.
+    """Learn the split of one node: k-means (k = 2) on ``(x, f)``, an SVM on ``x``.
 
     Args:
         X: An `n x D` array of all features; y_scaled: an `n` array of f scaled to ``[0, 1]``; y: an `n` array of f.
@@ -127,10 +107,12 @@ def split_node(X: np.ndarray, y_scaled: np.ndarray, y: np.ndarray, node: Node, s
     Returns:
         ``(svm, good_mask)`` with ``good_mask`` a boolean array over ``node.idx``, or None if not splittable.
     """
+    from sklearn.cluster import KMeans
     from sklearn.svm import SVC
 
-    Xn = X[node.idx]
-    labels = cluster_labels(Xn, y_scaled[node.idx], seed)
+    Xn, yn = X[node.idx], y_scaled[node.idx]
+    data = np.concatenate([Xn, yn[:, None]], axis=1)
+    labels = KMeans(n_clusters=2, n_init=3, random_state=seed).fit_predict(data)
     if len(set(labels.tolist())) < 2:
         return None
     good_cluster = int(np.mean(y[node.idx][labels == 1]) > np.mean(y[node.idx][labels == 0]))

@@ -58,7 +58,8 @@ CP = 0.1
 #: candidates to leaf regions of a few pool members cost 4 of 10 seeds the tier's best architecture (they had all
 #: reached it when small regions were padded with pool members from outside them; benchmarks/README.md), and a
 #: region of a handful of candidates leaves the acquisition no choice. 32 is the count below which the old code
-#: padded; 1 is the strict behaviour (widen only an empty region).
+#: padded; 1 is the strict behaviour (widen only an empty region). Measured with 32 (same problem, 10 seeds,
+#: 100 evaluations): 9 of 10 seeds reach the tier's best, against 6 of 10 with 1.
 MIN_REGION_CANDIDATES = 32
 #: Depth limit of the tree (a guard; with leaf_size 20 it is reached only past ~20 million samples).
 MAX_DEPTH = 20

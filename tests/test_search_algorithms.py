@@ -103,7 +103,8 @@ def _pool_searcher(pool_size: int, observed: int, **options):
 def test_lamcts_proposals_respect_the_region():
     from gpunet.search import lamcts
 
-    s, f = _pool_searcher(pool_size=300, observed=60, leaf_size=6)
+    # min_region_candidates=1: widen only an empty region, so that small leaf regions are searched as they are
+    s, f = _pool_searcher(pool_size=300, observed=60, leaf_size=6, min_region_candidates=1)
     seen = []
     real_tree, real_choose = s._tree, s._choose
 
@@ -139,7 +140,7 @@ def test_lamcts_proposals_respect_the_region():
     assert sum(a["depth"] == len(a["path"]) for a in seen) > len(seen) // 2  # mostly the selected leaf itself
 
 
-def test_lamcts_falls_back_to_the_parent_region_only_when_the_leaf_has_no_candidate_and_records_it(monkeypatch):
+def test_lamcts_falls_back_to_the_parent_region_when_the_leaf_has_no_candidate_and_records_it(monkeypatch):
     from gpunet.search import lamcts
 
     s, f = _pool_searcher(pool_size=300, observed=40, leaf_size=6)
@@ -159,6 +160,48 @@ def test_lamcts_falls_back_to_the_parent_region_only_when_the_leaf_has_no_candid
     assert fb["ask"] == 0 and fb["used_depth"] == fb["selected_depth"] - 1 >= 0
     restored = search.from_state_dict(s.state_dict())
     assert restored.region_fallbacks == 1 and restored.last_region_fallback == fb
+
+
+@pytest.mark.parametrize("need", [None, 5])  # None: the default, MIN_REGION_CANDIDATES (32)
+def test_lamcts_widens_a_region_with_too_few_candidates(monkeypatch, need):
+    from gpunet.search import lamcts
+
+    options = {} if need is None else {"min_region_candidates": need}
+    widened = need is None
+    need = lamcts.MIN_REGION_CANDIDATES if need is None else need
+    s, f = _pool_searcher(pool_size=300, observed=40, leaf_size=6, **options)
+    real = lamcts.candidates
+    regions, chosen = [], []
+
+    def five_in_the_leaf(searcher, rng, lb, ub, centers, n, region=None, local_sigma=None):
+        Z, pts = real(searcher, rng, lb, ub, centers, n, region=region, local_sigma=local_sigma)
+        regions.append(region)
+        return (Z[:5], pts[:5]) if len(regions) == 1 else (Z, pts)  # the selected leaf's region holds 5 unused
+
+    monkeypatch.setattr(lamcts, "candidates", five_in_the_leaf)
+    real_choose = s._choose
+
+    def choose(X, y, Xpend, Z, pts, n, seed, model, lb, ub, region=None):
+        chosen.append(len(Z))
+        return real_choose(X, y, Xpend, Z, pts, n, seed, model, lb, ub, region)
+
+    s._choose = choose
+    (t,) = s.ask()
+    assert regions[0] is not None
+    if widened:  # 5 < 32: the parent's region (or an ancestor's) is searched, with at least 32 candidates
+        assert len(regions) >= 2 and chosen[0] >= need
+        assert s.region_fallbacks == 1
+        fb = s.last_region_fallback
+        assert fb["ask"] == 0 and fb["selected_candidates"] == 5 and fb["used_depth"] < fb["selected_depth"]
+        assert search.from_state_dict(s.state_dict()).last_region_fallback == fb
+    else:  # 5 >= 5: the leaf's own five candidates are scored
+        assert len(regions) == 1 and chosen == [5]
+        assert s.region_fallbacks == 0 and s.last_region_fallback is None
+
+
+def test_lamcts_min_region_candidates_is_checked():
+    with pytest.raises(search.SearchError, match="min_region_candidates"):
+        search.create("lamcts-bo", easy_quadratic(4).space, min_region_candidates=0)
 
 
 def test_lamcts_leaf_size_follows_the_budget():

@@ -157,3 +157,23 @@ def test_cli_search_bench_json(capsys):
     assert data["summary"]["seeds"] == 2 and set(data["summary"]["checkpoints"]) == {"2", "4", "8"}
     assert main(["search", "bench", "--problem", "nb201", "--algo", "random", "--data", "/nonexistent"]) == 2
     assert main(["search", "bench", "--problem", "levy20", "--algo", "nope"]) == 2
+
+
+
+def test_bench_run_records_the_region_fallbacks_of_lamcts(monkeypatch):
+    from gpunet.search import bench
+    from gpunet.search.problems import Problem
+
+    made = []
+
+    def create(*args, **kwargs):
+        made.append(search.create(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(bench, "create", create)
+    space = CategoricalSpace([["a", "b", "c"]] * 4)
+    problem = Problem("cat4", space, lambda p: float(sum(v == "b" for v in p)) + 0.1 * float(p[0] == "c"), 4.0)
+    lam = bench.run(problem, "lamcts-bo", 8, seed=0)
+    assert len(lam["values"]) == 8 and made[-1].name == "lamcts-bo"
+    assert isinstance(lam["region_fallbacks"], int) and lam["region_fallbacks"] == made[-1].region_fallbacks
+    assert bench.run(problem, "random", 4, seed=0)["region_fallbacks"] is None  # no regions: nothing to count

@@ -62,7 +62,8 @@ def _run_ours(problem: Problem, algo: str, budget: int, seed: int, batch: int) -
             v = problem.evaluate(trial.params)
             searcher.tell(trial.id, v)
             values.append(v)
-    return values, {"max_ask_seconds": max(ask_s), "gp_fit_failures": getattr(searcher, "fit_failures", 0)}
+    return values, {"max_ask_seconds": max(ask_s), "gp_fit_failures": getattr(searcher, "fit_failures", 0),
+                    "region_fallbacks": getattr(searcher, "region_fallbacks", None)}
 
 
 def _run_optuna(problem: Problem, algo: str, budget: int, seed: int) -> tuple[list[float], dict]:

@@ -74,7 +74,7 @@ def candidates(
     The region is a hard constraint: every returned candidate lies in it, tested on the features of the point it
     encodes (the one-hot or value features of a discrete point, not the continuous draw it was decoded from). When
     the region holds no unused candidate the result is empty, and the caller decides how to fall back (LA-MCTS
-    widens the region to the parent node's, :meth:`gpunet.search.lamcts.LamctsSearcher._region_candidates`).
+    widens a region with too few to the parent node's, :meth:`gpunet.search.lamcts.LamctsSearcher._region_candidates`).
 
     Args:
         lb, ub: `D` arrays, the box in feature space.

@@ -37,6 +37,10 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gpunet.controller.outputs import HubError, hub_path, read_hub  # noqa: E402
+
 DEFAULT_SPEC = ROOT / "examples" / "fashion-mnist.yaml"
 DEFAULT_ALGOS = ("lamcts-bo", "random")
 
@@ -74,20 +78,23 @@ def derive_spec(base: dict[str, Any], *, algorithm: str, seed: int, budget: int,
 
 def read_result(out: Path) -> dict[str, Any]:
     """The tier result of a finished run in ``out``: ``{"best_val_top1", "winner_test_top1",
-    "winner_val_top1_stage2", "candidate_id", "candidates"}`` from ``hub.json`` and ``candidates.jsonl``.
+    "winner_val_top1_stage2", "candidate_id", "candidates"}`` from ``hub.json`` (read by
+    :func:`gpunet.controller.outputs.read_hub`) and ``candidates.jsonl``.
 
     Raises:
-        FileNotFoundError: no ``hub.json`` in ``out``.
-        ValueError: the hub is not of a Succeeded one-tier search, or its tier has no winner.
+        HubError: no ``hub.json`` in ``out``, or it is unreadable, not a hub, not of a Succeeded one-tier search,
+            or its tier has no winner (:class:`gpunet.controller.outputs.HubError`, a ``ValueError``).
+        FileNotFoundError: the hub is there but ``candidates.jsonl`` is not.
     """
-    hub = json.loads((out / "hub.json").read_text())
+    hub = read_hub(out)
+    where = str(hub_path(out))
     if hub.get("phase") != "Succeeded":
-        raise ValueError(f"{out / 'hub.json'}: phase {hub.get('phase')!r}; expected 'Succeeded'")
-    if len(hub.get("tiers", [])) != 1:
-        raise ValueError(f"{out / 'hub.json'}: tiers has {len(hub.get('tiers', []))} entries; expected 1")
+        raise HubError(f"{where}: phase", hub.get("phase"), "'Succeeded' (a finished search)")
+    if len(hub["tiers"]) != 1:
+        raise HubError(f"{where}: tiers", f"{len(hub['tiers'])} entries", "1 (a one-tier search)")
     tier = hub["tiers"][0]
     if tier.get("candidate_id") is None:
-        raise ValueError(f"{out / 'hub.json'}: tiers[0].candidate_id is null; expected a winner")
+        raise HubError(f"{where}: tiers[0].candidate_id", None, "a winner's id")
     lines = [json.loads(x) for x in (out / "candidates.jsonl").read_text().splitlines() if x.strip()]
     searched = [c for c in lines if not c.get("final")]  # stage-2 runs and baselines carry "final"
     return {"best_val_top1": tier["top1_search"], "winner_test_top1": tier["top1_test"],
@@ -184,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 result = read_result(out)
                 say(f"{out}: finished before, read")
-            except (FileNotFoundError, ValueError):
+            except HubError:  # not run, or not finished: run (a rerun resumes it)
                 wall = run_one(doc, out, workers=args.workers, latency_table=table,
                                profiler_runs=args.profiler_runs, timeout_s=args.timeout,
                                lease_s=args.lease_seconds)

@@ -9,9 +9,11 @@ top-1 over its epochs (:attr:`gpunet.train.TrainOutcome.best_top1`). The proxy s
 epoch, the batch order (seeded by epoch) and the EMA do not depend on the total number of epochs, so the first
 ``E`` epochs of the long run are the proxy run (``tests/test_proxy_fidelity.py`` checks it), and the benchmark
 costs ``k x E`` epochs per network instead of ``(k + 1) x E``. Early stopping is off: every network gets both budgets.
-The figures in benchmarks/README.md were measured before ``train_candidate`` seeded Python's ``random`` (which
-timm's RandomErasing draws from) per epoch: each of their scores is one draw of that augmentation noise (one network
-scored 69.7, 68.1 and 59.7 % at 3 epochs in three trainings).
+``train_candidate`` seeds Python's ``random`` (which timm's RandomErasing draws from) per epoch, so a network's
+scores repeat exactly; the first figures in benchmarks/README.md were measured before it did, and each of their
+scores is one draw of that augmentation noise (one network scored 69.7, 68.1 and 59.7 % at 3 epochs in three
+trainings). The tier's pool is the only thing read from the stratification: the spec's ``latency`` is not used, so
+a stratification of the spec with other ``latency.tiers`` (a loaded host whose table has none of the spec's) serves.
 
 The two rankings are compared with Kendall's tau-b and Spearman's rho (``scipy.stats.kendalltau``,
 ``scipy.stats.spearmanr``, with their two-sided p-values). Printed JSON: ``{"kendall_tau", "kendall_p",

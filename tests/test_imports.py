@@ -16,9 +16,10 @@ PACKAGES = {"gpunet": ROOT / "gpunet", "gpunet_worker": ROOT / "worker" / "gpune
 #: controller, the wire contract, the workers and their helpers.
 ACYCLIC = ("gpunet.controller", "gpunet.rpc", "gpunet_worker", "gpunet.sqlite", "gpunet.fileio", "gpunet.errors",
            "gpunet.latency.table")
-#: Imported by the operator and tools without a deep-learning stack.
+#: Imported by the operator and tools without a deep-learning stack (hubfile: a hub is read back without torch).
 TORCH_FREE = ("gpunet", "gpunet.rpc", "gpunet.spec", "gpunet.sqlite", "gpunet.fileio", "gpunet.errors", "gpunet.controller",
               "gpunet.controller.core", "gpunet.controller.local", "gpunet.controller.state", "gpunet.controller.status",
+              "gpunet.controller.hubfile",
               "gpunet.latency.table", "gpunet.latency.profiling")
 
 

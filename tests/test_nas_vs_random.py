@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import nas_vs_random as nvr  # noqa: E402
+from gpunet.controller.outputs import HubError  # noqa: E402
 
 DEMO = ROOT / "examples" / "fashion-mnist.yaml"
 
@@ -51,10 +52,44 @@ def test_read_result_takes_the_search_best_and_the_stage2_test_top1(tmp_path: Pa
     got = nvr.read_result(_finished_run(tmp_path / "a", 0.81, 0.79))
     assert got["best_val_top1"] == 0.81 and got["winner_test_top1"] == 0.79
     assert got["winner_val_top1_stage2"] == pytest.approx(0.82) and got["candidates"] == 6  # the stage-2 run left out
-    with pytest.raises(ValueError, match="phase 'Failed'; expected 'Succeeded'"):
+    with pytest.raises(HubError, match=r"hub.json: phase: got 'Failed'; expected 'Succeeded'"):
         nvr.read_result(_finished_run(tmp_path / "b", 0.8, 0.8, phase="Failed"))
-    with pytest.raises(FileNotFoundError):
+
+
+def test_read_result_raises_hub_error_for_a_missing_or_corrupt_hub(tmp_path: Path) -> None:
+    # The hub is read by gpunet.controller.outputs.read_hub: its errors, not the benchmark's own.
+    with pytest.raises(HubError, match="hub.json: no such file"):
         nvr.read_result(tmp_path / "missing")
+    corrupt = _finished_run(tmp_path / "corrupt", 0.8, 0.8)
+    (corrupt / "hub.json").write_text('{"phase": "Succeeded", "tiers": [')
+    with pytest.raises(HubError, match="hub.json: unreadable"):
+        nvr.read_result(corrupt)
+    not_a_hub = _finished_run(tmp_path / "list", 0.8, 0.8)
+    (not_a_hub / "hub.json").write_text('[1, 2]')
+    with pytest.raises(HubError, match="not a model hub"):
+        nvr.read_result(not_a_hub)
+    two_tiers = _finished_run(tmp_path / "two", 0.8, 0.8)
+    hub = json.loads((two_tiers / "hub.json").read_text())
+    (two_tiers / "hub.json").write_text(json.dumps({**hub, "tiers": hub["tiers"] * 2}))
+    with pytest.raises(HubError, match="tiers: got '2 entries'; expected 1"):
+        nvr.read_result(two_tiers)
+
+
+def test_main_runs_a_search_whose_hub_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    # A missing hub (HubError) means "not run yet": main runs it, then reads the hub the run wrote.
+    ran: list[Path] = []
+
+    def fake_run(doc: dict, out: Path, **kw: object) -> float:
+        ran.append(out)
+        _finished_run(out, 0.8, 0.78)
+        return 1.5
+
+    monkeypatch.setattr(nvr, "run_one", fake_run)
+    assert nvr.main(["--out", str(tmp_path), "--algos", "random", "--seeds", "0", "--tier", "0.8", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert ran == [tmp_path / "random-s0"] and out["runs"][0]["wall_s"] == 1.5
+    assert out["runs"][0]["best_val_top1"] == 0.8
 
 
 def test_summary_mean_and_sample_std_per_algorithm() -> None:

@@ -36,12 +36,16 @@
 Every file is written atomically (:mod:`gpunet.fileio`). Training checkpoints are read with
 ``torch.load(weights_only=True)``: nothing is unpickled. Needs torch (weights, ONNX, FLOPs) and matplotlib; each of
 these parts is skipped with a note when it fails, so the JSON outputs are always written. Nothing is timed here: the
-controller that writes these files may run on another machine than the target device. :func:`read_hub` and :func:`select_tier` read a hub back without torch.
+controller that writes these files may run on another machine than the target device.
+
+This module writes the files (:func:`write_outputs`) and builds ``candidates.jsonl``'s and ``hub.json``'s
+entries. The hub's format constants and its reader (:func:`read_hub`, :func:`select_tier`, no torch) live in
+:mod:`.hubfile`, the choice of each tier's winner in :mod:`.winners`, ``hub.md`` in :mod:`.hub_markdown` and
+``pareto.png`` in :mod:`.pareto`; their public names are importable from here too (``__all__``).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -49,26 +53,23 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import GpunetError
 from ..fileio import write_atomic, write_json_atomic
 from ..spec import SearchSpec
 from ..objectives import pareto_front
-from .comparison import compare_to_baselines, table3_markdown
+from .comparison import compare_to_baselines
+from .hub_markdown import hub_markdown
+from .hubfile import HUB_FILE, HUB_FORMAT, WEIGHTS_DIR, WEIGHTS_FORMAT, HubError, hub_path, read_hub, select_tier
 from .measurements import FINALIZING_FILE, NetworkJob, read_network_measurements
+from .pareto import pareto_figure, pareto_plot
 from .state import FINISHED, Candidate, ControllerState, architecture_of, is_baseline, score_of, target_ms_of
+from .winners import best_per_tier, family_members, stage2_winners
+
+#: The public names: this module's, and those of the modules above that callers import from here.
+__all__ = ["HUB_FILE", "HUB_FORMAT", "WEIGHTS_DIR", "WEIGHTS_FORMAT", "HubError", "best_per_tier", "baseline_entry",
+           "candidate_record", "family_members", "hub_markdown", "hub_path", "pareto_entries", "pareto_figure",
+           "pareto_plot", "read_hub", "save_weights", "select_tier", "stage2_winners", "write_outputs"]
 
 log = logging.getLogger(__name__)
-HUB_FILE = "hub.json"
-HUB_FORMAT = "gpunet-hub/v1"
-#: Folder of the tier winners' weights, inside the hub's folder.
-WEIGHTS_DIR = "weights"
-#: ``format`` in the metadata of a weights file.
-WEIGHTS_FORMAT = "gpunet-hub-weights/v1"
-
-
-class HubError(GpunetError, ValueError):
-    """A hub (``hub.json``) or weights file that cannot be used, or a tier it does not have; the field names the
-    file or the argument."""
 
 
 def _num(x: float | None, digits: int = 6) -> float | None:
@@ -90,28 +91,6 @@ def candidate_record(c: Candidate, spec: SearchSpec) -> dict[str, Any]:
         "lease_expiries": c.lease_expiries, "failures": c.failures, "restarts_from_scratch": c.restarts_from_scratch,
         "error": c.error, "worker_id": c.worker_id, "checkpoint": c.checkpoint, "events": c.events,
     }
-
-
-def best_per_tier(candidates: list[Candidate], num_tiers: int, spec: SearchSpec | None = None,
-                  first: int = 0) -> list[Candidate | None]:
-    """The best searched candidate (stage 2's are left out) of each tier ``first .. first + num_tiers - 1`` (ties:
-    the lower id), or None: the
-    highest :func:`~.state.score_of` under ``spec`` (top-1 of a tiered search, the MnasNet reward with objective
-    ``mnas`` and for a Scaling family), or the highest top-1 without ``spec``."""
-    def score(c: Candidate) -> float:
-        return score_of(spec, c) if spec is not None else (c.top1 or 0.0)
-
-    out: list[Candidate | None] = []
-    for t in range(first, first + num_tiers):
-        done = [c for c in candidates if c.tier == t and c.state in FINISHED and c.top1 is not None and not c.final]
-        out.append(min(done, key=lambda c: (-score(c), c.id)) if done else None)
-    return out
-
-
-def family_members(candidates: list[Candidate], spec: SearchSpec) -> list[Candidate | None]:
-    """Phase Scaling's family: per ``spec.scaling.targetsMs`` target, the trained scaled network with the best
-    MnasNet reward against it (tier index ``len(spec.tier_targets) + j``), or None."""
-    return best_per_tier(candidates, len(spec.scaling.targets_ms), spec, first=len(spec.tier_targets))
 
 
 def _load_trained(c: Candidate) -> tuple[Any, Any, dict[str, Any]]:
@@ -254,17 +233,6 @@ def _stats(net: Any, name: str) -> dict[str, Any]:
         return {}
 
 
-def stage2_winners(candidates: list[Candidate], num_tiers: int) -> list[Candidate | None]:
-    """Per tier, the stage-2 run (:mod:`.stage2`) that ``hub.json`` reports: of the tier's trained ``final.topK``
-    runs, the highest validation top-1 (ties: the better search rank), or None (no stage 2, or every run failed)."""
-    out: list[Candidate | None] = []
-    for t in range(num_tiers):
-        done = [c for c in candidates if c.final and c.final.get("kind") == "winner" and c.tier == t
-                and c.state in FINISHED and c.top1 is not None]
-        out.append(min(done, key=lambda c: (-(c.top1 or 0.0), c.final.get("rank", 0), c.id)) if done else None)
-    return out
-
-
 def baseline_entry(c: Candidate, job: NetworkJob | None, measure: bool) -> dict[str, Any]:
     """``hub.json``'s entry of a baseline: ``{"model", "index", "candidate_id", "state", "resolution", "in_chans",
     "top1" (validation), "top1_test", "epochs", "latency_ms_measured", "latency_measured_on",
@@ -346,207 +314,3 @@ def _preprocessing(spec: SearchSpec) -> dict[str, Any] | None:
     except Exception as exc:  # noqa: BLE001 - e.g. no timm for ImageNet's constants
         log.warning("no preprocessing recorded: %s", exc)
         return None
-
-
-def hub_path(source: str | Path) -> Path:
-    """``hub.json`` of a run directory, or ``source`` itself when it is a file or a ``.json`` path."""
-    path = Path(source)
-    return path if path.suffix == ".json" or path.is_file() else path / HUB_FILE
-
-
-def read_hub(source: str | Path) -> dict[str, Any]:
-    """Read and check the hub of a run directory or a ``hub.json`` path (no torch needed).
-
-    Raises:
-        HubError: the file is missing, is not JSON, or does not hold a hub.
-    """
-    path = hub_path(source)
-    try:
-        hub = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise HubError(str(path), reason="no such file; a run writes it when its search has ended "
-                                         "(see `gpunet status`)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HubError(str(path), reason=f"unreadable ({exc})") from None
-    if not isinstance(hub, dict) or not isinstance(hub.get("tiers"), list) or not all(isinstance(t, dict) for t in hub["tiers"]):
-        raise HubError(str(path), reason="not a model hub", expected='an object with a "tiers" list of objects')
-    if hub.get("format", HUB_FORMAT) != HUB_FORMAT:
-        raise HubError(f"{path}: format", hub.get("format"), repr(HUB_FORMAT))
-    return hub
-
-
-def select_tier(hub: dict[str, Any], tier: int | float | None, where: str = "hub") -> dict[str, Any]:
-    """The entry of one latency tier of ``hub``: ``tier`` is an index (int), a target latency in ms (float), or
-    None for the only tier with a trained network.
-
-    Raises:
-        HubError: no such tier, or the tier has no trained network.
-    """
-    tiers = hub["tiers"]
-    targets = [t.get("target_ms") for t in tiers]
-    expected = f"a tier index 0..{len(tiers) - 1} or a target in ms of {targets}"
-    if tier is None:
-        trained = [i for i, t in enumerate(tiers) if t.get("candidate_id")]
-        if len(trained) != 1:
-            raise HubError("tier", None, expected, reason=f"{where} has {len(trained)} tiers with a trained network")
-        index = trained[0]
-    elif isinstance(tier, bool) or not isinstance(tier, (int, float)):
-        raise HubError("tier", tier, expected)
-    elif isinstance(tier, int):
-        if not 0 <= tier < len(tiers):
-            raise HubError("tier", tier, expected)
-        index = tier
-    else:
-        matches = [i for i, t in enumerate(targets) if isinstance(t, (int, float)) and math.isclose(t, tier, rel_tol=1e-9)]
-        if not matches:
-            raise HubError("tier", tier, expected)
-        index = matches[0]
-    entry = tiers[index]
-    if not entry.get("candidate_id"):
-        raise HubError("tier", tier, reason=f"tier {index} ({targets[index]} ms) of {where} has no trained network")
-    return {"index": index, **entry}
-
-
-def hub_markdown(hub: dict[str, Any], spec: SearchSpec) -> str:
-    """``hub.md``: one row per latency tier."""
-    target = hub.get("target") or {}
-    lines = [
-        f"# Model hub of search `{hub['search']}`",
-        "",
-        f"Latency: {target.get('backend', spec.latency.backend)} {target.get('precision', spec.latency.precision)}, "
-        f"batch {target.get('batch_size', spec.latency.batch_size)}, on {target.get('device', spec.latency.device)}; "
-        + (f"objective mnas: the reward top1 x (latency / {spec.algorithm.target_ms:g} ms)^{spec.algorithm.w:g}. "
-           if spec.algorithm.objective == "mnas" else f"tiers are target ± {spec.latency.tolerance:.0%}. ")
-        + f"Top-1 on the validation split (selection; the search's proxy training in \"search\", stage 2 in "
-        f"\"top-1\") and on the test split ({spec.training.dataset.kind}).",
-        "",
-        "| tier (ms) | candidate | top-1 | top-1 search | top-1 test | stage-2 epochs | latency est. (ms) "
-        "| latency meas. (ms) | params (M) | GFLOPs | weights | ONNX | vector |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-
-    def fmt(x: Any, spec_: str) -> str:
-        return "–" if x is None else format(x, spec_)
-
-    for e in hub["tiers"]:
-        run = f" → {e['final_candidate_id']}" if e.get("final_candidate_id") else ""
-        lines.append(
-            f"| {e['target_ms']:g} | {e['candidate_id'] or '–'}{run} | {fmt(e['top1'] and 100 * e['top1'], '.2f')}% "
-            f"| {fmt(e.get('top1_search') and 100 * e['top1_search'], '.2f')}% "
-            f"| {fmt(e.get('top1_test') and 100 * e['top1_test'], '.2f')}% | {fmt(e.get('final_epochs'), 'd')} "
-            f"| {fmt(e['latency_ms_estimated'], '.4f')} | {fmt(e['latency_ms_measured'], '.4f')} | {fmt(e['params_m'], '.3f')} "
-            f"| {fmt(e['gflops'], '.4f')} | {e['weights'] or '–'} | {e['onnx'] or '–'} | `{e['vector'] if e['vector'] else '–'}` |"
-        )
-    if hub.get("pareto"):
-        lines += ["", "Pareto front of the search (top-1 against estimated latency), by latency:", "",
-                  "| candidate | top-1 | reward | latency est. (ms) |", "| --- | --- | --- | --- |"]
-        lines += [f"| {p['candidate_id']} | {fmt(p['top1'] and 100 * p['top1'], '.2f')}% | {fmt(p['reward'], '.4f')} "
-                  f"| {fmt(p['latency_ms_estimated'], '.4f')} |" for p in hub["pareto"]]
-    if hub.get("family") is not None:
-        lines += ["", "Latency-aware compound scaling (LACS): one family member per target, selected by the MnasNet reward.",
-                  "", "| target (ms) | candidate | depth x | width x | resolution | top-1 | reward | latency est. (ms) "
-                  "| latency meas. (ms) | params (M) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for e in hub["family"]:
-            lines.append(f"| {e['target_ms']:g} | {e['candidate_id'] or '–'} | {fmt(e['depth_mult'], 'g')} "
-                         f"| {fmt(e['width_mult'], 'g')} | {fmt(e['resolution'], 'd')} | {fmt(e['top1'] and 100 * e['top1'], '.2f')}% "
-                         f"| {fmt(e['reward'], '.4f')} | {fmt(e['latency_ms_estimated'], '.4f')} "
-                         f"| {fmt(e['latency_ms_measured'], '.4f')} | {fmt(e['params_m'], '.3f')} |")
-    lines += table3_markdown(hub)
-    lines.append("")
-    for e in [*hub["tiers"], *(hub.get("family") or []), *(hub.get("baselines") or [])]:
-        if not e.get("candidate_id"):
-            continue
-        on = e.get("latency_measured_on")
-        where = (f"{on.get('backend_version') or on.get('backend')} {on.get('precision')}, batch {on.get('batch_size')}, "
-                 f"on {on.get('device')} ({on.get('runs')} runs, profiler {on.get('worker_id')})") if on else \
-            f"not measured: {e.get('latency_measurement_error') or 'unknown'}"
-        lines.append(f"- {e['candidate_id']}: end-to-end latency {where}")
-    return "\n".join(lines) + "\n"
-
-
-def pareto_figure(candidates: list[Candidate], spec: SearchSpec, hub: dict[str, Any] | None = None) -> Any:
-    """The figure of ``pareto.png`` (matplotlib's object-oriented API, Agg canvas; no pyplot state).
-
-    Top-1 (%, validation) against latency (ms): every searched candidate with a result at its latency-table
-    estimate (tiers shaded; ○ ringed: early-stopped); the Pareto front of all of them (:func:`gpunet.objectives.
-    pareto_front`, a step line labelled ``"Pareto front"``); with ``hub``, the hub models (★, label ``"hub
-    models"``, at their end-to-end measured latency when there is one, with a dotted line from their estimate) and
-    the baselines (■, label ``"baselines"``, at their measured latency); the Scaling phase's scaled networks and its
-    family as a line. Artists carry these labels, so a test can read the plotted data back."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.5, 4.8), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    colors = [f"C{i}" for i in range(10)]
-    tol = spec.latency.tolerance
-    mnas = spec.algorithm.objective == "mnas"
-    searched = [c for c in candidates if not c.final and c.tier < len(spec.tier_targets) and c.state in FINISHED
-                and c.top1 is not None and math.isfinite(c.latency_ms)]
-    for t, target in enumerate(spec.tier_targets):
-        color = colors[t % len(colors)]
-        if not mnas:  # an mnas search has no tiers, only the reward's target
-            ax.axvspan(target * (1 - tol), target * (1 + tol), color=color, alpha=0.12, lw=0)
-        ax.axvline(target, color=color, ls="--", lw=0.8)
-        done = [c for c in searched if c.tier == t]
-        if done:
-            ax.scatter([c.latency_ms for c in done], [100 * (c.top1 or 0) for c in done], color=color, s=22,
-                       label=f"tier {target:g} ms ({len(done)})", edgecolors="none", marker="o")
-            stopped = [c for c in done if c.state == "stopped"]
-            if stopped:
-                ax.scatter([c.latency_ms for c in stopped], [100 * (c.top1 or 0) for c in stopped], facecolors="none",
-                           edgecolors="k", s=40, lw=0.6)
-    if searched:
-        front = [searched[i] for i in pareto_front([(c.latency_ms, c.top1 or 0.0) for c in searched])]
-        ax.plot([c.latency_ms for c in front], [100 * (c.top1 or 0) for c in front], color="k", lw=1.2,
-                drawstyle="steps-post", label="Pareto front", zorder=3)
-    if hub is not None:
-        models = [e for e in [*hub.get("tiers", []), *(hub.get("family") or [])] if e.get("candidate_id")
-                  and e.get("top1") is not None and e.get("latency_ms_estimated") is not None]
-        xs = [e["latency_ms_measured"] or e["latency_ms_estimated"] for e in models]
-        if models:
-            for e, x in zip(models, xs):
-                if e["latency_ms_measured"]:
-                    ax.plot([e["latency_ms_estimated"], x], [100 * e["top1"]] * 2, color="0.3", ls=":", lw=0.8)
-            ax.scatter(xs, [100 * e["top1"] for e in models], marker="*", s=180, color="gold", edgecolors="k",
-                       lw=0.7, zorder=4, label="hub models")
-        bases = [b for b in hub.get("baselines") or [] if b.get("top1") is not None and b.get("latency_ms_measured")]
-        if bases:
-            ax.scatter([b["latency_ms_measured"] for b in bases], [100 * b["top1"] for b in bases], marker="s", s=42,
-                       color="crimson", edgecolors="k", lw=0.6, zorder=4, label="baselines")
-            for b in bases:
-                ax.annotate(b["model"], (b["latency_ms_measured"], 100 * b["top1"]), fontsize=7,
-                            xytext=(4, -9), textcoords="offset points")
-    if spec.scaling.enabled:
-        first = len(spec.tier_targets)
-        scaled = [c for c in candidates if c.tier >= first and not c.final and c.state in FINISHED
-                  and c.top1 is not None and math.isfinite(c.latency_ms)]
-        if scaled:
-            ax.scatter([c.latency_ms for c in scaled], [100 * (c.top1 or 0) for c in scaled], marker="D", s=18,
-                       color="0.5", edgecolors="none", label=f"scaled (LACS, {len(scaled)})")
-        family = [m for m in family_members(candidates, spec) if m is not None and math.isfinite(m.latency_ms)]
-        if family:
-            family.sort(key=lambda c: c.latency_ms)
-            ax.plot([c.latency_ms for c in family], [100 * (c.top1 or 0) for c in family], "k-D", ms=6, lw=1.2,
-                    label="LACS family")
-        for target in spec.scaling.targets_ms:
-            ax.axvline(target, color="0.4", ls=":", lw=0.8)
-    ax.set_xlabel("latency (ms): candidates at the table estimate; hub models, baselines measured end to end")
-    ax.set_ylabel("top-1 (%, validation)")
-    what = f"mnas reward, target {spec.algorithm.target_ms:g} ms" if mnas else "candidates per latency tier"
-    ax.set_title(f"{spec.name}: {what} (○ early-stopped)", fontsize=10)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def pareto_plot(candidates: list[Candidate], spec: SearchSpec, path: str | Path,
-                hub: dict[str, Any] | None = None) -> Path:
-    """Write :func:`pareto_figure` as a PNG at ``path`` (atomically)."""
-    fig = pareto_figure(candidates, spec, hub)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return write_atomic(Path(path), lambda f: f.write(buffer.getvalue()))

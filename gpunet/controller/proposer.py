@@ -90,6 +90,14 @@ SEARCHER_NICE = 10
 SEARCHER_PRIORITIES = ("nice", "idle")
 
 
+def check_priority(priority: str) -> None:
+    """Raises:
+        ValueError: ``priority`` is not one of :data:`SEARCHER_PRIORITIES`.
+    """
+    if priority not in SEARCHER_PRIORITIES:
+        raise ValueError(f"searcher priority: got {priority!r}, expected one of {', '.join(SEARCHER_PRIORITIES)}")
+
+
 def lower_priority(priority: str) -> str:
     """Lower this process's CPU priority as :data:`SEARCHER_PRIORITIES` says; returns what was applied (``"nice"``,
     ``"idle"``, or ``"none"`` where the system refused).
@@ -97,8 +105,7 @@ def lower_priority(priority: str) -> str:
     Raises:
         ValueError: ``priority`` is not one of :data:`SEARCHER_PRIORITIES`.
     """
-    if priority not in SEARCHER_PRIORITIES:
-        raise ValueError(f"searcher priority: got {priority!r}, expected one of {', '.join(SEARCHER_PRIORITIES)}")
+    check_priority(priority)
     if priority == "idle" and hasattr(os, "SCHED_IDLE"):
         try:
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
@@ -146,15 +153,14 @@ class ProcessSearcher:
 
     def __init__(self, algorithm: dict[str, Any], space: Any, pool: list[list[int]], tier: int, snapshot: str | None,
                  priority: str = "nice") -> None:
-        if priority not in SEARCHER_PRIORITIES:
-            raise ValueError(f"searcher priority: got {priority!r}, expected one of {', '.join(SEARCHER_PRIORITIES)}")
+        check_priority(priority)  # here, not only in the child, where the error would come at the first round
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self.pid: int | None = None
         self._proc = ctx.Process(target=_serve, args=(child, (algorithm, space, pool, tier, snapshot), priority),
                                  name=f"gpunet-searcher-{tier}", daemon=True)
         self._proc.start()
-        self.pid = self._proc.pid
+        #: The child's process id.
+        self.pid: int = self._proc.pid
         child.close()
         self._ready = False
 

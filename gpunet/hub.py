@@ -4,7 +4,7 @@
 
     import gpunet.hub, timm
 
-    model = gpunet.hub.load("runs/fashion-mnist", tier=0.2)   # the 0.2 ms tier's winner, trained, eval mode
+    model = gpunet.hub.load("runs/fashion-mnist", tier=0.6)   # the 0.6 ms tier's winner, trained, eval mode
     timm.create_model("gpunet_2")                            # NVIDIA's GPUNet-2 (1.75 ms on a GV100)
     timm.create_model("gpunet_tiny", vector=[32, 16, ...])   # any network of a preset space (its vector: 41 integers, 48 for gpunet-x)
     names = gpunet.hub.register("runs/fashion-mnist")        # ["gpunet_fashion_mnist_0p2ms", ...]

@@ -33,7 +33,7 @@ def test_derived_spec_is_the_demo_with_one_tier_the_algorithm_and_no_baselines()
     assert spec.training.recipe == demo.training.recipe and spec.training.epochs == demo.training.epochs
     assert spec.training.final == demo.training.final and spec.training.early_stopping == demo.training.early_stopping
     assert spec.algorithm.initial_samples == demo.algorithm.initial_samples and spec.name == "x-random-s2"
-    assert base["spec"]["latency"]["tiers"] == [0.2, 0.3]  # the base document is not changed
+    assert base["spec"]["latency"]["tiers"] == [0.6, 0.9]  # the base document is not changed
     with pytest.raises(ValueError, match="--budget: 0; expected an integer >= 1"):
         nvr.derive_spec(base, algorithm="random", seed=0, budget=0, tier_ms=0.8, name="x")
 

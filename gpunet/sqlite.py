@@ -317,7 +317,7 @@ class Checkpointer:
     serves every RPC: at 1,000 simulated workers such commits took up to 28 ms (about one in 150), against at most
     6 ms without them, and every call in flight waited (the epoch reports' p99 went from 19 to 38 ms).
 
-    The checkpointer lowers ``conn``'s automatic checkpoint to a backstop (:data:`BACKSTOP_CHECKPOINT_PAGES`) and
+    The checkpointer raises ``conn``'s automatic checkpoint to a backstop (:data:`BACKSTOP_CHECKPOINT_PAGES`) and
     every ``period_s`` runs ``PRAGMA wal_checkpoint(PASSIVE)`` on a connection of its own, which waits for no writer
     or reader (SQLite, "Write-Ahead Logging", 7; "PRAGMA wal_checkpoint"); Python's sqlite3 releases the GIL while
     it runs. Durability is unchanged: a commit is what ``synchronous`` makes it, wherever the checkpoint runs. A

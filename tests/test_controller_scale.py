@@ -266,3 +266,89 @@ def test_a_candidate_row_is_what_asdict_gives_and_shares_nothing_with_the_candid
     row["architecture"]["stages"][0]["filters"] = 16
     assert cand.history == [0.1, 0.2] and cand.architecture == {"stages": [{"filters": 8}]}
     assert Candidate.from_dict(json.loads(json.dumps(cand.to_dict()))) == cand
+
+
+def test_held_calls_are_woken_one_per_spacing_and_wakes_asked_for_meanwhile_are_one() -> None:
+    import asyncio
+
+    from gpunet.controller.service import WorkWaiters
+
+    async def main() -> tuple[list[float], float]:
+        waiters = WorkWaiters(asyncio.get_running_loop(), spacing_s=0.05)
+        woken: list[float] = []
+
+        async def held(i: int) -> None:
+            if await waiters.wait(pb.WORKER_KIND_TRAINER, 5.0):
+                woken.append(time.monotonic())
+                waiters.wake_one(pb.WORKER_KIND_TRAINER)  # as a held call that got work does: the next one tries
+
+        tasks = [asyncio.ensure_future(held(i)) for i in range(4)]
+        await asyncio.sleep(0)
+        start = time.monotonic()
+        for _ in range(10):  # a burst of wakes (driver rounds, releases): one wake, then one per spacing
+            waiters.wake_each_kind()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5.0)
+        return woken, start
+
+    woken, start = asyncio.run(main())
+    assert len(woken) == 4
+    assert woken[0] - start < 0.04  # the first at once
+    gaps = [b - a for a, b in zip(woken, woken[1:])]
+    assert all(g >= 0.045 for g in gaps), gaps  # unpaced, the chain woke them within a millisecond
+
+
+def test_expired_leases_match_a_walk_of_the_book_and_skip_it_while_none_can_be_due() -> None:
+    import random
+
+    from gpunet.controller.leases import CANDIDATE, LeaseBook
+
+    class CountingDict(dict):
+        walks = 0
+
+        def values(self):  # noqa: ANN201
+            CountingDict.walks += 1
+            return super().values()
+
+    rng = random.Random(0)
+    numbers = iter(range(10_000))
+    book = LeaseBook(30.0, lambda: next(numbers))
+    book._by_work = CountingDict()
+    now = 0.0
+    for step in range(2_000):
+        now += rng.uniform(-2.0, 3.0)  # a clock that also goes back (a lowered deadline must still be found)
+        op = rng.random()
+        held = list(dict.values(book._by_work))
+        if op < 0.4 or not held:
+            book.grant(CANDIDATE, f"c{rng.randrange(50)}", f"w{rng.randrange(50)}", now)
+        elif op < 0.8:
+            book.renew(rng.choice(held), now)
+        else:
+            book.release(rng.choice(held))
+        expected = [lease for lease in dict.values(book._by_work) if lease.deadline < now]
+        assert book.expired(now) == expected
+    CountingDict.walks = 0
+    fresh = LeaseBook(30.0, lambda: next(numbers))
+    fresh._by_work = CountingDict()
+    for i in range(100):
+        fresh.grant(CANDIDATE, f"c{i}", f"w{i}", 0.0)
+    walks_before = CountingDict.walks
+    assert fresh.expired(29.0) == [] and CountingDict.walks == walks_before  # no deadline can have passed: no walk
+    assert len(fresh.expired(31.0)) == 100
+
+
+def test_a_driver_step_inside_the_round_interval_takes_no_view_of_the_tier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from controller_helpers import fake_profile
+
+    ctl = SearchController(micro_spec(), tmp_path, lease_s=30.0)
+    fake_profile(ctl)
+    ctl.step()  # stratifies and runs the first searcher round of each tier
+    stage = ctl.searching
+    assert stage.pools and any(c for c in ctl.state.candidates.values())
+    views: list[int] = []
+    real_view = stage._tier_view
+    monkeypatch.setattr(stage, "_tier_view", lambda tier: views.append(tier) or real_view(tier))
+    last = dict(stage._last_round)
+    stage.drive(min(last.values()) + stage.round_interval_s / 2)  # every tier inside its interval
+    assert views == []  # skipped before the walk of its untold candidates
+    assert stage.done() is False and views == []  # below the budget: not done, without a walk either
+    ctl.close()

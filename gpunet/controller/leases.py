@@ -62,6 +62,9 @@ class LeaseBook:
         self._next_number = next_number
         self._by_worker: dict[str, Lease] = {}
         self._by_work: dict[tuple[str, str], Lease] = {}
+        # A lower bound of every deadline in the book: :meth:`expired` skips its walk of every lease while ``now``
+        # has not passed it. Grants and renewals lower it to their deadline; a release leaves it a lower bound.
+        self._earliest = float("inf")
 
     def grant(self, kind: str, work_id: str, worker_id: str, now: float, lease_id: str | None = None) -> Lease:
         """Lease ``work_id`` to ``worker_id`` until ``now + duration_s``, under a new id unless ``lease_id`` is given
@@ -71,6 +74,7 @@ class LeaseBook:
                 self.release(old)
         lease = Lease(lease_id or new_lease_id(self._next_number()), worker_id, kind, work_id, now + self.duration_s)
         self._by_worker[worker_id] = self._by_work[(kind, work_id)] = lease
+        self._earliest = min(self._earliest, lease.deadline)
         return lease
 
     def held_by(self, worker_id: str) -> Lease | None:
@@ -84,6 +88,7 @@ class LeaseBook:
     def renew(self, lease: Lease, now: float) -> float:
         """Move the deadline to ``now + duration_s``; returns it."""
         lease.deadline = now + self.duration_s
+        self._earliest = min(self._earliest, lease.deadline)  # a clock that went back can lower a deadline
         return lease.deadline
 
     def release(self, lease: Lease) -> None:
@@ -94,7 +99,13 @@ class LeaseBook:
             del self._by_work[(lease.kind, lease.work_id)]
 
     def expired(self, now: float) -> list[Lease]:
-        """The leases whose deadline is before ``now``, in the order they were granted (they stay in the book)."""
+        """The leases whose deadline is before ``now``, in the order they were granted (they stay in the book).
+
+        O(1) while no deadline can have passed; else a walk of every lease (the driver asks every round: at 1,000
+        running candidates the walk was a few percent of the controller's CPU, with its lock held)."""
+        if now <= self._earliest:
+            return []
+        self._earliest = min((lease.deadline for lease in self._by_work.values()), default=float("inf"))
         return [lease for lease in self._by_work.values() if lease.deadline < now]
 
     def count(self, kind: str) -> int:

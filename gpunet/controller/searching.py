@@ -47,6 +47,8 @@ TELL_PERIOD_S = 1.0
 #: Least time between two searcher rounds of a tier (seconds): a round (tell, ask, snapshot) holds the GIL for
 #: milliseconds to tens of milliseconds, so under many workers proposals come in batches rather than one by one.
 MIN_ROUND_INTERVAL_S = 0.5
+#: The states whose result a searcher is told.
+_TELLABLE = frozenset((*FINISHED, FAILED))
 
 
 def pruner_of(training: TrainingSpec) -> "Pruner":
@@ -233,21 +235,26 @@ class SearchStage:
 
     # --- the driver's part ---------------------------------------------------------------------------------
     def drive(self, now: float) -> None:
-        """One searcher round per tier that has results to tell or too few proposals queued (rate-limited)."""
+        """One searcher round per tier that has results to tell or too few proposals queued (rate-limited).
+
+        A tier inside its round interval is skipped before its view is taken: the view walks the tier's untold
+        candidates (every running one), and the driver steps after every grant and result."""
         for tier, searcher in enumerate(self.searchers):
             if searcher is None:
                 continue
+            since = now - self._last_round.get(tier, 0.0)
+            if since < self.round_interval_s:
+                continue
             with self.lock:
                 members, untold = self._tier_view(tier)
-                to_tell = [c for c in untold if c.state in (*FINISHED, FAILED)]
-                queued = sum(c.state == QUEUED for c in untold)  # a queued candidate is never told
+                to_tell = [c for c in untold if c.state in _TELLABLE]
+                queued = sum(1 for c in untold if c.state == QUEUED)  # a queued candidate is never told
                 want = min(self.lookahead(now) - queued, self.tier_budget(tier) - members)
                 tells = [(c.trial_id, c.state == FAILED, score_of(self.spec, c)) for c in to_tell]
             endgame = members >= self.tier_budget(tier)
             if not to_tell and want <= 0:
                 continue
-            since = now - self._last_round.get(tier, 0.0)
-            if (want <= 0 and not endgame and since < TELL_PERIOD_S) or since < self.round_interval_s:
+            if want <= 0 and not endgame and since < TELL_PERIOD_S:
                 continue
             self._last_round[tier] = now
             version = self.state.searcher_versions[tier] + 1
@@ -275,15 +282,15 @@ class SearchStage:
         for tier, searcher in enumerate(self.searchers):
             if searcher is None:
                 continue
-            members, untold = self._tier_view(tier)
-            if members < self.tier_budget(tier) or untold:
+            self._catch_up()
+            if self._members.get(tier, 0) < self.tier_budget(tier):  # the common case, without a walk of untold
+                return False
+            if self._tier_view(tier)[1]:
                 return False
         return True
 
-    def _tier_view(self, tier: int) -> tuple[int, list[Candidate]]:
-        """``(members, untold)`` of a tier: its number of candidates and those whose result its searcher has not
-        been told yet, caught up with the candidates added since the last call (candidates are only ever added,
-        and ``told`` only ever set), so a driver round costs O(untold), not O(candidates)."""
+    def _catch_up(self) -> None:
+        """Count the candidates added since the last call (candidates are only ever added)."""
         cands = self.state.candidates
         if len(cands) != self._viewed:
             for cand in itertools.islice(cands.values(), self._viewed, None):
@@ -291,5 +298,11 @@ class SearchStage:
                 if not cand.told:
                     self._untold.setdefault(cand.tier, []).append(cand)
             self._viewed = len(cands)
+
+    def _tier_view(self, tier: int) -> tuple[int, list[Candidate]]:
+        """``(members, untold)`` of a tier: its number of candidates and those whose result its searcher has not
+        been told yet, caught up with the candidates added since the last call (``told`` is only ever set), so a
+        driver round costs O(untold), not O(candidates)."""
+        self._catch_up()
         untold = self._untold[tier] = [c for c in self._untold.get(tier, []) if not c.told]
         return self._members.get(tier, 0), untold

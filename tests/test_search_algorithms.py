@@ -253,8 +253,8 @@ def test_lamcts_split_leaves_each_child_a_gps_worth_of_samples():
     from gpunet.search.lamcts import build_tree, default_min_child
 
     rng = np.random.default_rng(0)
-    X = rng.random((30, 2))
-    y = np.where(np.sum((X - 0.9) ** 2, axis=1) < 0.02, 10.0, 0.0) + 0.01 * X[:, 0]  # a small good corner
+    X = np.concatenate([0.2 + 0.1 * rng.random((24, 2)), 0.8 + 0.1 * rng.random((6, 2))])
+    y = np.where(X[:, 0] > 0.5, 1.0, 0.0) + 0.01 * rng.random(30)  # a small good corner of 6 samples
     reference = build_tree(X, y, leaf_size=10, seed=0)  # min_child=1: the reference's rule
     assert reference.children, "the setup must split"
     smallest = min(c.n for c in reference.children)

@@ -63,7 +63,8 @@ CP = 0.1
 #: reached it when small regions were padded with pool members from outside them; benchmarks/README.md), and a
 #: region of a handful of candidates leaves the acquisition no choice. 32 is the count below which the old code
 #: padded; 1 is the strict behaviour (widen only an empty region). Measured with 32 (same problem, 10 seeds,
-#: 100 evaluations): 9 of 10 seeds reach the tier's best, against 6 of 10 with 1.
+#: 100 evaluations): 9 of 10 seeds reach the tier's best, against 6 of 10 with 1 (both before ``min_child`` and the
+#: five local centres; with them, 7 of 10: benchmarks/README.md, third pass).
 MIN_REGION_CANDIDATES = 32
 #: Depth limit of the tree (a guard; with leaf_size 20 it is reached only past ~20 million samples).
 MAX_DEPTH = 20
@@ -209,7 +210,9 @@ def leaf_of(root: Node, path: list[tuple[Node, int]]) -> Node:
 class LamctsSearcher(ModelSearcher):
     """LA-MCTS with BO in the selected region (``lamcts-bo``, the default searcher of the system).
 
-    Attributes besides :class:`~gpunet.search.bo.ModelSearcher`'s (both kept in the state dict):
+    ``leaf_size`` and ``min_child`` (the options, or their defaults from the budget and the initial design:
+    :func:`default_leaf_size`, :func:`default_min_child`) are attributes too. Attributes besides
+    :class:`~gpunet.search.bo.ModelSearcher`'s (both kept in the state dict):
         region_fallbacks: how many asks found fewer than ``min_region_candidates`` unused candidates in the
             selected leaf's region and searched an ancestor's region instead (module docstring, step 3).
         last_region_fallback: ``{"ask", "selected_depth", "used_depth", "selected_candidates"}`` of the latest

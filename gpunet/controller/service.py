@@ -169,8 +169,8 @@ class WorkWaiters:
 
     Wakes are paced: at most one waiter per kind every ``spacing_s`` (:data:`WAKE_SPACING_S`); a wake asked for
     sooner is put off until then, and wakes asked for while one is put off are one. A searcher round's proposals
-    therefore go out one by one over a few tens of milliseconds, not in one burst that every call then in flight
-    queues behind.
+    (up to 16 per tier) therefore go out one by one over up to a few hundred milliseconds, inside the round
+    interval, not in one burst that every call then in flight queues behind.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, spacing_s: float | None = None) -> None:

@@ -105,8 +105,9 @@ class LeaseBook:
         running candidates the walk was a few percent of the controller's CPU, with its lock held)."""
         if now <= self._earliest:
             return []
-        self._earliest = min((lease.deadline for lease in self._by_work.values()), default=float("inf"))
-        return [lease for lease in self._by_work.values() if lease.deadline < now]
+        leases = list(self._by_work.values())
+        self._earliest = min((lease.deadline for lease in leases), default=float("inf"))
+        return [lease for lease in leases if lease.deadline < now]
 
     def count(self, kind: str) -> int:
         """Number of leases of one kind."""

@@ -279,10 +279,10 @@ class SearchStage:
 
     def done(self) -> bool:
         """Every tier has proposed its budget and told its searcher every result."""
+        self._catch_up()
         for tier, searcher in enumerate(self.searchers):
             if searcher is None:
                 continue
-            self._catch_up()
             if self._members.get(tier, 0) < self.tier_budget(tier):  # the common case, without a walk of untold
                 return False
             if self._tier_view(tier)[1]:

@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpunet.search.bench import ALL_ALGORITHMS, evals_to_reach, regret_at, run  # noqa: E402
+from gpunet.search.bench import ALL_ALGORITHMS, OPTUNA_ALGORITHMS, evals_to_reach, regret_at, run  # noqa: E402
 from gpunet.search.problems import DEFAULT_BUDGETS, NB201_KINDS, PROBLEMS, make_problem, parse_problem_name  # noqa: E402
 
 DEFAULT_ALGOS = ["lamcts-bo", "lamcts-turbo", "turbo", "bo", "evolution", "random",
@@ -41,26 +41,33 @@ def _path(out: Path, problem: str, algo: str, seed: int, budget: int) -> Path:
     return out / problem / algo / f"seed{seed}_budget{budget}.json"
 
 
-def _one(job: tuple[str, str, int, int, str | None, str]) -> str:
-    problem_name, algo, seed, budget, data, out = job
+def _one(job: tuple[str, str, int, int, str | None, str, dict, str]) -> str:
+    problem_name, algo, seed, budget, data, out, options, label = job
     import torch
 
     torch.set_num_threads(1)
-    path = _path(Path(out), problem_name, algo, seed, budget)
+    name = algo + label  # the row of the report: runs with options get their own
+    path = _path(Path(out), problem_name, name, seed, budget)
     if path.exists():
         return f"skip {path}"
     problem = make_problem(problem_name, data)
-    result = run(problem, algo, budget, seed)
+    result = run(problem, algo, budget, seed, options=options if algo not in OPTUNA_ALGORITHMS else None)
     result["optimum"] = problem.optimum
+    result["algo"] = name
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
     os.replace(tmp, path)  # atomic: a half-written file never looks finished
     best = max(result["values"])
-    return f"{problem_name} {algo} seed {seed}: regret {problem.optimum - best:.4g} in {result['seconds']:.0f} s"
+    return f"{problem_name} {name} seed {seed}: regret {problem.optimum - best:.4g} in {result['seconds']:.0f} s"
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    options = json.loads(args.options)
+    if not isinstance(options, dict):
+        raise SystemExit(f"--options: got {args.options!r}; expected a JSON object of searcher options")
+    if options and not args.label:
+        raise SystemExit("--options needs --label (the suffix of the algorithm's name in the report, e.g. +rank)")
     jobs = []
     for problem in args.problems:
         nb201 = problem == "nb201" or parse_problem_name(problem)[0] in NB201_KINDS
@@ -69,7 +76,9 @@ def cmd_run(args: argparse.Namespace) -> None:
             for algo in args.algos:
                 if nb201 and algo == "optuna-cmaes":
                     continue  # CMA-ES has no categorical parameters (Optuna falls back to random sampling)
-                jobs.append((problem, algo, seed, budget, args.data, str(args.out)))
+                if options and algo in OPTUNA_ALGORITHMS:
+                    continue  # the options are our searchers'; Optuna's rows stay the plain ones
+                jobs.append((problem, algo, seed, budget, args.data, str(args.out), options, args.label))
     t0 = time.time()
     if args.jobs <= 1:
         for job in jobs:
@@ -170,6 +179,10 @@ def main() -> None:
     p.add_argument("--data", default=None, help="path of nb201.csv")
     p.add_argument("--jobs", type=int, default=1, help="parallel processes (one torch thread each)")
     p.add_argument("--out", type=Path, default=Path("runs/search-bench"))
+    p.add_argument("--options", default="{}", help='searcher options of our algorithms as JSON, e.g. '
+                   '\'{"output_warp": "rank"}\' (Optuna samplers are skipped when options are given)')
+    p.add_argument("--label", default="", help="suffix of the algorithm's name in the files and the report, "
+                   "needed with --options (e.g. +rank)")
     p.set_defaults(func=cmd_run)
     r = sub.add_parser("report")
     r.add_argument("--out", type=Path, default=Path("runs/search-bench"))

@@ -140,6 +140,8 @@ def test_tell_and_tell_failed_check_the_trial():
         (lambda sp: IntegerSpace([0], [3]).restrict([[4]]), r"integer point\[0\]: got 4; expected an int in 0..3$"),
         (lambda sp: BoxSpace([0.0], [1.0]).restrict([[0.5]]), r"pool of a box space: only integer and categorical"),
         (lambda sp: search.create("bo", sp, strict_fit=1), r"option 'strict_fit' of 'bo': got 1; expected true or false$"),
+        (lambda sp: search.create("lamcts-bo", sp, output_warp="log"),
+         r"option 'output_warp' of 'lamcts-bo': got 'log'; expected one of power, rank, none$"),
     ],
 )
 def test_invalid_names_and_options_raise_a_clear_error(call, match):
@@ -160,20 +162,43 @@ def test_cli_search_bench_json(capsys):
 
 
 
-def test_bench_run_records_the_region_fallbacks_of_lamcts(monkeypatch):
+@pytest.fixture
+def made(monkeypatch) -> list:
+    """The searchers that gpunet.search.bench creates, in order."""
+    from gpunet.search import bench
+
+    out: list = []
+
+    def create(*args, **kwargs):
+        out.append(search.create(*args, **kwargs))
+        return out[-1]
+
+    monkeypatch.setattr(bench, "create", create)
+    return out
+
+
+def test_bench_run_records_the_region_fallbacks_of_lamcts(made):
     from gpunet.search import bench
     from gpunet.search.problems import Problem
 
-    made = []
-
-    def create(*args, **kwargs):
-        made.append(search.create(*args, **kwargs))
-        return made[-1]
-
-    monkeypatch.setattr(bench, "create", create)
     space = CategoricalSpace([["a", "b", "c"]] * 4)
     problem = Problem("cat4", space, lambda p: float(sum(v == "b" for v in p)) + 0.1 * float(p[0] == "c"), 4.0)
     lam = bench.run(problem, "lamcts-bo", 8, seed=0)
     assert len(lam["values"]) == 8 and made[-1].name == "lamcts-bo"
     assert isinstance(lam["region_fallbacks"], int) and lam["region_fallbacks"] == made[-1].region_fallbacks
     assert bench.run(problem, "random", 4, seed=0)["region_fallbacks"] is None  # no regions: nothing to count
+
+
+def test_bench_run_passes_searcher_options_and_refuses_them_for_optuna(made):
+    from gpunet.search import bench
+    from gpunet.search.problems import Problem
+
+    space = CategoricalSpace([["a", "b", "c"]] * 3)
+    problem = Problem("cat3", space, lambda p: float(sum(v == "b" for v in p)), 3.0)
+    out = bench.run(problem, "bo", 6, seed=0, options={"output_warp": "rank", "n_init": 3})
+    assert out["options"] == {"output_warp": "rank", "n_init": 3} and len(out["values"]) == 6
+    assert made[-1].options["output_warp"] == "rank" and made[-1].n_init == 3 and made[-1].options["budget"] == 6
+    with pytest.raises(SearchError, match="option 'output_warp' of 'bo': got 'log'"):
+        bench.run(problem, "bo", 4, seed=0, options={"output_warp": "log"})
+    with pytest.raises(SearchError, match="options: .*expected none for an Optuna sampler"):
+        bench.run(problem, "optuna-tpe", 4, seed=0, options={"output_warp": "rank"})

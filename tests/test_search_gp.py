@@ -126,3 +126,59 @@ def test_discrete_choice_is_botorchs_sequential_greedy_and_avoids_given_points(p
     assert chosen[0] not in avoided and len(avoided) == 4
     assert sorted(optimize_discrete(model, float(y.max()), Z[:3], 5, 5, Xp)) == [0, 1, 2]  # q > candidates
     assert optimize_discrete(model, float(y.max()), Z[:2], 2, 5, Xp, X_avoid=Z[:2]) == []  # all avoided
+
+
+@pytest.mark.parametrize("method", ["power", "rank"])
+def test_output_warps_keep_the_order_and_spread_a_long_low_tail(method):
+    from gpunet.search.gp import warp_targets
+
+    rng = np.random.default_rng(0)
+    # MnasNet-like values: most near 90 %, a long tail down to 10 % (cells of "none" edges)
+    y = np.concatenate([90 + rng.standard_normal(40), rng.uniform(10, 60, 10)])
+    w = warp_targets(y, method)
+    assert w.shape == y.shape and np.all(np.isfinite(w))
+    assert np.array_equal(np.argsort(w, kind="stable"), np.argsort(y, kind="stable"))  # increasing
+    z = (y - y.mean()) / y.std()
+    top = np.argsort(-y)[:10]
+    # the best ten spread over a larger share of the (unit) standard deviation than before the warp
+    assert np.ptp(w[top]) / w.std() > 2 * np.ptp(z[top])
+
+
+def test_the_rank_warp_is_the_gaussian_copula_and_constant_values_pass_through():
+    from scipy.stats import norm
+
+    from gpunet.search.gp import warp_targets
+
+    assert np.allclose(warp_targets(np.array([3.0, 1.0, 2.0, 10.0]), "rank"), norm.ppf([0.625, 0.125, 0.375, 0.875]))
+    assert np.array_equal(warp_targets(np.full(5, 2.5), "power"), np.full(5, 2.5))
+    assert np.array_equal(warp_targets(np.array([1.0, 5.0]), "none"), np.array([1.0, 5.0]))
+    with pytest.raises(ValueError, match="output warp 'log': expected one of power, rank, none"):
+        warp_targets(np.arange(5.0), "log")
+
+
+@pytest.mark.parametrize("warp", ["rank", "power"])
+def test_the_acquisitions_incumbent_is_the_best_warped_target(monkeypatch, warp):
+    """The GP is fitted on the warped values, and LogEI's best_f is their maximum (not the raw maximum)."""
+    from gpunet.search import bo, gp
+
+    seen = {}
+    real_fit, real_choose = gp.fit_gp, bo.optimize_discrete
+
+    def fit(X, y, *args, **kwargs):
+        seen["y"] = y
+        return real_fit(X, y, *args, **kwargs)
+
+    def choose(model, best_f, *args, **kwargs):
+        seen["best_f"] = best_f
+        return real_choose(model, best_f, *args, **kwargs)
+
+    monkeypatch.setattr(bo, "fit_gp", fit)
+    monkeypatch.setattr(bo, "optimize_discrete", choose)
+    space = IntegerSpace([0] * 3, [9] * 3)
+    s = search.create("bo", space, seed=0, n_init=6, output_warp=warp)
+    for t in s.ask(6):
+        s.tell(t.id, float(sum(t.params)) ** 3)
+    s.ask(1)
+    raw = s.observations()[1]  # the told values, in the order the GP saw them
+    assert np.allclose(seen["y"], gp.warp_targets(raw, warp)) and not np.allclose(seen["y"], raw)
+    assert seen["best_f"] == pytest.approx(float(np.max(seen["y"])))

@@ -62,6 +62,8 @@ def test_kubernetes_sections_are_kept_but_not_interpreted() -> None:
         ({"profiler": {}}, "spec.profiler", "unknown field"),
         ({"latency": {"batch_size": 2}}, "spec.latency.batch_size", "batchSize"),
         ({"algorithm": {"name": "random", "options": {"n_init": 2}}}, "spec.algorithm.options.n_init", "unknown option"),
+        ({"algorithm": {"name": "lamcts-bo", "options": {"output_warp": "log"}}}, "spec.algorithm.options.output_warp",
+         "one of power, rank, none"),
         ({"algorithm": {"objective": "pareto"}}, "spec.algorithm.objective", "mnas"),
         ({"algorithm": {"objective": "mnas"}}, "spec.algorithm.targetMs", "> 0 with objective mnas"),
         ({"algorithm": {"w": 0.07}}, "spec.algorithm.w", "<= 0"),

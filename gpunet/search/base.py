@@ -62,6 +62,12 @@ def boolean(v: Any) -> str | None:
     return None if isinstance(v, bool) else "true or false"
 
 
+def one_of(*choices: str) -> Callable[[Any], str | None]:
+    """A check that accepts exactly one of ``choices`` (strings)."""
+    expected = "one of " + ", ".join(choices)
+    return lambda v: None if isinstance(v, str) and v in choices else expected
+
+
 class Searcher:
     """Base class of all searchers (see the module docstring for the contract).
 

@@ -29,8 +29,14 @@ ALL_ALGORITHMS = ALGORITHMS + OPTUNA_ALGORITHMS
 MAX_SUGGESTIONS_PER_EVAL = 20
 
 
-def run(problem: Problem, algo: str, budget: int, seed: int, batch: int = 1) -> dict[str, Any]:
-    """One run: ``budget`` evaluations of ``algo`` on ``problem`` with ``seed``.
+def run(problem: Problem, algo: str, budget: int, seed: int, batch: int = 1,
+        options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One run: ``budget`` evaluations of ``algo`` on ``problem`` with ``seed``; ``options`` are searcher options
+    of one of our algorithms (e.g. ``{"output_warp": "rank"}``), on top of the ``budget`` option.
+
+    Raises:
+        SearchError: an unknown algorithm, a budget that is no int >= 1, options given to an Optuna sampler, or
+            an option the searcher does not have.
 
     Returns:
         ``{"values": [...], "seconds": float, ...}``: the value of each evaluation in order (maximised).
@@ -39,18 +45,22 @@ def run(problem: Problem, algo: str, budget: int, seed: int, batch: int = 1) -> 
         raise SearchError("algorithm", algo, list(ALL_ALGORITHMS))
     if not isinstance(budget, int) or budget < 1:
         raise SearchError("budget", budget, "an int >= 1")
+    if options and algo in OPTUNA_ALGORITHMS:
+        raise SearchError("options", options, "none for an Optuna sampler", reason=f"{algo} takes no searcher options")
     t0 = time.perf_counter()
     if algo in OPTUNA_ALGORITHMS:
         values, extra = _run_optuna(problem, algo, budget, seed)
     else:
-        values, extra = _run_ours(problem, algo, budget, seed, batch)
-    return {"problem": problem.name, "algo": algo, "seed": seed, "budget": budget, "values": values,
+        values, extra = _run_ours(problem, algo, budget, seed, batch, dict(options or {}))
+    return {"problem": problem.name, "algo": algo, "seed": seed, "budget": budget, "options": dict(options or {}), "values": values,
             "seconds": time.perf_counter() - t0, **extra}
 
 
-def _run_ours(problem: Problem, algo: str, budget: int, seed: int, batch: int) -> tuple[list[float], dict]:
+def _run_ours(problem: Problem, algo: str, budget: int, seed: int, batch: int,
+              options: dict[str, Any]) -> tuple[list[float], dict]:
     # the budget sizes defaults (the initial design, LA-MCTS's leaf size) as the controller's spec.algorithm.budget does
-    options = {"budget": budget} if "budget" in searcher_class(algo).OPTIONS else {}
+    if "budget" in searcher_class(algo).OPTIONS:
+        options.setdefault("budget", budget)
     searcher = create(algo, problem.space, seed=seed, **options)
     values: list[float] = []
     ask_s: list[float] = []

@@ -305,8 +305,8 @@ class LamctsSearcher(ModelSearcher):
             return []
         best_in_node = X[node.idx[np.argmax(y[node.idx])]]
         idx = select_training(X, y, self.options["max_gp_points"], center=best_in_node if len(y) > self.options["max_gp_points"] else None)
-        model = self._fit(X[idx], y[idx], seed)
-        return self._choose(X[idx], y[idx], Xpend, Z, pts, n, seed, model, np.zeros(D), np.ones(D), region)
+        model, yw = self._fit(X[idx], y[idx], seed)
+        return self._choose(X[idx], yw, Xpend, Z, pts, n, seed, model, np.zeros(D), np.ones(D), region)
 
 
 class LamctsTurboSearcher(TrustRegionMixin, LamctsSearcher):
@@ -330,9 +330,9 @@ class LamctsTurboSearcher(TrustRegionMixin, LamctsSearcher):
         seed = int(rng.integers(2**31))
         center = X[leaf.idx[int(np.argmax(y[leaf.idx]))]]
         idx = select_training(X, y, self.options["max_gp_points"], center=center)
-        model = self._fit(X[idx], y[idx], seed)
+        model, yw = self._fit(X[idx], y[idx], seed)
         lb, ub = trust_region(center, model, self.turbo.length)
         Z, pts, _, region = self._region_candidates(rng, root, path, lb, ub, lambda node: center[None, :])
         if len(Z) == 0:
             return []
-        return self._choose(X[idx], y[idx], Xpend, Z, pts, n, seed, model, lb, ub, region)
+        return self._choose(X[idx], yw, Xpend, Z, pts, n, seed, model, lb, ub, region)

@@ -143,9 +143,9 @@ class TurboSearcher(TrustRegionMixin, ModelSearcher):
         seed = int(rng.integers(2**31))
         center = Xe[int(np.argmax(ye))]
         idx = select_training(Xe, ye, self.options["max_gp_points"], center=center)
-        model = self._fit(Xe[idx], ye[idx], seed)
+        model, yw = self._fit(Xe[idx], ye[idx], seed)
         lb, ub = trust_region(center, model, self.turbo.length)
         Z, pts = candidates(self, rng, lb, ub, center[None, :], self.options["max_candidates"])
         if len(Z) == 0:
             return []
-        return self._choose(Xe[idx], ye[idx], Xpend, Z, pts, n, seed, model, lb, ub)
+        return self._choose(Xe[idx], yw, Xpend, Z, pts, n, seed, model, lb, ub)

@@ -144,7 +144,9 @@ class NodeSimulator:
                     loop()
                 except Exception as exc:  # noqa: BLE001 - a watch that ends is restarted; errors are kept for the tests
                     if not self._stop.is_set():
-                        self.errors.append(f"{loop.__name__}: {exc!r}")
+                        # ApiException's repr carries no status: say it, so that a failed fixture can be read
+                        what = f"ApiException(status={exc.status}, reason={exc.reason!r})" if isinstance(exc, ApiException) else repr(exc)
+                        self.errors.append(f"{loop.__name__}: {what}")
                         time.sleep(0.5)
         return run
 

@@ -142,6 +142,8 @@ def test_tell_and_tell_failed_check_the_trial():
         (lambda sp: search.create("bo", sp, strict_fit=1), r"option 'strict_fit' of 'bo': got 1; expected true or false$"),
         (lambda sp: search.create("lamcts-bo", sp, output_warp="log"),
          r"option 'output_warp' of 'lamcts-bo': got 'log'; expected one of power, rank, none$"),
+        (lambda sp: search.create("bo", sp, acquisition="ucb"),
+         r"option 'acquisition' of 'bo': got 'ucb'; expected one of logei, ts$"),
     ],
 )
 def test_invalid_names_and_options_raise_a_clear_error(call, match):

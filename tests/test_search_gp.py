@@ -182,3 +182,56 @@ def test_the_acquisitions_incumbent_is_the_best_warped_target(monkeypatch, warp)
     raw = s.observations()[1]  # the told values, in the order the GP saw them
     assert np.allclose(seen["y"], gp.warp_targets(raw, warp)) and not np.allclose(seen["y"], raw)
     assert seen["best_f"] == pytest.approx(float(np.max(seen["y"])))
+
+
+def test_thompson_sampling_follows_the_posterior_draws_distinct_points_and_avoids_pending():
+    """Each choice is the argmax of one joint posterior draw: with a confident GP the draws agree on the peak; a
+    batch holds distinct candidates; a seed repeats its choice; X_avoid rows are never chosen."""
+    from gpunet.search.candidates import thompson_discrete
+    from gpunet.search.gp import fit_gp
+
+    X = np.linspace(0.0, 1.0, 21)[:, None]
+    y = -((X[:, 0] - 0.7) ** 2) * 50.0
+    model = fit_gp(X, y, seed=0).model
+    Z = np.linspace(0.0, 1.0, 101)[:, None]
+    peak = int(np.argmin(np.abs(Z[:, 0] - 0.7)))
+    firsts = [thompson_discrete(model, Z, 1, seed) for seed in range(10)]
+    assert all(len(f) == 1 and abs(Z[f[0], 0] - 0.7) <= 0.03 for f in firsts)
+    batch = thompson_discrete(model, Z, 6, 3)
+    assert len(batch) == len(set(batch)) == 6 and batch == thompson_discrete(model, Z, 6, 3)
+    assert peak not in thompson_discrete(model, Z, 6, 3, X_avoid=Z[[peak]])
+    assert thompson_discrete(model, Z[:2], 3, 0, X_avoid=Z[:2]) == []
+
+
+@pytest.mark.parametrize("name", ["bo", "lamcts-bo"])
+def test_the_ts_acquisition_chooses_by_posterior_draws_and_never_repeats_a_point(monkeypatch, name):
+    """acquisition=ts routes every model-based choice through thompson_discrete (LogEI is not called), and
+    asks with pending trials still give unused points."""
+    from gpunet.search import bo
+
+    calls = {"ts": 0}
+    real_ts = bo.thompson_discrete
+
+    def ts(*args, **kwargs):
+        calls["ts"] += 1
+        return real_ts(*args, **kwargs)
+
+    def no_logei(*args, **kwargs):
+        raise AssertionError("LogEI chose a point under acquisition=ts")
+
+    monkeypatch.setattr(bo, "thompson_discrete", ts)
+    monkeypatch.setattr(bo, "optimize_discrete", no_logei)
+    space = IntegerSpace([0] * 3, [9] * 3)
+    s = search.create(name, space, seed=0, n_init=6, acquisition="ts")
+    for t in s.ask(6):
+        s.tell(t.id, -float(sum((v - 6) ** 2 for v in t.params)))
+    keys = set()
+    for _ in range(4):
+        trials = s.ask(3)  # three pending at once
+        assert len(trials) == 3
+        for t in trials:
+            assert tuple(t.params) not in keys
+            keys.add(tuple(t.params))
+        for t in trials:
+            s.tell(t.id, -float(sum((v - 6) ** 2 for v in t.params)))
+    assert calls["ts"] == 4

@@ -3,8 +3,9 @@
 :class:`ModelSearcher` is what every GP-based searcher (``bo``, ``turbo``, ``lamcts-bo``, ``lamcts-turbo``) has
 in common: a scrambled Sobol initial design of ``n_init`` points, then asks that fit a GP (:mod:`.gp`) on a
 bounded subset of the observations, build a candidate set (:mod:`.candidates`) and choose points on it by
-sequential-greedy (q)LogEI with the pending trials as ``X_pending`` (the GP sees the values through the
-``output_warp`` option, :func:`~gpunet.search.gp.warp_targets`). It also keeps the GP's hyperparameters (the
+sequential-greedy (q)LogEI with the pending trials as ``X_pending``, or by Thompson sampling with the
+``acquisition: ts`` option (the GP sees the values through the ``output_warp`` option,
+:func:`~gpunet.search.gp.warp_targets`). It also keeps the GP's hyperparameters (the
 warm start of the next fit) and the record of failed fits in the searcher state.
 
 :class:`BOSearcher` (``bo``) is the global variant: a GP on (a bounded subset of) all observations, candidates
@@ -19,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from .base import Option, Searcher, boolean, nonneg_int, one_of, positive_int
-from .candidates import LOCAL_SIGMAS, MAX_CANDIDATES, candidates, optimize_continuous, optimize_discrete
+from .candidates import (LOCAL_SIGMAS, MAX_CANDIDATES, candidates, optimize_continuous, optimize_discrete,
+                         thompson_discrete)
 from .gp import MAX_GP_POINTS, WARPS, fit_gp, gp_hypers, select_training, warp_targets
 from .simple import sobol_points
 
@@ -66,6 +68,8 @@ class ModelSearcher(Searcher):
         "max_candidates": Option(MAX_CANDIDATES, positive_int, "candidates scored per ask"),
         "output_warp": Option(OUTPUT_WARP, one_of(*WARPS), "increasing warp of the values a GP is "
                               "fitted on: power (Yeo-Johnson), rank (Gaussian copula) or none; see gp.warp_targets"),
+        "acquisition": Option("logei", one_of("logei", "ts"), "how points are chosen on the candidates: "
+                              "logei ((q)LogEI, sequential-greedy) or ts (Thompson sampling)"),
         "strict_fit": Option(False, boolean, "raise GPFitError when a GP fit fails, instead of falling back to the "
                              "hyperparameters the fit started from"),
     }
@@ -95,15 +99,18 @@ class ModelSearcher(Searcher):
 
     def _choose(self, X: np.ndarray, y: np.ndarray, Xpend: np.ndarray, Z: np.ndarray, pts: list[list[Any]], n: int,
                 seed: int, model: Any, lb: np.ndarray, ub: np.ndarray, region: Any = None) -> list[list[Any]]:
-        """``n`` points by sequential-greedy (q)LogEI over candidates ``Z`` (an `m x D` array; their points
-        ``pts``), the GP ``model`` having been fitted on ``(X, y)`` (``y`` as warped by :meth:`_fit`) and
-        ``Xpend`` (a `p x D` array) pending.
+        """``n`` points by sequential-greedy (q)LogEI (or Thompson sampling) over candidates ``Z`` (an `m x D`
+        array; their points ``pts``), the GP ``model`` having been fitted on ``(X, y)`` (``y`` as warped by
+        :meth:`_fit`) and ``Xpend`` (a `p x D` array) pending.
 
         Discrete spaces use BoTorch's ``optimize_acqf_discrete`` with the pending points (this ask's own
         initial-design points included) as ``X_avoid``; observed points are not among the candidates already, and
         avoiding them again would cost 10-15 % of the selection time (measured: 0.06-0.2 s CPU per ask with 200
         training points and 2,000 candidates of the GPUNet space). A continuous space refines each step by
-        gradient ascent inside ``[lb, ub]`` (and ``region``)."""
+        gradient ascent inside ``[lb, ub]`` (and ``region``). With ``acquisition: ts`` every space takes the
+        argmax of one posterior draw per point over ``Z`` (:func:`~gpunet.search.candidates.thompson_discrete`)."""
+        if self.options["acquisition"] == "ts":
+            return [pts[i] for i in thompson_discrete(model, Z, n, seed, X_avoid=Xpend)]
         best_f = float(np.max(y))
         if self.space.discrete:
             return [pts[i] for i in optimize_discrete(model, best_f, Z, n, seed, Xpend)]

@@ -5,7 +5,7 @@ Every model-based proposal here starts from a finite *candidate set* in feature 
 members of a pool. That one path serves boxes, integer/ordinal vectors, one-hot categorical vectors and pools
 alike, and it is what LA-MCTS needs, because its regions (intersections of SVM decisions) are not boxes.
 
-The acquisition function is BoTorch's log expected improvement (Ament, Daulton, Eriksson, Balandat & Bakshy,
+The default acquisition function is BoTorch's log expected improvement (Ament, Daulton, Eriksson, Balandat & Bakshy,
 "Unexpected Improvements to Expected Improvement for Bayesian Optimization", NeurIPS 2023): the analytic
 ``LogExpectedImprovement`` while nothing is pending, else ``qLogExpectedImprovement`` with the pending trials as
 ``X_pending``, which integrates over their joint posterior (quasi-MC fantasies). A batch of ``q`` points is built
@@ -13,6 +13,8 @@ sequential-greedily, each point added to ``X_pending`` before the next is chosen
 
 - **Discrete spaces** (pools, integer and categorical vectors): BoTorch's ``optimize_acqf_discrete``
   (:func:`optimize_discrete`).
+- **Thompson sampling** (:func:`thompson_discrete`, the searchers' ``acquisition: ts`` option): each point is
+  the argmax of one posterior draw over the candidates, on every kind of space (no gradient refinement).
 - **Continuous boxes** (:func:`optimize_continuous`): the same greedy loop, written here because each step also
   starts a gradient-based maximisation of the acquisition (BoTorch's ``optimize_acqf``) from its best
   candidates and keeps the result only if it scores higher and lies in the LA-MCTS region. On Ackley-20 this
@@ -226,6 +228,40 @@ def optimize_discrete(model: Any, best_f: float, Z: np.ndarray, q: int, seed: in
             pass
     row_of = {z.tobytes(): i for i, z in enumerate(Z)}
     return [row_of[x.tobytes()] for x in torch.cat(chosen).numpy()] if chosen else []
+
+
+def thompson_discrete(model: Any, Z: np.ndarray, q: int, seed: int, X_avoid: np.ndarray | None = None) -> list[int]:
+    """Choose ``q`` distinct candidates by Thompson sampling: each is the argmax over the candidates of one joint
+    draw from the GP's posterior (BoTorch's ``MaxPosteriorSampling`` without replacement, seeded by ``seed``).
+
+    Pending trials need no fantasies: independent draws already spread a batch (Kandasamy, Krishnamurthy,
+    Schneider & Poczos, "Parallelised Bayesian Optimisation via Thompson Sampling", AISTATS 2018); they are only
+    kept out of the choices (``X_avoid``). Where LogEI follows the best values seen, a draw is high wherever the
+    posterior is uncertain enough, so the searcher samples more widely (benchmarks/README.md, fifth pass).
+
+    Args:
+        model: A fitted GP on `D` features.
+        Z: An `m x D` array of distinct candidate features.
+        X_avoid: An optional `a x D` array of features that must not be chosen (pending trials).
+
+    Returns:
+        At most ``q`` distinct indices into ``Z`` (fewer when ``X_avoid`` leaves fewer candidates).
+    """
+    import torch
+    from botorch.generation.sampling import MaxPosteriorSampling
+    from botorch.utils.sampling import manual_seed
+
+    Z = np.ascontiguousarray(Z, dtype=np.float64)
+    avoid = {r.tobytes() for r in np.ascontiguousarray(X_avoid, dtype=np.float64)} if X_avoid is not None else set()
+    free = [i for i, z in enumerate(Z) if z.tobytes() not in avoid]
+    q = min(q, len(free))
+    if q == 0:
+        return []
+    with torch.no_grad(), warnings.catch_warnings(), model_threads(), manual_seed(seed):
+        warnings.simplefilter("ignore")
+        x = MaxPosteriorSampling(model=model, replacement=False)(torch.as_tensor(Z[free]), num_samples=q)
+    row_of = {Z[i].tobytes(): i for i in free}
+    return list(dict.fromkeys(row_of[r.tobytes()] for r in x.reshape(-1, Z.shape[1]).numpy()))
 
 
 def optimize_continuous(model: Any, best_f: float, Z: np.ndarray, q: int, seed: int, X_pending: np.ndarray,

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from .base import Option, Searcher, boolean, nonneg_int, one_of, positive_int
-from .candidates import (LOCAL_SIGMAS, MAX_CANDIDATES, candidates, optimize_continuous, optimize_discrete,
-                         thompson_discrete)
+from .candidates import (ACQUISITIONS, LOCAL_SIGMAS, MAX_CANDIDATES, candidates, optimize_continuous,
+                         optimize_discrete, thompson_discrete)
 from .gp import MAX_GP_POINTS, WARPS, fit_gp, gp_hypers, select_training, warp_targets
 from .simple import sobol_points
 
@@ -68,7 +68,7 @@ class ModelSearcher(Searcher):
         "max_candidates": Option(MAX_CANDIDATES, positive_int, "candidates scored per ask"),
         "output_warp": Option(OUTPUT_WARP, one_of(*WARPS), "increasing warp of the values a GP is "
                               "fitted on: power (Yeo-Johnson), rank (Gaussian copula) or none; see gp.warp_targets"),
-        "acquisition": Option("logei", one_of("logei", "ts"), "how points are chosen on the candidates: "
+        "acquisition": Option(ACQUISITIONS[0], one_of(*ACQUISITIONS), "how points are chosen on the candidates: "
                               "logei ((q)LogEI, sequential-greedy) or ts (Thompson sampling)"),
         "strict_fit": Option(False, boolean, "raise GPFitError when a GP fit fails, instead of falling back to the "
                              "hyperparameters the fit started from"),

@@ -50,6 +50,9 @@ LOCAL_SIGMAS = (0.01, 0.03, 0.1, 0.3)
 #: Continuous spaces: best candidates that start a gradient-based refinement of the acquisition, and its cap.
 REFINE_STARTS = 5
 REFINE_MAXITER = 50
+#: How the model-based searchers choose points on the candidates (their ``acquisition`` option): (q)LogEI or
+#: Thompson sampling (:func:`thompson_discrete`).
+ACQUISITIONS = ("logei", "ts")
 #: An LA-MCTS region (an `m x D` array -> a boolean `m` array), or None for the whole box.
 Region = Callable[[np.ndarray], np.ndarray]
 

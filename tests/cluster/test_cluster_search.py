@@ -196,7 +196,11 @@ def test_trainer_pool_follows_queued_plus_running_on_gpu_nodes(search: Search) -
     wait_for("trainers at min(maxReplicas, queued + running)", follows, timeout=30)
     # Trainers take leases as their pods start; the pool grows until it reaches maxReplicas.
     while len(search.trainers) < MAX_TRAINERS:
-        for pod in wait_for("trainer pods running", lambda: search.running_pods("trainer"), timeout=30):
+        try:
+            running = wait_for("trainer pods running", lambda: search.running_pods("trainer"), timeout=30)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{describe(search, 'trainer')}") from None
+        for pod in running:
             trainer = search.trainer_on(pod)
             if trainer.lease is None:
                 trainer.take()
